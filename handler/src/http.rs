@@ -1,0 +1,210 @@
+//! Thin helpers over `wasi:http`: the incoming request, responses, and
+//! streaming bodies in both directions.
+
+use crate::wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use crate::wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+/// Bytes read from a stream per call.
+pub const CHUNK: u64 = 256 * 1024;
+
+/// An incoming request with its head read.
+pub struct Request {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    inner: IncomingRequest,
+}
+
+impl Request {
+    /// Read the head of `inner`.
+    pub fn new(inner: IncomingRequest) -> Self {
+        Self {
+            method: inner.method(),
+            path: inner.path_with_query().unwrap_or_default(),
+            headers: inner.headers().entries(),
+            inner,
+        }
+    }
+
+    /// First value of header `name` (case-insensitive), when it is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The request body as a stream.
+    pub fn body(&self) -> Option<BodyReader> {
+        let body = self.inner.consume().ok()?;
+        let stream = body.stream().ok()?;
+        Some(BodyReader {
+            stream,
+            _body: body,
+        })
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than allowed.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The stream failed.
+    #[error("body stream failed: {0}")]
+    Stream(String),
+}
+
+/// An incoming body (request or upstream response). The stream is dropped
+/// before the body, as `wasi:http` requires of a child resource.
+pub struct BodyReader {
+    stream: InputStream,
+    _body: IncomingBody,
+}
+
+impl BodyReader {
+    /// Wrap an upstream response body.
+    pub fn from_incoming(body: IncomingBody) -> Option<Self> {
+        let stream = body.stream().ok()?;
+        Some(Self {
+            stream,
+            _body: body,
+        })
+    }
+
+    /// The next chunk; `Ok(None)` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, BodyError> {
+        match self.stream.blocking_read(CHUNK) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StreamError::Closed) => Ok(None),
+            Err(StreamError::LastOperationFailed(e)) => Err(BodyError::Stream(e.to_debug_string())),
+        }
+    }
+
+    /// Read everything, refusing more than `limit` bytes.
+    pub fn read_to_end(mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk()? {
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+/// A response head under construction.
+pub struct Response {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Response {
+    /// A response with `status`.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .push((name.to_owned(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Send the head and return the body writer (none for HEAD requests,
+    /// which get the head only).
+    pub fn start(self, out: ResponseOutparam, head_only: bool) -> Option<BodyWriter> {
+        let fields = Fields::from_list(&self.headers).unwrap_or_else(|_| Fields::new());
+        let resp = OutgoingResponse::new(fields);
+        let _ = resp.set_status_code(self.status);
+        if head_only {
+            ResponseOutparam::set(out, Ok(resp));
+            return None;
+        }
+        let body = resp.body().ok();
+        ResponseOutparam::set(out, Ok(resp));
+        let body = body?;
+        let stream = body.write().ok()?;
+        Some(BodyWriter { stream, body })
+    }
+
+    /// Send the whole response with `body` (its length as Content-Length).
+    pub fn send(self, out: ResponseOutparam, body: &[u8], head_only: bool) {
+        let resp = self.header("content-length", body.len().to_string());
+        if let Some(mut w) = resp.start(out, head_only) {
+            if w.write_all(body).is_ok() {
+                w.finish();
+            }
+        }
+    }
+}
+
+/// Send a short plain-text response.
+pub fn text(out: ResponseOutparam, status: u16, body: &str, head_only: bool) {
+    Response::new(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .send(out, body.as_bytes(), head_only);
+}
+
+/// An outgoing response body.
+pub struct BodyWriter {
+    stream: OutputStream,
+    body: OutgoingBody,
+}
+
+impl BodyWriter {
+    /// Write all of `data`, waiting for the client as needed.
+    pub fn write_all(&mut self, mut data: &[u8]) -> Result<(), StreamError> {
+        while !data.is_empty() {
+            let permitted = self.stream.check_write()?;
+            if permitted == 0 {
+                self.stream.subscribe().block();
+                continue;
+            }
+            let n = (permitted as usize).min(data.len());
+            self.stream.write(&data[..n])?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Copy `input` to the client inside the host (the bytes never enter
+    /// this instance); returns the bytes copied.
+    pub fn splice_all(&mut self, input: &InputStream) -> Result<u64, StreamError> {
+        let mut total = 0;
+        loop {
+            match self.stream.blocking_splice(input, 4 * CHUNK) {
+                Ok(n) => total += n,
+                Err(StreamError::Closed) => return Ok(total),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Complete the body. A body shorter than its Content-Length fails here,
+    /// and the client sees a broken transfer.
+    pub fn finish(self) -> bool {
+        let Self { stream, body } = self;
+        let flushed = stream.blocking_flush().is_ok();
+        drop(stream);
+        OutgoingBody::finish(body, None).is_ok() && flushed
+    }
+
+    /// Abandon the body: the client sees a broken transfer, never a
+    /// complete-looking one.
+    pub fn abort(self) {
+        let Self { stream, body } = self;
+        drop(stream);
+        drop(body);
+    }
+}

@@ -1,0 +1,271 @@
+//! Narinfo files: parse, validate, render, and the fingerprint Nix signs.
+
+use crate::hash::{is_store_hash, Sha256};
+
+/// The store directory this cache serves.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Why a narinfo was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NarInfoError {
+    /// A line is not `Key: value`.
+    #[error("line {0} is not `Key: value`")]
+    Syntax(usize),
+    /// A required field is missing.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// A field has a bad value.
+    #[error("bad {0}: {1:?}")]
+    Bad(&'static str, String),
+}
+
+/// A parsed narinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarInfo {
+    /// `/nix/store/<hash>-<name>`.
+    pub store_path: String,
+    /// Where the NAR file is, relative to the cache.
+    pub url: String,
+    /// `none`, `xz`, `zstd`, `bzip2`, …
+    pub compression: String,
+    /// Hash of the (compressed) file.
+    pub file_hash: Option<Sha256>,
+    /// Size of the (compressed) file.
+    pub file_size: Option<u64>,
+    /// Hash of the uncompressed NAR.
+    pub nar_hash: Sha256,
+    /// Size of the uncompressed NAR.
+    pub nar_size: u64,
+    /// Base names of the references.
+    pub references: Vec<String>,
+    /// Base name of the deriver.
+    pub deriver: Option<String>,
+    /// Build platform.
+    pub system: Option<String>,
+    /// Content address.
+    pub ca: Option<String>,
+    /// `name:base64` signatures.
+    pub sigs: Vec<String>,
+}
+
+/// Whether `name` is a valid store path base name `<hash>-<name>`.
+pub fn is_store_base_name(base: &str) -> bool {
+    let Some((hash, name)) = base.split_once('-') else {
+        return false;
+    };
+    is_store_hash(hash)
+        && !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+}
+
+/// The hash part of a store path, when it is a valid one.
+pub fn store_path_hash(store_path: &str) -> Option<&str> {
+    let base = store_path.strip_prefix(STORE_DIR)?.strip_prefix('/')?;
+    is_store_base_name(base).then(|| &base[..32])
+}
+
+fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoError> {
+    v.parse()
+        .map_err(|_| NarInfoError::Bad(field, v.to_owned()))
+}
+
+fn parse_hash(field: &'static str, v: &str) -> Result<Sha256, NarInfoError> {
+    Sha256::parse(v).map_err(|_| NarInfoError::Bad(field, v.to_owned()))
+}
+
+impl NarInfo {
+    /// Parse and validate a narinfo. Unknown keys are ignored, as Nix does.
+    pub fn parse(text: &str) -> Result<Self, NarInfoError> {
+        let (mut store_path, mut url, mut compression) = (None, None, None);
+        let (mut file_hash, mut file_size, mut nar_hash, mut nar_size) = (None, None, None, None);
+        let (mut references, mut deriver, mut system, mut ca) = (Vec::new(), None, None, None);
+        let mut sigs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = line.split_once(':').ok_or(NarInfoError::Syntax(i + 1))?;
+            let value = value.trim();
+            match key {
+                "StorePath" => {
+                    store_path_hash(value)
+                        .ok_or_else(|| NarInfoError::Bad("StorePath", value.into()))?;
+                    store_path = Some(value.to_owned());
+                }
+                "URL" => url = Some(value.to_owned()),
+                "Compression" => compression = Some(value.to_owned()),
+                "FileHash" => file_hash = Some(parse_hash("FileHash", value)?),
+                "FileSize" => file_size = Some(parse_u64("FileSize", value)?),
+                "NarHash" => nar_hash = Some(parse_hash("NarHash", value)?),
+                "NarSize" => nar_size = Some(parse_u64("NarSize", value)?),
+                "References" => {
+                    references = value.split_whitespace().map(str::to_owned).collect();
+                    if let Some(bad) = references.iter().find(|r| !is_store_base_name(r)) {
+                        return Err(NarInfoError::Bad("References", bad.clone()));
+                    }
+                }
+                "Deriver" if value != "unknown-deriver" => {
+                    if !is_store_base_name(value) {
+                        return Err(NarInfoError::Bad("Deriver", value.into()));
+                    }
+                    deriver = Some(value.to_owned());
+                }
+                "System" => system = Some(value.to_owned()),
+                "Sig" => sigs.push(value.to_owned()),
+                "CA" => ca = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        let url = url.ok_or(NarInfoError::Missing("URL"))?;
+        if url.is_empty() || url.contains(char::is_whitespace) {
+            return Err(NarInfoError::Bad("URL", url));
+        }
+        Ok(NarInfo {
+            store_path: store_path.ok_or(NarInfoError::Missing("StorePath"))?,
+            url,
+            // Nix's default when the field is absent.
+            compression: compression.unwrap_or_else(|| "bzip2".to_owned()),
+            file_hash,
+            file_size,
+            nar_hash: nar_hash.ok_or(NarInfoError::Missing("NarHash"))?,
+            nar_size: nar_size.ok_or(NarInfoError::Missing("NarSize"))?,
+            references,
+            deriver,
+            system,
+            ca,
+            sigs,
+        })
+    }
+
+    /// The store-path hash (32 nix32 characters).
+    pub fn hash(&self) -> &str {
+        store_path_hash(&self.store_path).unwrap_or_default()
+    }
+
+    /// Render in Nix's field order.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(512);
+        let _ = writeln!(s, "StorePath: {}", self.store_path);
+        let _ = writeln!(s, "URL: {}", self.url);
+        let _ = writeln!(s, "Compression: {}", self.compression);
+        if let Some(h) = &self.file_hash {
+            let _ = writeln!(s, "FileHash: {}", h.to_nix_string());
+        }
+        if let Some(n) = self.file_size {
+            let _ = writeln!(s, "FileSize: {n}");
+        }
+        let _ = writeln!(s, "NarHash: {}", self.nar_hash.to_nix_string());
+        let _ = writeln!(s, "NarSize: {}", self.nar_size);
+        let _ = writeln!(s, "References: {}", self.references.join(" "));
+        if let Some(d) = &self.deriver {
+            let _ = writeln!(s, "Deriver: {d}");
+        }
+        if let Some(sys) = &self.system {
+            let _ = writeln!(s, "System: {sys}");
+        }
+        for sig in &self.sigs {
+            let _ = writeln!(s, "Sig: {sig}");
+        }
+        if let Some(ca) = &self.ca {
+            let _ = writeln!(s, "CA: {ca}");
+        }
+        s
+    }
+
+    /// What Nix signs: `1;<path>;<narhash>;<narsize>;<sorted full references>`.
+    pub fn fingerprint(&self) -> String {
+        let mut refs: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{STORE_DIR}/{r}"))
+            .collect();
+        refs.sort();
+        format!(
+            "1;{};{};{};{}",
+            self.store_path,
+            self.nar_hash.to_nix_string(),
+            self.nar_size,
+            refs.join(",")
+        )
+    }
+}
+
+/// File extension Nix uses for a compression method (`.xz`, `.zst`, …).
+pub fn compression_extension(compression: &str) -> Option<&'static str> {
+    Some(match compression {
+        "none" => "",
+        "xz" => ".xz",
+        "bzip2" => ".bz2",
+        "zstd" => ".zst",
+        "lzip" => ".lzip",
+        "lz4" => ".lz4",
+        "br" => ".br",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOP: &str = include_str!("../testdata/top.narinfo");
+    const HELLO: &str = include_str!("../testdata/hello-ca.narinfo");
+
+    #[test]
+    fn round_trips_real_nix_narinfos() {
+        for text in [TOP, HELLO] {
+            let info = NarInfo::parse(text).unwrap();
+            assert_eq!(info.render(), text);
+            assert_eq!(NarInfo::parse(&info.render()).unwrap(), info);
+        }
+    }
+
+    #[test]
+    fn fingerprint_has_sorted_full_references() {
+        let info = NarInfo::parse(TOP).unwrap();
+        assert_eq!(info.hash(), "07hcdd9rppsp7n254gck5phaclgy1wnc");
+        assert_eq!(
+            info.fingerprint(),
+            "1;/nix/store/07hcdd9rppsp7n254gck5phaclgy1wnc-top;sha256:1ryq5islnapbglfhqw3ji6zmh8qlgy0gnkqj1n1np8cfyk7n43hv;384;\
+             /nix/store/357329bb1zwv4kcwlrl2qn47hiczjy4j-leaf,/nix/store/lrhi4ivsx7ppmwzk0jw3mhh587nbar7y-mid"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(NarInfo::parse("garbage"), Err(NarInfoError::Syntax(1)));
+        assert!(matches!(
+            NarInfo::parse(&TOP.replace("StorePath: /nix/store/", "StorePath: /etc/")),
+            Err(NarInfoError::Bad("StorePath", _))
+        ));
+        assert!(matches!(
+            NarInfo::parse(&TOP.replace("NarSize: 384", "NarSize: -1")),
+            Err(NarInfoError::Bad("NarSize", _))
+        ));
+        assert!(matches!(
+            NarInfo::parse(&TOP.replace("-leaf ", "-../leaf ")),
+            Err(NarInfoError::Bad("References", _))
+        ));
+        let no_url: String = TOP
+            .lines()
+            .filter(|l| !l.starts_with("URL"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(NarInfo::parse(&no_url), Err(NarInfoError::Missing("URL")));
+    }
+
+    #[test]
+    fn default_compression_is_bzip2() {
+        let text: String = HELLO
+            .lines()
+            .filter(|l| !l.starts_with("Compression"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(NarInfo::parse(&text).unwrap().compression, "bzip2");
+    }
+}

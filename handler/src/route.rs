@@ -1,0 +1,149 @@
+//! Request paths of the binary-cache protocol.
+
+use crate::hash::{is_nix32, is_store_hash};
+
+/// NAR file extensions this cache serves.
+pub const NAR_EXTENSIONS: &[&str] = &["", ".xz", ".zst", ".bz2", ".lz4", ".br", ".lzip"];
+
+/// What a request path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: JSON with hostname and public key.
+    Root,
+    /// `/nix-cache-info`.
+    CacheInfo,
+    /// `/pubkey`.
+    PubKey,
+    /// `/healthz`.
+    Healthz,
+    /// `/<hash>.narinfo`.
+    Narinfo(String),
+    /// `/nar/<hash>.nar<ext>`.
+    Nar(NarPath),
+}
+
+/// A NAR file name: `<hash>.nar<ext>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarPath {
+    /// nix32 hash, 32 or 52 characters.
+    pub hash: String,
+    /// One of [`NAR_EXTENSIONS`].
+    pub ext: String,
+}
+
+impl NarPath {
+    /// Parse `<hash>.nar<ext>`.
+    pub fn parse(file: &str) -> Option<Self> {
+        let (hash, rest) = file.split_once(".nar")?;
+        let ok_hash = (hash.len() == 32 || hash.len() == 52) && is_nix32(hash);
+        (ok_hash && NAR_EXTENSIONS.contains(&rest)).then(|| Self {
+            hash: hash.to_owned(),
+            ext: rest.to_owned(),
+        })
+    }
+    /// The storage key, `nar/<hash>.nar<ext>`.
+    pub fn key(&self) -> String {
+        format!("nar/{}.nar{}", self.hash, self.ext)
+    }
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Looks like a cache path but is malformed (400).
+    #[error("malformed path")]
+    BadRequest,
+    /// Nothing here (404).
+    #[error("not found")]
+    NotFound,
+}
+
+/// Route a request path (query string allowed; an `/upload` prefix is
+/// accepted, so `nix copy --to http://host/upload` works).
+pub fn parse(path_with_query: &str) -> Result<Route, RouteError> {
+    let path = path_with_query.split(['?', '#']).next().unwrap_or_default();
+    let path = path
+        .strip_prefix("/upload")
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+        .unwrap_or(path);
+    match path {
+        "" | "/" => return Ok(Route::Root),
+        "/nix-cache-info" => return Ok(Route::CacheInfo),
+        "/pubkey" => return Ok(Route::PubKey),
+        "/healthz" => return Ok(Route::Healthz),
+        _ => {}
+    }
+    if let Some(file) = path.strip_prefix("/nar/") {
+        return NarPath::parse(file)
+            .map(Route::Nar)
+            .ok_or(RouteError::BadRequest);
+    }
+    if let Some(hash) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".narinfo"))
+    {
+        return if is_store_hash(hash) {
+            Ok(Route::Narinfo(hash.to_owned()))
+        } else {
+            Err(RouteError::BadRequest)
+        };
+    }
+    Err(RouteError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "07hcdd9rppsp7n254gck5phaclgy1wnc";
+    const F: &str = "0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah";
+
+    #[test]
+    fn routes_cache_paths() {
+        assert_eq!(parse("/nix-cache-info"), Ok(Route::CacheInfo));
+        assert_eq!(parse("/upload/nix-cache-info"), Ok(Route::CacheInfo));
+        assert_eq!(
+            parse(&format!("/{H}.narinfo")),
+            Ok(Route::Narinfo(H.into()))
+        );
+        assert_eq!(
+            parse(&format!("/upload/{H}.narinfo")),
+            Ok(Route::Narinfo(H.into()))
+        );
+        let nar = parse(&format!("/nar/{F}.nar.xz?hash={H}")).unwrap();
+        assert_eq!(
+            nar,
+            Route::Nar(NarPath {
+                hash: F.into(),
+                ext: ".xz".into()
+            })
+        );
+        if let Route::Nar(n) = nar {
+            assert_eq!(n.key(), format!("nar/{F}.nar.xz"));
+        }
+        assert_eq!(
+            parse(&format!("/nar/{F}.nar")),
+            Ok(Route::Nar(NarPath {
+                hash: F.into(),
+                ext: String::new()
+            }))
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_and_traversal() {
+        for bad in [
+            "/nar/../../etc/passwd.nar",
+            "/nar/%2e%2e%2fetc.nar.xz",
+            &format!("/nar/{F}.nar.exe"),
+            &format!("/nar/{F}.nar.xz/../../x"),
+            "/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo",
+            "/../etc/passwd.narinfo",
+            "/short.narinfo",
+        ] {
+            assert_eq!(parse(bad), Err(RouteError::BadRequest), "{bad}");
+        }
+        assert_eq!(parse("/etc/passwd"), Err(RouteError::NotFound));
+        assert_eq!(parse("/uploadx/nix-cache-info"), Err(RouteError::NotFound));
+    }
+}

@@ -1,0 +1,126 @@
+//! Upstream caches over `wasi:http/outgoing-handler`: ordering by health and
+//! priority, parallel narinfo lookups, and NAR fetches.
+
+use std::time::Duration;
+
+use crate::http::BodyReader;
+use crate::ncps::edge::config::{self, Settings};
+use crate::signature::PublicKey;
+use crate::wasi::http::outgoing_handler;
+use crate::wasi::http::types::{
+    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingRequest,
+    RequestOptions, Scheme,
+};
+
+/// Connect timeout for upstream requests.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An upstream cache as the guest uses it.
+pub struct Upstream {
+    /// Base URL without trailing slash.
+    pub url: String,
+    /// Keys trusted for its narinfos (empty: unverified).
+    pub keys: Vec<PublicKey>,
+}
+
+/// Healthy upstreams by priority (all of them when none is healthy: a
+/// health check that is wrong must not take the cache down).
+pub fn ordered() -> Vec<Upstream> {
+    let mut all = config::get_upstreams();
+    all.sort_by_key(|u| u.priority);
+    let any_healthy = all.iter().any(|u| u.healthy);
+    all.into_iter()
+        .filter(|u| u.healthy || !any_healthy)
+        .map(|u| Upstream {
+            url: u.url.trim_end_matches('/').to_owned(),
+            keys: u
+                .public_keys
+                .iter()
+                .filter_map(|k| PublicKey::parse(k))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL could not be used.
+    #[error("bad upstream URL {0}")]
+    BadUrl(String),
+    /// Transport failure or timeout.
+    #[error("upstream request failed: {0}")]
+    Transport(String),
+}
+
+/// An upstream response: status and body.
+pub struct UpstreamResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Length, when sent.
+    pub content_length: Option<u64>,
+    /// The body (None for bodiless responses).
+    pub body: Option<BodyReader>,
+}
+
+/// A request in flight.
+pub struct Pending(FutureIncomingResponse);
+
+/// Start a GET of `url` with the node's timeouts.
+pub fn start_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some(("https", rest)) => (Scheme::Https, rest),
+        _ => return Err(FetchError::BadUrl(url.to_owned())),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let headers = Fields::new();
+    let _ = headers.append("user-agent", b"ncps-edge");
+    let req = OutgoingRequest::new(headers);
+    let bad = |_| FetchError::BadUrl(url.to_owned());
+    req.set_method(&Method::Get).map_err(bad)?;
+    req.set_scheme(Some(&scheme)).map_err(bad)?;
+    req.set_authority(Some(authority)).map_err(bad)?;
+    req.set_path_with_query(Some(path)).map_err(bad)?;
+    let opts = RequestOptions::new();
+    let timeout = Duration::from_millis(settings.upstream_timeout_ms);
+    let _ = opts.set_connect_timeout(Some(CONNECT_TIMEOUT.as_nanos() as u64));
+    let _ = opts.set_first_byte_timeout(Some(timeout.as_nanos() as u64));
+    let _ = opts.set_between_bytes_timeout(Some(timeout.as_nanos() as u64));
+    outgoing_handler::handle(req, Some(opts))
+        .map(Pending)
+        .map_err(|e| FetchError::Transport(format!("{e:?}")))
+}
+
+impl Pending {
+    /// Wait for the response head.
+    pub fn wait(self) -> Result<UpstreamResponse, FetchError> {
+        self.0.subscribe().block();
+        let resp: Result<IncomingResponse, ErrorCode> = match self.0.get() {
+            Some(Ok(r)) => r,
+            _ => return Err(FetchError::Transport("response already taken".into())),
+        };
+        let resp = resp.map_err(|e| FetchError::Transport(format!("{e:?}")))?;
+        let status = resp.status();
+        let content_length = resp
+            .headers()
+            .get("content-length")
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok());
+        let body = resp.consume().ok().and_then(BodyReader::from_incoming);
+        Ok(UpstreamResponse {
+            status,
+            content_length,
+            body,
+        })
+    }
+}
+
+/// GET `url` and wait for the head.
+pub fn get(url: &str, settings: &Settings) -> Result<UpstreamResponse, FetchError> {
+    start_get(url, settings)?.wait()
+}

@@ -1,0 +1,197 @@
+//! Named locks: the contract every backend implements, and the policy
+//! (key prefix, retry with backoff and jitter) shared by all of them.
+
+pub mod local;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::{Error, Result};
+
+/// How a lease holds its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One holder, no shared holders.
+    Exclusive,
+    /// Many shared holders, no exclusive holder.
+    Shared,
+}
+
+impl Mode {
+    /// Label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// A lock held by this node. Dropping it releases the lock.
+#[async_trait::async_trait]
+pub trait Lease: Send + Sync {
+    /// Push the expiry to now + `ttl`; fails with [`Error::Conflict`] when the
+    /// lease was lost.
+    async fn extend(&self, ttl: Duration) -> Result<()>;
+    /// Whether the lease is still held.
+    fn is_held(&self) -> bool;
+}
+
+/// A lock backend: local memory, Redis, PostgreSQL or MySQL.
+#[async_trait::async_trait]
+pub trait LockBackend: Send + Sync {
+    /// Take `key` once without waiting: `None` when somebody else holds it.
+    async fn try_acquire(
+        &self,
+        key: &str,
+        mode: Mode,
+        ttl: Duration,
+    ) -> Result<Option<Box<dyn Lease>>>;
+}
+
+/// The `--cache-lock-retry-*` policy.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts after the first one.
+    pub max_attempts: usize,
+    /// Delay before the first retry.
+    pub initial_delay: Duration,
+    /// Cap of the exponential delay.
+    pub max_delay: Duration,
+    /// Add random jitter to each delay.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.max_attempts);
+        if self.jitter {
+            builder.with_jitter()
+        } else {
+            builder
+        }
+    }
+}
+
+/// A held lease as the guest sees it: the backend's lease plus its key.
+pub struct LeaseHandle {
+    key: String,
+    lease: Box<dyn Lease>,
+}
+
+impl LeaseHandle {
+    /// The key without the prefix.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// See [`Lease::extend`].
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        self.lease.extend(ttl).await
+    }
+    /// See [`Lease::is_held`].
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+}
+
+/// The lock service of a node: a backend, the key prefix and the retry policy.
+#[derive(Clone)]
+pub struct Locks {
+    backend: Arc<dyn LockBackend>,
+    prefix: String,
+    retry: RetryPolicy,
+}
+
+/// Longest key the guest may ask for (before the prefix).
+const MAX_KEY_LEN: usize = 200;
+
+impl Locks {
+    /// A lock service over `backend` with keys under `prefix`.
+    pub fn new(
+        backend: Arc<dyn LockBackend>,
+        prefix: impl Into<String>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            backend,
+            prefix: prefix.into(),
+            retry,
+        }
+    }
+
+    fn full_key(&self, key: &str) -> Result<String> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()) {
+            return Err(Error::Invalid(format!("bad lock key {key:?}")));
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Take `key` once without waiting.
+    pub async fn try_acquire(
+        &self,
+        key: &str,
+        mode: Mode,
+        ttl: Duration,
+    ) -> Result<Option<LeaseHandle>> {
+        let full = self.full_key(key)?;
+        let lease = self.backend.try_acquire(&full, mode, ttl).await?;
+        Ok(lease.map(|lease| LeaseHandle {
+            key: key.to_owned(),
+            lease,
+        }))
+    }
+
+    /// Take `key`, retrying with the policy; [`Error::Timeout`] when it stays held.
+    pub async fn acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<LeaseHandle> {
+        let attempt = || async {
+            match self.try_acquire(key, mode, ttl).await? {
+                Some(lease) => Ok(lease),
+                None => Err(Error::Conflict(format!("lock {key} is held"))),
+            }
+        };
+        let started = std::time::Instant::now();
+        let result = attempt
+            .retry(self.retry.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, Error::Conflict(_) | Error::Timeout(_)))
+            .await;
+        match result {
+            Ok(lease) => {
+                tracing::debug!(
+                    lock_key = key,
+                    mode = mode.as_str(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "acquired lock"
+                );
+                Ok(lease)
+            }
+            Err(Error::Conflict(m)) => {
+                tracing::info!(
+                    lock_key = key,
+                    mode = mode.as_str(),
+                    retries = self.retry.max_attempts,
+                    "failed to acquire lock"
+                );
+                Err(Error::Timeout(m))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

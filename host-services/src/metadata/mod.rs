@@ -1,0 +1,32 @@
+//! Typed metadata: narinfo records, NAR records, size accounting and config
+//! values, one implementation per database.
+
+pub mod sqlite;
+
+use crate::Result;
+
+pub use crate::bindings::metadata::{NarRecord, NarinfoRecord};
+
+/// A metadata database: SQLite, PostgreSQL or MySQL.
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync {
+    /// The narinfo of a store-path hash.
+    async fn get_narinfo(&self, hash: &str) -> Result<Option<NarinfoRecord>>;
+    /// Insert or replace a narinfo.
+    async fn put_narinfo(&self, info: NarinfoRecord) -> Result<()>;
+    /// Delete a narinfo: `true` when one was deleted.
+    async fn delete_narinfo(&self, hash: &str) -> Result<bool>;
+    /// The record of a NAR by storage key.
+    async fn get_nar(&self, key: &str) -> Result<Option<NarRecord>>;
+    /// Insert or replace a NAR record.
+    async fn put_nar(&self, nar: NarRecord) -> Result<()>;
+    /// Delete a NAR record: `true` when one was deleted.
+    async fn delete_nar(&self, key: &str) -> Result<bool>;
+    /// Sum of the stored NAR sizes.
+    async fn total_size(&self) -> Result<u64>;
+    /// A config value.
+    async fn get_config(&self, key: &str) -> Result<Option<String>>;
+    /// Store `value` under `key` unless a value is there already; returns the
+    /// value that is stored afterwards (so racing nodes agree on one).
+    async fn set_config_if_absent(&self, key: &str, value: &str) -> Result<String>;
+}

@@ -1,0 +1,152 @@
+//! Local-disk storage in ncps's layout: `store/nar/<h0>/<h0h1>/<file>`.
+//!
+//! Writes go to `store/tmp/<random>`; `commit` fsyncs the file and hard-links
+//! it to its final name, which fails when the name exists (put-if-absent), so
+//! no partial file is ever visible under a key.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use tokio::fs::{self, File};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+
+use super::{BlobStore, BlobWriter, Body, ByteRange, StorageKey};
+use crate::{Error, Result};
+
+/// Local-disk blob store rooted at a data directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store under `data_dir` (objects in `data_dir/store`); creates the folders.
+    pub async fn open(data_dir: &Path) -> Result<Self> {
+        let root = data_dir.join("store");
+        fs::create_dir_all(root.join("tmp")).await?;
+        Ok(Self { root })
+    }
+
+    /// Where `key` lives on disk.
+    pub fn path_of(&self, key: &StorageKey) -> PathBuf {
+        let key = key.as_str();
+        match key.strip_prefix("nar/") {
+            Some(file) if !file.contains('/') && file.len() >= 2 => self
+                .root
+                .join("nar")
+                .join(&file[..1])
+                .join(&file[..2])
+                .join(file),
+            _ => self.root.join(key),
+        }
+    }
+}
+
+fn absent_is_none<T>(r: std::io::Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for LocalStore {
+    async fn stat(&self, key: &StorageKey) -> Result<Option<u64>> {
+        Ok(absent_is_none(fs::metadata(self.path_of(key)).await)?.map(|m| m.len()))
+    }
+
+    async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>> {
+        let Some(mut file) = absent_is_none(File::open(self.path_of(key)).await)? else {
+            return Ok(None);
+        };
+        let range = range.unwrap_or_default();
+        if range.offset > 0 {
+            file.seek(SeekFrom::Start(range.offset)).await?;
+        }
+        Ok(Some(match range.length {
+            Some(len) => Box::pin(file.take(len)),
+            None => Box::pin(file),
+        }))
+    }
+
+    async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}.part", rand::random::<u64>()));
+        let file = File::create(&tmp).await?;
+        Ok(Box::new(LocalWriter {
+            file: Some(BufWriter::with_capacity(256 * 1024, file)),
+            tmp,
+            dest: self.path_of(key),
+            written: 0,
+        }))
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        Ok(absent_is_none(fs::remove_file(self.path_of(key)).await)?.is_some())
+    }
+}
+
+struct LocalWriter {
+    file: Option<BufWriter<File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    written: u64,
+}
+
+#[async_trait::async_trait]
+impl BlobWriter for LocalWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        file.write_all(data).await?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<bool> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        file.flush().await?;
+        file.get_ref().sync_all().await?;
+        drop(file);
+        if let Some(parent) = self.dest.parent() {
+            fs::create_dir_all(parent).await?;
+        }
+        // hard_link fails when dest exists: publish only if absent.
+        let published = match fs::hard_link(&self.tmp, &self.dest).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(parent) = self.dest.parent() {
+            if let Ok(dir) = File::open(parent).await {
+                let _ = dir.sync_all().await;
+            }
+        }
+        Ok(published)
+        // Drop removes the temporary name.
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.tmp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.tmp.display(), error = %e, "failed to remove temporary file");
+            }
+        }
+    }
+}

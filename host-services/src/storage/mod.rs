@@ -1,0 +1,79 @@
+//! Blob storage for NAR files: the contract and key validation.
+
+pub mod local;
+
+use std::pin::Pin;
+
+use tokio::io::AsyncRead;
+
+use crate::{Error, Result};
+
+/// A validated storage key: relative, `/`-separated segments of
+/// `[A-Za-z0-9._-]`, none of them empty, `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageKey(String);
+
+/// Longest storage key accepted.
+const MAX_KEY_LEN: usize = 512;
+
+impl StorageKey {
+    /// Validate `key`.
+    pub fn parse(key: &str) -> Result<Self> {
+        let ok_segment = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if key.len() > MAX_KEY_LEN || !key.split('/').all(ok_segment) {
+            return Err(Error::Invalid(format!("bad storage key {key:?}")));
+        }
+        Ok(Self(key.to_owned()))
+    }
+    /// The key as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A byte range of an object.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// How many bytes; `None` to the end.
+    pub length: Option<u64>,
+}
+
+/// A streamed object body.
+pub type Body = Pin<Box<dyn AsyncRead + Send>>;
+
+/// An object being written; nothing is visible until [`BlobWriter::commit`].
+#[async_trait::async_trait]
+pub trait BlobWriter: Send + Sync {
+    /// Append bytes.
+    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Publish if the key is still absent: `true` when this writer published.
+    async fn commit(self: Box<Self>) -> Result<bool>;
+    /// Discard everything written (dropping the writer does the same).
+    async fn abort(self: Box<Self>);
+}
+
+/// A blob store: local disk or S3.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Size of the object, `None` when absent.
+    async fn stat(&self, key: &StorageKey) -> Result<Option<u64>>;
+    /// Stream the object or a range of it, `None` when absent.
+    async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>>;
+    /// Start writing an object.
+    async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>>;
+    /// Delete the object: `true` when something was deleted.
+    async fn delete(&self, key: &StorageKey) -> Result<bool>;
+}
+
+/// A writer as the guest holds it.
+pub struct WriterHandle(pub Box<dyn BlobWriter>);

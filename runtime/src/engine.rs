@@ -1,0 +1,87 @@
+//! The wasmtime engine: pooling allocator, epoch deadlines, the handler
+//! compiled once (and cached on disk), and the linker with every import.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::state::RequestState;
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(100);
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Instances alive at once (the pool size).
+    pub max_instances: u32,
+    /// Linear-memory cap per instance, bytes.
+    pub memory_limit: usize,
+    /// Where compiled code is cached between starts (none: compile every start).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A compiled, pre-linked handler ready to instantiate per request.
+#[derive(Clone)]
+pub struct Handler {
+    /// The pre-instantiated component.
+    pub pre: ProxyPre<RequestState>,
+    /// Memory cap per instance.
+    pub memory_limit: usize,
+}
+
+/// Build the engine and pre-link the handler.
+pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(opts.max_instances)
+        .total_memories(opts.max_instances)
+        .total_tables(opts.max_instances)
+        .total_stacks(opts.max_instances)
+        .total_core_instances(opts.max_instances * 4)
+        .max_memory_size(opts.memory_limit);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = &opts.cache_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(Cache::new(cache)?));
+    }
+    let engine = Engine::new(&config)?;
+    let started = std::time::Instant::now();
+    let component = Component::new(&engine, crate::HANDLER_WASM)
+        .map_err(|e| anyhow::Error::from(e).context("compiling the handler"))?;
+    tracing::info!(
+        duration_ms = started.elapsed().as_millis() as u64,
+        "handler compiled"
+    );
+    let mut linker = Linker::<RequestState>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    ncps_edge_host_services::add_to_linker(&mut linker)?;
+    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    Ok(Handler {
+        pre,
+        memory_limit: opts.memory_limit,
+    })
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the returned handle is dropped.
+pub fn start_epoch_ticker(engine: &Engine) -> Arc<tokio::task::JoinHandle<()>> {
+    let engine = engine.clone();
+    Arc::new(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EPOCH_TICK);
+        loop {
+            tick.tick().await;
+            engine.increment_epoch();
+        }
+    }))
+}

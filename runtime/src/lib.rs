@@ -1,0 +1,12 @@
+//! The ncps-edge runtime: CLI and configuration, the wasmtime engine that
+//! runs one fresh handler instance per request, and the HTTP server.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod engine;
+pub mod node;
+pub mod server;
+pub mod state;
+
+/// The handler component, built by `build.rs`.
+pub const HANDLER_WASM: &[u8] = include_bytes!(env!("NCPS_EDGE_HANDLER_WASM"));

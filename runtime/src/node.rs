@@ -1,0 +1,187 @@
+//! A running node: services built from the configuration, the compiled
+//! handler, the epoch ticker and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context as _};
+use ncps_edge_host_services::locks::local::LocalLocks;
+use ncps_edge_host_services::locks::{Locks, RetryPolicy};
+use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
+use ncps_edge_host_services::metadata::MetadataStore;
+use ncps_edge_host_services::signer::Signer;
+use ncps_edge_host_services::storage::local::LocalStore;
+use ncps_edge_host_services::{Services, Settings, Upstream};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::{listen_addr, parse_upstream, ServeArgs};
+use crate::engine::{self, EngineOptions};
+use crate::server::Server;
+
+/// Priority of an upstream given without `?priority=`: configuration order,
+/// after any explicitly preferred one.
+const DEFAULT_UPSTREAM_PRIORITY: u32 = 50;
+
+/// A node serving requests until [`RunningNode::stop`].
+pub struct RunningNode {
+    addr: SocketAddr,
+    services: Arc<Services>,
+    shutdown: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    ticker: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The node's services (for inspection by tests and tools).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+    /// Stop accepting connections and wait for the accept loop to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.server.await;
+        self.ticker.abort();
+    }
+}
+
+fn sqlite_path(args: &ServeArgs) -> anyhow::Result<PathBuf> {
+    match args.cache_database_url.as_deref() {
+        None => Ok(args.cache_storage_local.join("db").join("db.sqlite")),
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            if path.is_empty() {
+                bail!("--cache-database-url {url:?} has no path");
+            }
+            Ok(PathBuf::from(path))
+        }
+        Some(url) if url.starts_with("postgres") || url.starts_with("mysql") => {
+            bail!("--cache-database-url {url:?}: PostgreSQL and MySQL metadata are not available in this build yet")
+        }
+        Some(url) => bail!("--cache-database-url {url:?}: unsupported scheme (use sqlite:<path>)"),
+    }
+}
+
+fn upstreams(args: &ServeArgs) -> anyhow::Result<Vec<Upstream>> {
+    for key in &args.cache_upstream_public_key {
+        let ok = key.split_once(':').is_some_and(|(name, b64)| {
+            use base64_check::decoded_len_is_32;
+            !name.is_empty() && decoded_len_is_32(b64)
+        });
+        if !ok {
+            bail!("--cache-upstream-public-key {key:?} is not <name>:<base64 ed25519 key>");
+        }
+    }
+    let mut out = Vec::new();
+    for (i, raw) in args.cache_upstream_url.iter().enumerate() {
+        let up = parse_upstream(raw)?;
+        if args.cache_upstream_public_key.is_empty() {
+            tracing::warn!(
+                upstream = up.url,
+                "no --cache-upstream-public-key: narinfos from this upstream are not verified"
+            );
+        }
+        out.push(Upstream {
+            url: up.url,
+            priority: up.priority.unwrap_or(DEFAULT_UPSTREAM_PRIORITY + i as u32),
+            public_keys: args.cache_upstream_public_key.clone(),
+            healthy: true,
+        });
+    }
+    Ok(out)
+}
+
+mod base64_check {
+    /// Whether `b64` is standard base64 of exactly 32 bytes.
+    pub fn decoded_len_is_32(b64: &str) -> bool {
+        b64.len() == 44
+            && b64.ends_with('=')
+            && !b64.ends_with("==")
+            && b64[..43]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    }
+}
+
+/// Build the services and start serving.
+pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
+    if args.cache_lock_backend != "local" {
+        bail!(
+            "--cache-lock-backend {:?}: only \"local\" is available in this build yet",
+            args.cache_lock_backend
+        );
+    }
+    let data = &args.cache_storage_local;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let metadata: Arc<dyn MetadataStore> = Arc::new(SqliteMetadata::open(&sqlite_path(args)?)?);
+    let storage = Arc::new(LocalStore::open(data).await?);
+    let signer = Signer::load_or_generate(
+        args.cache_secret_key_path.as_deref(),
+        metadata.as_ref(),
+        &args.cache_hostname,
+    )
+    .await?;
+    tracing::info!(public_key = signer.public_key(), "signing key loaded");
+    let retry = RetryPolicy {
+        max_attempts: args.cache_lock_retry_max_attempts,
+        initial_delay: args.cache_lock_retry_initial_delay,
+        max_delay: args.cache_lock_retry_max_delay,
+        jitter: args.cache_lock_retry_jitter,
+    };
+    let settings = Settings {
+        hostname: args.cache_hostname.clone(),
+        priority: args.cache_priority,
+        sign_narinfo: args.cache_sign_narinfo,
+        allow_put: args.cache_allow_put_verb,
+        allow_delete: args.cache_allow_delete_verb,
+        get_token: args.cache_get_token.clone().filter(|t| !t.is_empty()),
+        upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
+        download_lock_ttl_ms: args.cache_lock_download_ttl.as_millis() as u64,
+        max_narinfo_size: args.cache_narinfo_max_size,
+    };
+    let services = Arc::new(Services {
+        locks: Locks::new(
+            Arc::new(LocalLocks::new()),
+            args.cache_lock_redis_key_prefix.clone(),
+            retry,
+        ),
+        storage,
+        metadata,
+        signer,
+        settings,
+        upstreams: RwLock::new(upstreams(args)?),
+    });
+    let handler = engine::load(&EngineOptions {
+        max_instances: args.wasm_max_instances,
+        memory_limit: args.wasm_memory_limit,
+        cache_dir: Some(
+            args.wasm_cache_dir
+                .clone()
+                .unwrap_or_else(|| data.join("wasm-cache")),
+        ),
+    })?;
+    let ticker = engine::start_epoch_ticker(handler.pre.engine());
+    let addr = listen_addr(&args.server_addr);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = Arc::new(Server::new(handler, services.clone(), args.request_timeout));
+    let server = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%addr, "ncps-edge listening");
+    Ok(RunningNode {
+        addr,
+        services,
+        shutdown,
+        server,
+        ticker,
+    })
+}
