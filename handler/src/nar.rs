@@ -117,7 +117,7 @@ fn parse_range(header: Option<&str>, size: u64) -> Option<Result<(u64, u64), ()>
             }
             (size.saturating_sub(n), size.checked_sub(1)?)
         }
-        (a, "") => (a.parse().ok()?, size.checked_sub(1).unwrap_or(0)),
+        (a, "") => (a.parse().ok()?, size.saturating_sub(1)),
         (a, b) => (
             a.parse().ok()?,
             b.parse::<u64>().ok()?.min(size.saturating_sub(1)),

@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
         "ncps:edge/storage.writer": crate::storage::WriterHandle,
     },
     require_store_data_send: true,
+    additional_derives: [PartialEq, Eq],
 });
 
 pub use ncps::edge::*;

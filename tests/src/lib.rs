@@ -1,1 +1,7 @@
+//! Helpers for the end-to-end tests: Nix-made fixture caches, a fake
+//! upstream serving them, the real `nix` client, and in-process nodes.
 
+pub mod fixture;
+pub mod nix;
+pub mod node;
+pub mod upstream;

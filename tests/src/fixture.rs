@@ -1,0 +1,180 @@
+//! Binary caches made by the real `nix copy`, once per test process: a
+//! closure with references (leaf ← mid ← top), a large random path, each in
+//! xz, zstd and uncompressed caches, plus a path signed by an untrusted key.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::nix::NixEnv;
+
+/// Size of the large path.
+pub const BIG_SIZE: usize = 30_000_000;
+
+/// The generated caches.
+pub struct Fixture {
+    /// Nix environment that made them (keeps its folder alive).
+    pub env: NixEnv,
+    /// Store holding the original paths.
+    pub store: PathBuf,
+    /// The trusted upstream key, `fixture-1:…`.
+    pub public_key: String,
+    /// The untrusted key's public half.
+    pub evil_public_key: String,
+    /// Closure top (refers to mid and leaf).
+    pub top: String,
+    /// mid (refers to leaf).
+    pub mid: String,
+    /// leaf.
+    pub leaf: String,
+    /// Large random file.
+    pub big: String,
+    /// Path only in the evil cache.
+    pub evil: String,
+    /// Cache folders by compression: "xz" (closure only), "zstd", "none".
+    pub caches: Vec<(&'static str, PathBuf)>,
+    /// Cache signed by the untrusted key.
+    pub evil_cache: PathBuf,
+}
+
+impl Fixture {
+    /// The cache folder for `compression`.
+    pub fn cache(&self, compression: &str) -> PathBuf {
+        self.caches
+            .iter()
+            .find(|(c, _)| *c == compression)
+            .map(|(_, p)| p.clone())
+            .expect("no such cache")
+    }
+}
+
+const CHAIN: &str = r#"
+let mk = name: script: builtins.derivation {
+  inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" script ]; PATH = "/usr/bin:/bin";
+};
+in rec {
+  leaf = mk "leaf" "echo leaf > $out";
+  mid = mk "mid" "mkdir $out; echo ${leaf} > $out/ref; echo mid > $out/data";
+  top = mk "top" "mkdir $out; echo ${mid} > $out/ref; echo ${leaf} >> $out/ref; ln -s ${leaf} $out/link";
+  big = mk "big" "head -c BIG_SIZE /dev/urandom > $out";
+  evil = mk "evil" "echo evil > $out";
+}
+"#;
+
+fn build(env: &NixEnv, store: &str, file: &str, attr: &str) -> String {
+    let out = env.run(
+        "nix-build",
+        &[
+            "--store",
+            store,
+            "--option",
+            "sandbox-paths",
+            "/usr /bin=/usr/bin /lib=/usr/lib /lib64=/usr/lib64",
+            file,
+            "-A",
+            attr,
+            "--no-out-link",
+        ],
+    );
+    out.lines().last().unwrap_or_default().to_owned()
+}
+
+/// The fixture, generated on first use.
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let env = NixEnv::new();
+        let store = env.path("store");
+        let s = store.display().to_string();
+        let file = env.path("chain.nix");
+        std::fs::write(&file, CHAIN.replace("BIG_SIZE", &BIG_SIZE.to_string())).unwrap();
+        let f = file.display().to_string();
+        let (top, big, evil) = (
+            build(&env, &s, &f, "top"),
+            build(&env, &s, &f, "big"),
+            build(&env, &s, &f, "evil"),
+        );
+        let refs = env.run("nix-store", &["--store", &s, "-q", "--references", &top]);
+        let mid = refs
+            .lines()
+            .find(|l| l.ends_with("-mid"))
+            .expect("mid")
+            .to_owned();
+        let leaf = refs
+            .lines()
+            .find(|l| l.ends_with("-leaf"))
+            .expect("leaf")
+            .to_owned();
+        let key = |name: &str| {
+            let (sk, pk) = (
+                env.path(&format!("{name}.sk")),
+                env.path(&format!("{name}.pk")),
+            );
+            env.run(
+                "nix-store",
+                &[
+                    "--generate-binary-cache-key",
+                    name,
+                    &sk.display().to_string(),
+                    &pk.display().to_string(),
+                ],
+            );
+            (sk, std::fs::read_to_string(pk).unwrap().trim().to_owned())
+        };
+        let (sk, public_key) = key("fixture-1");
+        let (evil_sk, evil_public_key) = key("evil-1");
+        let copy = |name: &str, query: &str, sk: &PathBuf, paths: &[&str]| {
+            let dir = env.path(name);
+            let to = format!(
+                "file://{}?{query}&secret-key={}",
+                dir.display(),
+                sk.display()
+            );
+            let mut args = vec!["copy", "--store", &s, "--to", &to];
+            args.extend_from_slice(paths);
+            env.run("nix", &args);
+            dir
+        };
+        let caches = vec![
+            ("xz", copy("up-xz", "compression=xz", &sk, &[&top])),
+            (
+                "zstd",
+                copy("up-zstd", "compression=zstd", &sk, &[&top, &big]),
+            ),
+            (
+                "none",
+                copy("up-none", "compression=none", &sk, &[&top, &big]),
+            ),
+        ];
+        let evil_cache = copy("up-evil", "compression=none", &evil_sk, &[&evil]);
+        Fixture {
+            env,
+            store,
+            public_key,
+            evil_public_key,
+            top,
+            mid,
+            leaf,
+            big,
+            evil,
+            caches,
+            evil_cache,
+        }
+    })
+}
+
+/// The hash part of a store path.
+pub fn hash_of(store_path: &str) -> &str {
+    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// The `URL:` of `store_path`'s narinfo in `cache`, with a leading slash.
+pub fn nar_url(cache: &std::path::Path, store_path: &str) -> String {
+    let text =
+        std::fs::read_to_string(cache.join(format!("{}.narinfo", hash_of(store_path)))).unwrap();
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("URL line");
+    format!("/{url}")
+}

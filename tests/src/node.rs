@@ -1,0 +1,65 @@
+//! ncps-edge nodes started in-process with the same flags as the binary.
+
+use ncps_edge::config::{parse_cli, Command};
+use ncps_edge::node::{start, RunningNode};
+
+/// A node and its data folder.
+pub struct TestNode {
+    /// The running node.
+    pub node: RunningNode,
+    /// Its data folder.
+    pub data: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.node.addr())
+    }
+    /// The node's public key.
+    pub fn public_key(&self) -> String {
+        self.node.services().signer.public_key()
+    }
+}
+
+fn init_logs() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Start a node on a free port with `extra` flags (after sensible test defaults).
+pub async fn start_node(extra: &[String]) -> TestNode {
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let wasm_cache = std::env::temp_dir().join("ncps-edge-test-wasm-cache");
+    let mut argv: Vec<String> = [
+        "ncps-edge",
+        "serve",
+        "--cache-hostname=test-cache",
+        "--server-addr=127.0.0.1:0",
+        "--wasm-max-instances=128",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push(format!("--cache-storage-local={}", data.path().display()));
+    argv.push(format!("--wasm-cache-dir={}", wasm_cache.display()));
+    argv.extend(extra.iter().cloned());
+    let Command::Serve(args) = parse_cli(argv).expect("flags").command;
+    let node = start(&args).await.expect("node starts");
+    TestNode { node, data }
+}
+
+/// Flags pointing a node at `upstream_url`, trusting `key`.
+pub fn upstream_flags(upstream_url: &str, key: &str) -> Vec<String> {
+    vec![
+        format!("--cache-upstream-url={upstream_url}"),
+        format!("--cache-upstream-public-key={key}"),
+    ]
+}

@@ -1,0 +1,162 @@
+//! A fake upstream cache: serves a folder made by `nix copy`, counts requests
+//! per path, and can corrupt NARs, slow them down or fail.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Switches of the fake upstream.
+#[derive(Default)]
+pub struct Faults {
+    /// Flip one byte in every NAR body.
+    pub corrupt_nars: AtomicBool,
+    /// Answer everything with 500.
+    pub fail: AtomicBool,
+    /// Pause between 64 KiB chunks of NAR bodies, milliseconds.
+    pub nar_chunk_delay_ms: AtomicU64,
+}
+
+struct State {
+    root: PathBuf,
+    hits: Mutex<HashMap<String, usize>>,
+    faults: Faults,
+}
+
+/// A running fake upstream.
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: u16, bytes: Vec<u8>) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)).boxed());
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+impl FakeUpstream {
+    /// Serve `root` on a free loopback port.
+    pub async fn start(root: PathBuf) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            root,
+            hits: Mutex::default(),
+            faults: Faults::default(),
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(serve(&s, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(conn), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Fault switches.
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// Requests seen for `path` (e.g. `/nar/….nar.zst`).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests seen for paths starting with `prefix`.
+    pub fn hits_with_prefix(&self, prefix: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
+    let path = req.uri().path().to_owned();
+    *s.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    if s.faults.fail.load(Ordering::SeqCst) {
+        return full(500, b"upstream broken".to_vec());
+    }
+    if path.contains("..") {
+        return full(400, Vec::new());
+    }
+    let Ok(mut bytes) = tokio::fs::read(s.root.join(path.trim_start_matches('/'))).await else {
+        return full(404, b"not found".to_vec());
+    };
+    if !path.starts_with("/nar/") {
+        return full(200, bytes);
+    }
+    if s.faults.corrupt_nars.load(Ordering::SeqCst) && !bytes.is_empty() {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+    }
+    let delay = Duration::from_millis(s.faults.nar_chunk_delay_ms.load(Ordering::SeqCst));
+    let len = bytes.len();
+    let chunks: Vec<Bytes> = Bytes::from(bytes)
+        .chunks(64 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let body = StreamBody::new(stream::unfold(
+        chunks.into_iter(),
+        move |mut it| async move {
+            let chunk = it.next()?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), it))
+        },
+    ));
+    let mut r = hyper::Response::new(body.boxed());
+    r.headers_mut().insert("content-length", len.into());
+    r
+}
