@@ -65,7 +65,11 @@ mod tests {
     fn verifies_signature_made_by_nix() {
         let info = NarInfo::parse(TOP).unwrap();
         let key = PublicKey::parse(KEY).unwrap();
-        assert!(verify_any(&info.fingerprint(), &info.sigs, std::slice::from_ref(&key)));
+        assert!(verify_any(
+            &info.fingerprint(),
+            &info.sigs,
+            std::slice::from_ref(&key)
+        ));
         // A changed NarSize breaks the signature.
         let mut tampered = info.clone();
         tampered.nar_size += 1;
