@@ -7,32 +7,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("handler-target");
-    for watched in [
-        "handler/src",
-        "handler/Cargo.toml",
-        "handler/testdata",
-        "wit",
-        "Cargo.lock",
-    ] {
+    for watched in ["handler/src", "handler/Cargo.toml", "handler/testdata", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "ncps-edge-handler",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "ncps-edge-handler", "--target-dir"])
         .arg(&target_dir);
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -51,10 +36,6 @@ fn main() {
         "building the handler failed (is the target installed? `rustup target add wasm32-wasip2`)"
     );
     let wasm = target_dir.join("wasm32-wasip2/release/ncps_edge_handler.wasm");
-    assert!(
-        wasm.exists(),
-        "handler component missing at {}",
-        wasm.display()
-    );
+    assert!(wasm.exists(), "handler component missing at {}", wasm.display());
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_WASM={}", wasm.display());
 }

@@ -21,48 +21,62 @@ pub fn handle(req: Request, out: ResponseOutparam) {
         }
         Err(RouteError::NotFound) => return text(out, 404, "not found\n", false),
     };
+    if route == Route::AdminLru {
+        return admin_lru(&req, &settings, out);
+    }
     if route != Route::Healthz && !authorized(&req, &settings) {
-        return Response::new(401)
-            .header("www-authenticate", "Basic realm=\"ncps-edge\"")
-            .send(out, b"unauthorized\n", false);
+        return Response::new(401).header("www-authenticate", "Basic realm=\"ncps-edge\"").send(
+            out,
+            b"unauthorized\n",
+            false,
+        );
     }
     let head = matches!(req.method, Method::Head);
     match (&req.method, route) {
         (Method::Get | Method::Head, Route::Root) => {
             let body = serde_json::json!({ "hostname": settings.hostname, "publicKey": signer::public_key() });
-            Response::new(200)
-                .header("content-type", "application/json")
-                .send(out, body.to_string().as_bytes(), head)
+            Response::new(200).header("content-type", "application/json").send(out, body.to_string().as_bytes(), head)
         }
         (Method::Get | Method::Head, Route::CacheInfo) => {
-            let body = format!(
-                "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
-                crate::narinfo::STORE_DIR,
-                settings.priority
-            );
-            Response::new(200)
-                .header("content-type", "text/x-nix-cache-info")
-                .send(out, body.as_bytes(), head)
+            let body =
+                format!("StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n", crate::narinfo::STORE_DIR, settings.priority);
+            Response::new(200).header("content-type", "text/x-nix-cache-info").send(out, body.as_bytes(), head)
         }
-        (Method::Get | Method::Head, Route::PubKey) => {
-            text(out, 200, &format!("{}\n", signer::public_key()), head)
-        }
+        (Method::Get | Method::Head, Route::PubKey) => text(out, 200, &format!("{}\n", signer::public_key()), head),
         (Method::Get | Method::Head, Route::Healthz) => text(out, 200, "OK\n", head),
-        (Method::Get | Method::Head, Route::Narinfo(hash)) => {
-            narinfos::get(&settings, &hash, out, head)
-        }
-        (Method::Put, Route::Narinfo(hash)) if settings.allow_put => {
-            narinfos::put(&settings, &req, &hash, out)
-        }
-        (Method::Delete, Route::Narinfo(hash)) if settings.allow_delete => {
-            narinfos::delete(&hash, out)
-        }
-        (Method::Get | Method::Head, Route::Nar(path)) => {
-            nar::get(&settings, &req, &path, out, head)
-        }
+        (Method::Get | Method::Head, Route::Narinfo(hash)) => narinfos::get(&settings, &hash, out, head),
+        (Method::Put, Route::Narinfo(hash)) if settings.allow_put => narinfos::put(&settings, &req, &hash, out),
+        (Method::Delete, Route::Narinfo(hash)) if settings.allow_delete => narinfos::delete(&hash, out),
+        (Method::Get | Method::Head, Route::Nar(path)) => nar::get(&settings, &req, &path, out, head),
         (Method::Put, Route::Nar(path)) if settings.allow_put => nar::put(&req, &path, out),
         (Method::Delete, Route::Nar(path)) if settings.allow_delete => nar::delete(&path, out),
         _ => text(out, 405, "method not allowed\n", false),
+    }
+}
+
+/// `POST /admin/lru` with `Authorization: Bearer <--admin-token>`: run an LRU
+/// pass now (for deployments without the runtime's scheduler). Off (404)
+/// when no admin token is configured.
+fn admin_lru(req: &Request, settings: &Settings, out: ResponseOutparam) {
+    let Some(token) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) else {
+        return text(out, 404, "not found\n", false);
+    };
+    let given = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return text(out, 401, "unauthorized\n", false);
+    }
+    if !matches!(req.method, Method::Post) {
+        return text(out, 405, "method not allowed\n", false);
+    }
+    match crate::lru::run(settings) {
+        Ok(r) => {
+            let body = serde_json::json!({
+                "ran": r.ran, "totalBefore": r.total_before, "totalAfter": r.total_after,
+                "evicted": r.evicted, "bytesFreed": r.bytes_freed,
+            });
+            Response::new(200).header("content-type", "application/json").send(out, body.to_string().as_bytes(), false)
+        }
+        Err(e) => text(out, 503, &format!("LRU pass failed: {e:?}\n"), false),
     }
 }
 

@@ -29,10 +29,7 @@ impl Sha256 {
     /// Parse `sha256:<nix32|hex|base64>` or SRI `sha256-<base64>`.
     pub fn parse(s: &str) -> Result<Self, HashError> {
         let err = || HashError(s.to_owned());
-        let body = s
-            .strip_prefix("sha256:")
-            .or_else(|| s.strip_prefix("sha256-"))
-            .ok_or_else(err)?;
+        let body = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("sha256-")).ok_or_else(err)?;
         let bytes = match body.len() {
             52 => Self::from_nix32(body).map(|h| h.0.to_vec()),
             64 => decode_hex(body),
@@ -63,10 +60,7 @@ impl Sha256 {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
 }
 
 #[cfg(test)]

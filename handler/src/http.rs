@@ -32,20 +32,14 @@ impl Request {
 
     /// First value of header `name` (case-insensitive), when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The request body as a stream.
     pub fn body(&self) -> Option<BodyReader> {
         let body = self.inner.consume().ok()?;
         let stream = body.stream().ok()?;
-        Some(BodyReader {
-            stream,
-            _body: body,
-        })
+        Some(BodyReader { stream, _body: body })
     }
 }
 
@@ -71,10 +65,7 @@ impl BodyReader {
     /// Wrap an upstream response body.
     pub fn from_incoming(body: IncomingBody) -> Option<Self> {
         let stream = body.stream().ok()?;
-        Some(Self {
-            stream,
-            _body: body,
-        })
+        Some(Self { stream, _body: body })
     }
 
     /// The next chunk; `Ok(None)` at the end.
@@ -108,16 +99,12 @@ pub struct Response {
 impl Response {
     /// A response with `status`.
     pub fn new(status: u16) -> Self {
-        Self {
-            status,
-            headers: Vec::new(),
-        }
+        Self { status, headers: Vec::new() }
     }
 
     /// Add a header.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_ref().to_vec()));
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
         self
     }
 
@@ -151,9 +138,7 @@ impl Response {
 
 /// Send a short plain-text response.
 pub fn text(out: ResponseOutparam, status: u16, body: &str, head_only: bool) {
-    Response::new(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .send(out, body.as_bytes(), head_only);
+    Response::new(status).header("content-type", "text/plain; charset=utf-8").send(out, body.as_bytes(), head_only);
 }
 
 /// An outgoing response body.

@@ -14,8 +14,10 @@ pub mod route;
 pub mod signature;
 
 mod app;
+mod health;
 mod http;
 mod logging;
+mod lru;
 mod nar;
 mod narinfos;
 mod records;
@@ -31,10 +33,7 @@ wit_bindgen::generate!({
 struct Handler;
 
 impl exports::wasi::http::incoming_handler::Guest for Handler {
-    fn handle(
-        request: wasi::http::types::IncomingRequest,
-        out: wasi::http::types::ResponseOutparam,
-    ) {
+    fn handle(request: wasi::http::types::IncomingRequest, out: wasi::http::types::ResponseOutparam) {
         app::handle(http::Request::new(request), out);
     }
 }
@@ -43,3 +42,13 @@ impl exports::wasi::http::incoming_handler::Guest for Handler {
 // has no component export names to give the linker.
 #[cfg(target_arch = "wasm32")]
 export!(Handler);
+
+impl exports::ncps::edge::maintenance::Guest for Handler {
+    fn run_lru() -> Result<exports::ncps::edge::maintenance::LruReport, ncps::edge::types::Error> {
+        lru::run(&ncps::edge::config::get_settings())
+    }
+
+    fn check_upstreams() -> Vec<exports::ncps::edge::maintenance::UpstreamHealth> {
+        health::check()
+    }
+}

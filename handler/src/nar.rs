@@ -12,6 +12,7 @@ use crate::logging;
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::{self, Lease, Mode};
 use crate::ncps::edge::metadata::{self, NarRecord};
+use crate::ncps::edge::metrics;
 use crate::ncps::edge::storage::{self, ByteRange, Writer};
 use crate::route::NarPath;
 use crate::time::{sleep, Instant};
@@ -32,10 +33,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
     let record = match metadata::get_nar(&key) {
         Ok(r) => r,
         Err(e) => {
-            logging::warn(
-                "metadata lookup failed",
-                &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("metadata lookup failed", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
             None
         }
     };
@@ -48,10 +46,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
     loop {
         match locks::try_acquire(&lock_key, Mode::Exclusive, settings.download_lock_ttl_ms) {
             Ok(Some(lease)) => {
-                logging::debug(
-                    "acquired download lock",
-                    &[("hash", &path.hash), ("lock_type", "download:nar")],
-                );
+                logging::debug("acquired download lock", &[("hash", &path.hash), ("lock_type", "download:nar")]);
                 if let Some(size) = stat(&key) {
                     drop(lease);
                     return serve_stored(req, &key, size, out, head);
@@ -75,11 +70,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
             Err(e) => {
                 logging::warn(
                     "failed to acquire lock",
-                    &[
-                        ("hash", &path.hash),
-                        ("lock_type", "download:nar"),
-                        ("error", &format!("{e:?}")),
-                    ],
+                    &[("hash", &path.hash), ("lock_type", "download:nar"), ("error", &format!("{e:?}"))],
                 );
                 return download(settings, path, record, None, out);
             }
@@ -92,10 +83,7 @@ fn stat(key: &str) -> Option<u64> {
     match storage::stat(key) {
         Ok(info) => info.map(|i| i.size),
         Err(e) => {
-            logging::warn(
-                "storage stat failed",
-                &[("url", key), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("storage stat failed", &[("url", key), ("error", &format!("{e:?}"))]);
             None
         }
     }
@@ -118,43 +106,29 @@ fn parse_range(header: Option<&str>, size: u64) -> Option<Result<(u64, u64), ()>
             (size.saturating_sub(n), size.checked_sub(1)?)
         }
         (a, "") => (a.parse().ok()?, size.saturating_sub(1)),
-        (a, b) => (
-            a.parse().ok()?,
-            b.parse::<u64>().ok()?.min(size.saturating_sub(1)),
-        ),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size.saturating_sub(1))),
     };
-    Some(if first >= size || first > last {
-        Err(())
-    } else {
-        Ok((first, last))
-    })
+    Some(if first >= size || first > last { Err(()) } else { Ok((first, last)) })
 }
 
 fn serve_stored(req: &Request, key: &str, size: u64, out: ResponseOutparam, head: bool) {
+    metadata::record_access(key);
     let (status, range, length) = match parse_range(req.header("range"), size) {
         None => (200, None, size),
         Some(Ok((first, last))) => (206, Some((first, last)), last - first + 1),
         Some(Err(())) => {
-            return Response::new(416)
-                .header("content-range", format!("bytes */{size}"))
-                .send(out, b"", head);
+            return Response::new(416).header("content-range", format!("bytes */{size}")).send(out, b"", head);
         }
     };
     let stream = if head {
         None
     } else {
-        let byte_range = range.map(|(first, _)| ByteRange {
-            offset: first,
-            length: Some(length),
-        });
+        let byte_range = range.map(|(first, _)| ByteRange { offset: first, length: Some(length) });
         match storage::read(key, byte_range) {
             Ok(Some(s)) => Some(s),
             Ok(None) => return text(out, 404, "not found\n", false),
             Err(e) => {
-                logging::warn(
-                    "storage read failed",
-                    &[("url", key), ("error", &format!("{e:?}"))],
-                );
+                logging::warn("storage read failed", &[("url", key), ("error", &format!("{e:?}"))]);
                 return text(out, 503, "storage unavailable\n", false);
             }
         }
@@ -177,10 +151,7 @@ fn serve_stored(req: &Request, key: &str, size: u64, out: ResponseOutparam, head
             body.finish();
         }
         Ok(n) => {
-            logging::warn(
-                "stored NAR shorter than expected",
-                &[("url", key), ("bytes", &n.to_string())],
-            );
+            logging::warn("stored NAR shorter than expected", &[("url", key), ("bytes", &n.to_string())]);
             drop(stream);
             body.abort();
         }
@@ -198,9 +169,7 @@ struct Expected {
 }
 
 fn expected(path: &NarPath, record: Option<&NarRecord>) -> Expected {
-    let from_record = record
-        .and_then(|r| r.file_hash.as_deref())
-        .and_then(|h| Sha256::parse(h).ok());
+    let from_record = record.and_then(|r| r.file_hash.as_deref()).and_then(|h| Sha256::parse(h).ok());
     Expected {
         // A 52-character name is the file's own sha256, as Nix names NARs.
         hash: from_record.or_else(|| Sha256::from_nix32(&path.hash)),
@@ -219,37 +188,31 @@ fn download(
     let expect = expected(path, record.as_ref());
     let candidates: Vec<String> = match record.as_ref().and_then(|r| r.upstream_url.clone()) {
         Some(url) => vec![url],
-        None => upstream::ordered()
-            .into_iter()
-            .map(|u| format!("{}/{key}", u.url))
-            .collect(),
+        None => upstream::ordered().into_iter().map(|u| format!("{}/{key}", u.url)).collect(),
     };
     let started = Instant::now();
     let mut failed = false;
     let mut found = None;
     for url in &candidates {
+        let asked = Instant::now();
         match upstream::get(url, settings) {
             Ok(resp) if resp.status == 200 => {
                 found = Some((url.clone(), resp));
                 break;
             }
-            Ok(resp) => logging::debug(
-                "upstream has no NAR",
-                &[
-                    ("hash", &path.hash),
-                    ("upstream", url),
-                    ("status", &resp.status.to_string()),
-                ],
-            ),
+            Ok(resp) => {
+                metrics::upstream_fetch("nar", url, asked.elapsed().as_secs_f64(), "not-found");
+                logging::debug(
+                    "upstream has no NAR",
+                    &[("hash", &path.hash), ("upstream", url), ("status", &resp.status.to_string())],
+                );
+            }
             Err(e) => {
                 failed = true;
+                metrics::upstream_fetch("nar", url, asked.elapsed().as_secs_f64(), "error");
                 logging::warn(
                     "upstream NAR request failed",
-                    &[
-                        ("hash", &path.hash),
-                        ("upstream", url),
-                        ("error", &e.to_string()),
-                    ],
+                    &[("hash", &path.hash), ("upstream", url), ("error", &e.to_string())],
                 );
             }
         }
@@ -265,16 +228,9 @@ fn download(
     let size_conflict = matches!((resp.content_length, expect.size), (Some(a), Some(b)) if a != b);
     let length = resp.content_length.or(expect.size);
     let Some(mut upstream_body) = resp.body.filter(|_| !size_conflict) else {
-        logging::warn(
-            "upstream NAR has the wrong size",
-            &[("hash", &path.hash), ("upstream", &url)],
-        );
-        return text(
-            out,
-            502,
-            "upstream NAR is not what its narinfo says\n",
-            false,
-        );
+        metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "rejected");
+        logging::warn("upstream NAR has the wrong size", &[("hash", &path.hash), ("upstream", &url)]);
+        return text(out, 502, "upstream NAR is not what its narinfo says\n", false);
     };
     let mut writer = match storage::create(&key) {
         Ok(w) => Some(w),
@@ -286,9 +242,7 @@ fn download(
             None
         }
     };
-    let mut resp = Response::new(200)
-        .header("content-type", CONTENT_TYPE)
-        .header("x-cache", "MISS");
+    let mut resp = Response::new(200).header("content-type", CONTENT_TYPE).header("x-cache", "MISS");
     if let Some(len) = length {
         resp = resp.header("content-length", len.to_string());
     }
@@ -305,13 +259,10 @@ fn download(
             Ok(Some(c)) => c,
             Ok(None) => break,
             Err(e) => {
+                metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "error");
                 logging::warn(
                     "upstream NAR transfer failed",
-                    &[
-                        ("hash", &path.hash),
-                        ("upstream", &url),
-                        ("error", &e.to_string()),
-                    ],
+                    &[("hash", &path.hash), ("upstream", &url), ("error", &e.to_string())],
                 );
                 discard(writer, client);
                 return;
@@ -340,10 +291,7 @@ fn download(
         if let Some(lease) = &lease {
             if last_extend.elapsed() > Duration::from_millis(ttl_ms / 3) {
                 if let Err(e) = lease.extend(ttl_ms) {
-                    logging::warn(
-                        "download lock lost",
-                        &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-                    );
+                    logging::warn("download lock lost", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
                 }
                 last_extend = Instant::now();
             }
@@ -354,6 +302,7 @@ fn download(
     let hash_ok = expect.hash.is_none_or(|h| h == digest);
     let verifiable = expect.hash.is_some();
     if !(size_ok && hash_ok) {
+        metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "rejected");
         logging::warn(
             "NAR from upstream does not match its narinfo; not cached",
             &[
@@ -368,24 +317,17 @@ fn download(
     }
     if let Some(w) = writer {
         if !verifiable {
-            logging::warn(
-                "NAR has no known hash; served but not cached",
-                &[("hash", &path.hash)],
-            );
+            logging::warn("NAR has no known hash; served but not cached", &[("hash", &path.hash)]);
             Writer::abort(w);
         } else {
             publish(&key, w, total, record);
         }
     }
+    metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "ok");
     let ms = started.elapsed().as_millis().to_string();
     logging::info(
         "downloaded NAR from upstream",
-        &[
-            ("hash", &path.hash),
-            ("upstream", &url),
-            ("bytes", &total.to_string()),
-            ("duration_ms", &ms),
-        ],
+        &[("hash", &path.hash), ("upstream", &url), ("bytes", &total.to_string()), ("duration_ms", &ms)],
     );
     drop(lease);
     if let Some(mut c) = client {
@@ -417,16 +359,10 @@ fn publish(key: &str, writer: Writer, size: u64, record: Option<NarRecord>) {
             });
             nar.stored_size = Some(size);
             if let Err(e) = metadata::put_nar(&nar) {
-                logging::warn(
-                    "failed to record stored NAR",
-                    &[("url", key), ("error", &format!("{e:?}"))],
-                );
+                logging::warn("failed to record stored NAR", &[("url", key), ("error", &format!("{e:?}"))]);
             }
         }
-        Err(e) => logging::warn(
-            "storage commit failed",
-            &[("url", key), ("error", &format!("{e:?}"))],
-        ),
+        Err(e) => logging::warn("storage commit failed", &[("url", key), ("error", &format!("{e:?}"))]),
     }
 }
 
@@ -443,10 +379,7 @@ pub fn put(req: &Request, path: &NarPath, out: ResponseOutparam) {
     let writer = match storage::create(&key) {
         Ok(w) => w,
         Err(e) => {
-            logging::warn(
-                "storage unavailable for upload",
-                &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("storage unavailable for upload", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
             return text(out, 503, "storage unavailable\n", false);
         }
     };
@@ -475,20 +408,14 @@ pub fn put(req: &Request, path: &NarPath, out: ResponseOutparam) {
     if let Some(want) = Sha256::from_nix32(&path.hash) {
         if want != digest {
             Writer::abort(writer);
-            logging::warn(
-                "uploaded NAR does not match its name",
-                &[("hash", &path.hash)],
-            );
+            logging::warn("uploaded NAR does not match its name", &[("hash", &path.hash)]);
             return text(out, 400, "NAR hash does not match its name\n", false);
         }
     }
     let size = writer.written();
     let record = metadata::get_nar(&key).ok().flatten();
     publish(&key, writer, size, record);
-    logging::info(
-        "stored uploaded NAR",
-        &[("hash", &path.hash), ("bytes", &size.to_string())],
-    );
+    logging::info("stored uploaded NAR", &[("hash", &path.hash), ("bytes", &size.to_string())]);
     Response::new(204).send(out, b"", false);
 }
 
@@ -501,10 +428,7 @@ pub fn delete(path: &NarPath, out: ResponseOutparam) {
         Ok(true) => Response::new(204).send(out, b"", false),
         Ok(false) => text(out, 404, "not found\n", false),
         Err(e) => {
-            logging::warn(
-                "failed to delete NAR",
-                &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("failed to delete NAR", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
             text(out, 503, "storage unavailable\n", false)
         }
     }

@@ -57,9 +57,7 @@ pub fn is_store_base_name(base: &str) -> bool {
         && !name.is_empty()
         && name.len() <= 211
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
 }
 
 /// The hash part of a store path, when it is a valid one.
@@ -69,8 +67,7 @@ pub fn store_path_hash(store_path: &str) -> Option<&str> {
 }
 
 fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoError> {
-    v.parse()
-        .map_err(|_| NarInfoError::Bad(field, v.to_owned()))
+    v.parse().map_err(|_| NarInfoError::Bad(field, v.to_owned()))
 }
 
 fn parse_hash(field: &'static str, v: &str) -> Result<Sha256, NarInfoError> {
@@ -92,8 +89,7 @@ impl NarInfo {
             let value = value.trim();
             match key {
                 "StorePath" => {
-                    store_path_hash(value)
-                        .ok_or_else(|| NarInfoError::Bad("StorePath", value.into()))?;
+                    store_path_hash(value).ok_or_else(|| NarInfoError::Bad("StorePath", value.into()))?;
                     store_path = Some(value.to_owned());
                 }
                 "URL" => url = Some(value.to_owned()),
@@ -179,19 +175,9 @@ impl NarInfo {
 
     /// What Nix signs: `1;<path>;<narhash>;<narsize>;<sorted full references>`.
     pub fn fingerprint(&self) -> String {
-        let mut refs: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| format!("{STORE_DIR}/{r}"))
-            .collect();
+        let mut refs: Vec<String> = self.references.iter().map(|r| format!("{STORE_DIR}/{r}")).collect();
         refs.sort();
-        format!(
-            "1;{};{};{};{}",
-            self.store_path,
-            self.nar_hash.to_nix_string(),
-            self.nar_size,
-            refs.join(",")
-        )
+        format!("1;{};{};{};{}", self.store_path, self.nar_hash.to_nix_string(), self.nar_size, refs.join(","))
     }
 }
 
@@ -247,25 +233,14 @@ mod tests {
             NarInfo::parse(&TOP.replace("NarSize: 384", "NarSize: -1")),
             Err(NarInfoError::Bad("NarSize", _))
         ));
-        assert!(matches!(
-            NarInfo::parse(&TOP.replace("-leaf ", "-../leaf ")),
-            Err(NarInfoError::Bad("References", _))
-        ));
-        let no_url: String = TOP
-            .lines()
-            .filter(|l| !l.starts_with("URL"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        assert!(matches!(NarInfo::parse(&TOP.replace("-leaf ", "-../leaf ")), Err(NarInfoError::Bad("References", _))));
+        let no_url: String = TOP.lines().filter(|l| !l.starts_with("URL")).map(|l| format!("{l}\n")).collect();
         assert_eq!(NarInfo::parse(&no_url), Err(NarInfoError::Missing("URL")));
     }
 
     #[test]
     fn default_compression_is_bzip2() {
-        let text: String = HELLO
-            .lines()
-            .filter(|l| !l.starts_with("Compression"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text: String = HELLO.lines().filter(|l| !l.starts_with("Compression")).map(|l| format!("{l}\n")).collect();
         assert_eq!(NarInfo::parse(&text).unwrap().compression, "bzip2");
     }
 }

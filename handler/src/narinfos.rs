@@ -8,8 +8,8 @@ use crate::narinfo::{compression_extension, NarInfo};
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::{self, Mode};
 use crate::ncps::edge::metadata::{self, NarRecord};
-use crate::ncps::edge::signer;
 use crate::ncps::edge::types::Error as HostError;
+use crate::ncps::edge::{metrics, signer};
 use crate::records::{from_record, to_record};
 use crate::route::NarPath;
 use crate::signature::verify_any;
@@ -34,11 +34,7 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
         Err(e) => {
             logging::warn(
                 "failed to acquire lock",
-                &[
-                    ("hash", hash),
-                    ("lock_type", "download:narinfo"),
-                    ("error", &format!("{e:?}")),
-                ],
+                &[("hash", hash), ("lock_type", "download:narinfo"), ("error", &format!("{e:?}"))],
             );
             None
         }
@@ -50,10 +46,12 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
 }
 
 fn respond(out: ResponseOutparam, info: &NarInfo, cache: &str, head: bool) {
-    Response::new(200)
-        .header("content-type", "text/x-nix-narinfo")
-        .header("x-cache", cache)
-        .send(out, info.render().as_bytes(), head);
+    metadata::record_access(&info.url);
+    Response::new(200).header("content-type", "text/x-nix-narinfo").header("x-cache", cache).send(
+        out,
+        info.render().as_bytes(),
+        head,
+    );
 }
 
 /// The stored narinfo; a metadata failure is logged and treated as a miss.
@@ -62,138 +60,98 @@ fn lookup(hash: &str) -> Option<NarInfo> {
         Ok(Some(record)) => from_record(record),
         Ok(None) => None,
         Err(e) => {
-            logging::warn(
-                "metadata lookup failed",
-                &[("hash", hash), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("metadata lookup failed", &[("hash", hash), ("error", &format!("{e:?}"))]);
             None
         }
     }
+}
+
+/// Why one upstream's narinfo was not taken.
+enum Refusal {
+    /// It does not have it (404 or another non-200 status).
+    NotFound(u16),
+    /// It answered with something we must not adopt.
+    Rejected(String),
+    /// The request failed.
+    Failed(String),
 }
 
 /// Ask every upstream at once, take the answer of the most preferred one that
 /// has a valid narinfo, rewrite, sign and record it.
 fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
     let ups = upstream::ordered();
-    let pending: Vec<_> = ups
-        .iter()
-        .map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), settings))
-        .collect();
+    let pending: Vec<_> =
+        ups.iter().map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), settings)).collect();
     for (up, pending) in ups.iter().zip(pending) {
         let started = crate::time::Instant::now();
-        let resp = match pending.and_then(|p| p.wait()) {
-            Ok(r) => r,
-            Err(e) => {
-                logging::warn(
-                    "upstream narinfo request failed",
-                    &[
-                        ("hash", hash),
-                        ("upstream", &up.url),
-                        ("error", &e.to_string()),
-                    ],
-                );
-                continue;
-            }
+        let result = pending.map_err(|e| Refusal::Failed(e.to_string())).and_then(|p| take(settings, hash, up, p));
+        let seconds = started.elapsed().as_secs_f64();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Refusal::NotFound(_)) => "not-found",
+            Err(Refusal::Rejected(_)) => "rejected",
+            Err(Refusal::Failed(_)) => "error",
         };
-        if resp.status != 200 {
-            logging::debug(
+        metrics::upstream_fetch("narinfo", &up.url, seconds, outcome);
+        match result {
+            Ok(info) => {
+                let ms = ((seconds * 1000.0) as u64).to_string();
+                logging::info(
+                    "fetched narinfo from upstream",
+                    &[("hash", hash), ("upstream", &up.url), ("duration_ms", &ms)],
+                );
+                return Some(info);
+            }
+            Err(Refusal::NotFound(status)) => logging::debug(
                 "upstream has no narinfo",
-                &[
-                    ("hash", hash),
-                    ("upstream", &up.url),
-                    ("status", &resp.status.to_string()),
-                ],
-            );
-            continue;
-        }
-        let fields = |extra: &str| {
-            [
-                ("hash", hash.to_owned()),
-                ("upstream", up.url.clone()),
-                ("error", extra.to_owned()),
-            ]
-        };
-        let body = match resp.body.map(|b| b.read_to_end(settings.max_narinfo_size)) {
-            Some(Ok(body)) => body,
-            Some(Err(e)) => {
-                log_owned(
-                    logging::Level::Warn,
-                    "upstream narinfo unreadable",
-                    &fields(&e.to_string()),
-                );
-                continue;
+                &[("hash", hash), ("upstream", &up.url), ("status", &status.to_string())],
+            ),
+            Err(Refusal::Rejected(why)) => {
+                logging::warn("upstream narinfo refused", &[("hash", hash), ("upstream", &up.url), ("error", &why)])
             }
-            None => continue,
-        };
-        let info = match std::str::from_utf8(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
-        {
-            Ok(info) => info,
-            Err(e) => {
-                log_owned(
-                    logging::Level::Warn,
-                    "upstream narinfo is malformed",
-                    &fields(&e),
-                );
-                continue;
-            }
-        };
-        if info.hash() != hash {
-            log_owned(
-                logging::Level::Warn,
-                "upstream narinfo is for another store path",
-                &fields(&info.store_path),
-            );
-            continue;
+            Err(Refusal::Failed(why)) => logging::warn(
+                "upstream narinfo request failed",
+                &[("hash", hash), ("upstream", &up.url), ("error", &why)],
+            ),
         }
-        if !up.keys.is_empty() && !verify_any(&info.fingerprint(), &info.sigs, &up.keys) {
-            log_owned(
-                logging::Level::Warn,
-                "upstream narinfo has no valid signature from a trusted key",
-                &fields(""),
-            );
-            continue;
-        }
-        let Some(info) = adopt(settings, info, &up.url) else {
-            log_owned(
-                logging::Level::Warn,
-                "upstream narinfo has an unusable URL or compression",
-                &fields(""),
-            );
-            continue;
-        };
-        let ms = started.elapsed().as_millis().to_string();
-        logging::info(
-            "fetched narinfo from upstream",
-            &[("hash", hash), ("upstream", &up.url), ("duration_ms", &ms)],
-        );
-        return Some(info);
     }
     None
 }
 
-fn log_owned(level: logging::Level, message: &str, fields: &[(&str, String)]) {
-    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    logging::log(level, message, &fields);
+/// Read, check and adopt one upstream's answer.
+fn take(
+    settings: &Settings,
+    hash: &str,
+    up: &upstream::Upstream,
+    pending: upstream::Pending,
+) -> Result<NarInfo, Refusal> {
+    let resp = pending.wait().map_err(|e| Refusal::Failed(e.to_string()))?;
+    if resp.status != 200 {
+        return Err(Refusal::NotFound(resp.status));
+    }
+    let body = resp.body.ok_or_else(|| Refusal::Failed("no body".into()))?;
+    let body = body.read_to_end(settings.max_narinfo_size).map_err(|e| Refusal::Rejected(e.to_string()))?;
+    let text = std::str::from_utf8(&body).map_err(|e| Refusal::Rejected(e.to_string()))?;
+    let info = NarInfo::parse(text).map_err(|e| Refusal::Rejected(format!("malformed: {e}")))?;
+    if info.hash() != hash {
+        return Err(Refusal::Rejected(format!("narinfo is for another store path, {}", info.store_path)));
+    }
+    if !up.keys.is_empty() && !verify_any(&info.fingerprint(), &info.sigs, &up.keys) {
+        return Err(Refusal::Rejected("no valid signature from a trusted key".into()));
+    }
+    adopt(settings, info, &up.url).ok_or_else(|| Refusal::Rejected("unusable URL or compression".into()))
 }
 
 /// The NAR path this cache serves an upstream narinfo's file under.
 fn nar_path_for(info: &NarInfo) -> Option<NarPath> {
     let ext = compression_extension(&info.compression)?;
     let file = info.url.rsplit('/').next().unwrap_or_default();
-    let url_hash = file
-        .split('.')
-        .next()
-        .filter(|h| (h.len() == 52 || h.len() == 32) && is_nix32(h));
+    let url_hash = file.split('.').next().filter(|h| (h.len() == 52 || h.len() == 32) && is_nix32(h));
     let hash = match url_hash {
         Some(h) => h.to_owned(),
         None => info.file_hash.unwrap_or(info.nar_hash).to_nix32(),
     };
-    Some(NarPath {
-        hash,
-        ext: ext.to_owned(),
-    })
+    Some(NarPath { hash, ext: ext.to_owned() })
 }
 
 /// Rewrite an upstream narinfo to our URL, sign it and record it with the
@@ -201,10 +159,7 @@ fn nar_path_for(info: &NarInfo) -> Option<NarPath> {
 /// is still served.
 fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<NarInfo> {
     let path = nar_path_for(&info)?;
-    let upstream_nar = format!(
-        "{upstream_url}/{}",
-        info.url.split('?').next().unwrap_or_default()
-    );
+    let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
     info.url = path.key();
     if info.compression == "none" && info.file_hash.is_none() {
         info.file_hash = Some(info.nar_hash);
@@ -213,10 +168,7 @@ fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<N
         sign(&mut info);
     }
     if let Err(e) = record(&info, Some(upstream_nar)) {
-        logging::warn(
-            "failed to record narinfo",
-            &[("hash", info.hash()), ("error", &format!("{e:?}"))],
-        );
+        logging::warn("failed to record narinfo", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
     }
     Some(info)
 }
@@ -228,10 +180,7 @@ fn sign(info: &mut NarInfo) {
     info.sigs.retain(|s| s.split(':').next() != Some(name));
     match signer::sign(&info.fingerprint()) {
         Ok(sig) => info.sigs.push(sig),
-        Err(e) => logging::warn(
-            "signing failed",
-            &[("hash", info.hash()), ("error", &format!("{e:?}"))],
-        ),
+        Err(e) => logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]),
     }
 }
 
@@ -241,10 +190,7 @@ fn sign(info: &mut NarInfo) {
 fn record(info: &NarInfo, upstream_nar: Option<String>) -> Result<(), HostError> {
     let hash = info.hash().to_owned();
     metadata::put_narinfo(&to_record(&hash, info))?;
-    let stored_size = metadata::get_nar(&info.url)
-        .ok()
-        .flatten()
-        .and_then(|n| n.stored_size);
+    let stored_size = metadata::get_nar(&info.url).ok().flatten().and_then(|n| n.stored_size);
     let nar = NarRecord {
         key: info.url.clone(),
         upstream_url: upstream_nar,
@@ -253,10 +199,7 @@ fn record(info: &NarInfo, upstream_nar: Option<String>) -> Result<(), HostError>
         stored_size,
     };
     if let Err(e) = metadata::put_nar(&nar) {
-        logging::warn(
-            "failed to record nar",
-            &[("hash", &hash), ("error", &format!("{e:?}"))],
-        );
+        logging::warn("failed to record nar", &[("hash", &hash), ("error", &format!("{e:?}"))]);
     }
     Ok(())
 }
@@ -280,18 +223,9 @@ pub fn put(settings: &Settings, req: &Request, hash: &str, out: ResponseOutparam
     if info.hash() != hash {
         return text(out, 400, "narinfo is for another store path\n", false);
     }
-    let url_ok = info
-        .url
-        .strip_prefix("nar/")
-        .and_then(NarPath::parse)
-        .is_some_and(|p| p.key() == info.url);
+    let url_ok = info.url.strip_prefix("nar/").and_then(NarPath::parse).is_some_and(|p| p.key() == info.url);
     if !url_ok {
-        return text(
-            out,
-            400,
-            "narinfo URL must be nar/<hash>.nar[.ext]\n",
-            false,
-        );
+        return text(out, 400, "narinfo URL must be nar/<hash>.nar[.ext]\n", false);
     }
     if info.compression == "none" && info.file_hash.is_none() {
         info.file_hash = Some(info.nar_hash);
@@ -300,10 +234,7 @@ pub fn put(settings: &Settings, req: &Request, hash: &str, out: ResponseOutparam
         sign(&mut info);
     }
     if let Err(e) = record(&info, None) {
-        logging::warn(
-            "failed to record uploaded narinfo",
-            &[("hash", hash), ("error", &format!("{e:?}"))],
-        );
+        logging::warn("failed to record uploaded narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
         return text(out, 503, "metadata unavailable\n", false);
     }
     logging::info("stored uploaded narinfo", &[("hash", hash)]);
@@ -316,10 +247,7 @@ pub fn delete(hash: &str, out: ResponseOutparam) {
         Ok(true) => Response::new(204).send(out, b"", false),
         Ok(false) => text(out, 404, "not found\n", false),
         Err(e) => {
-            logging::warn(
-                "failed to delete narinfo",
-                &[("hash", hash), ("error", &format!("{e:?}"))],
-            );
+            logging::warn("failed to delete narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
             text(out, 503, "metadata unavailable\n", false)
         }
     }

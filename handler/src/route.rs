@@ -20,6 +20,8 @@ pub enum Route {
     Narinfo(String),
     /// `/nar/<hash>.nar<ext>`.
     Nar(NarPath),
+    /// `/admin/lru`: run an LRU pass now.
+    AdminLru,
 }
 
 /// A NAR file name: `<hash>.nar<ext>`.
@@ -36,10 +38,7 @@ impl NarPath {
     pub fn parse(file: &str) -> Option<Self> {
         let (hash, rest) = file.split_once(".nar")?;
         let ok_hash = (hash.len() == 32 || hash.len() == 52) && is_nix32(hash);
-        (ok_hash && NAR_EXTENSIONS.contains(&rest)).then(|| Self {
-            hash: hash.to_owned(),
-            ext: rest.to_owned(),
-        })
+        (ok_hash && NAR_EXTENSIONS.contains(&rest)).then(|| Self { hash: hash.to_owned(), ext: rest.to_owned() })
     }
     /// The storage key, `nar/<hash>.nar<ext>`.
     pub fn key(&self) -> String {
@@ -62,31 +61,20 @@ pub enum RouteError {
 /// accepted, so `nix copy --to http://host/upload` works).
 pub fn parse(path_with_query: &str) -> Result<Route, RouteError> {
     let path = path_with_query.split(['?', '#']).next().unwrap_or_default();
-    let path = path
-        .strip_prefix("/upload")
-        .filter(|p| p.is_empty() || p.starts_with('/'))
-        .unwrap_or(path);
+    let path = path.strip_prefix("/upload").filter(|p| p.is_empty() || p.starts_with('/')).unwrap_or(path);
     match path {
         "" | "/" => return Ok(Route::Root),
         "/nix-cache-info" => return Ok(Route::CacheInfo),
         "/pubkey" => return Ok(Route::PubKey),
         "/healthz" => return Ok(Route::Healthz),
+        "/admin/lru" => return Ok(Route::AdminLru),
         _ => {}
     }
     if let Some(file) = path.strip_prefix("/nar/") {
-        return NarPath::parse(file)
-            .map(Route::Nar)
-            .ok_or(RouteError::BadRequest);
+        return NarPath::parse(file).map(Route::Nar).ok_or(RouteError::BadRequest);
     }
-    if let Some(hash) = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(".narinfo"))
-    {
-        return if is_store_hash(hash) {
-            Ok(Route::Narinfo(hash.to_owned()))
-        } else {
-            Err(RouteError::BadRequest)
-        };
+    if let Some(hash) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".narinfo")) {
+        return if is_store_hash(hash) { Ok(Route::Narinfo(hash.to_owned())) } else { Err(RouteError::BadRequest) };
     }
     Err(RouteError::NotFound)
 }
@@ -102,32 +90,15 @@ mod tests {
     fn routes_cache_paths() {
         assert_eq!(parse("/nix-cache-info"), Ok(Route::CacheInfo));
         assert_eq!(parse("/upload/nix-cache-info"), Ok(Route::CacheInfo));
-        assert_eq!(
-            parse(&format!("/{H}.narinfo")),
-            Ok(Route::Narinfo(H.into()))
-        );
-        assert_eq!(
-            parse(&format!("/upload/{H}.narinfo")),
-            Ok(Route::Narinfo(H.into()))
-        );
+        assert_eq!(parse("/admin/lru"), Ok(Route::AdminLru));
+        assert_eq!(parse(&format!("/{H}.narinfo")), Ok(Route::Narinfo(H.into())));
+        assert_eq!(parse(&format!("/upload/{H}.narinfo")), Ok(Route::Narinfo(H.into())));
         let nar = parse(&format!("/nar/{F}.nar.xz?hash={H}")).unwrap();
-        assert_eq!(
-            nar,
-            Route::Nar(NarPath {
-                hash: F.into(),
-                ext: ".xz".into()
-            })
-        );
+        assert_eq!(nar, Route::Nar(NarPath { hash: F.into(), ext: ".xz".into() }));
         if let Route::Nar(n) = nar {
             assert_eq!(n.key(), format!("nar/{F}.nar.xz"));
         }
-        assert_eq!(
-            parse(&format!("/nar/{F}.nar")),
-            Ok(Route::Nar(NarPath {
-                hash: F.into(),
-                ext: String::new()
-            }))
-        );
+        assert_eq!(parse(&format!("/nar/{F}.nar")), Ok(Route::Nar(NarPath { hash: F.into(), ext: String::new() })));
     }
 
     #[test]

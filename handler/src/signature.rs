@@ -16,10 +16,7 @@ impl PublicKey {
     pub fn parse(s: &str) -> Option<Self> {
         let (name, b64) = s.trim().split_once(':')?;
         let bytes: [u8; 32] = B64.decode(b64).ok()?.try_into().ok()?;
-        Some(Self {
-            name: name.to_owned(),
-            key: VerifyingKey::from_bytes(&bytes).ok()?,
-        })
+        Some(Self { name: name.to_owned(), key: VerifyingKey::from_bytes(&bytes).ok()? })
     }
 
     /// The key's name.
@@ -32,25 +29,16 @@ impl PublicKey {
         let Some((name, b64)) = sig.split_once(':') else {
             return false;
         };
-        let Some(bytes) = B64
-            .decode(b64)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-        else {
+        let Some(bytes) = B64.decode(b64).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
             return false;
         };
-        name == self.name
-            && self
-                .key
-                .verify_strict(fingerprint.as_bytes(), &Signature::from_bytes(&bytes))
-                .is_ok()
+        name == self.name && self.key.verify_strict(fingerprint.as_bytes(), &Signature::from_bytes(&bytes)).is_ok()
     }
 }
 
 /// Whether any of `sigs` is a valid signature of `fingerprint` by any of `keys`.
 pub fn verify_any(fingerprint: &str, sigs: &[String], keys: &[PublicKey]) -> bool {
-    sigs.iter()
-        .any(|sig| keys.iter().any(|k| k.verifies(fingerprint, sig)))
+    sigs.iter().any(|sig| keys.iter().any(|k| k.verifies(fingerprint, sig)))
 }
 
 #[cfg(test)]
@@ -65,11 +53,7 @@ mod tests {
     fn verifies_signature_made_by_nix() {
         let info = NarInfo::parse(TOP).unwrap();
         let key = PublicKey::parse(KEY).unwrap();
-        assert!(verify_any(
-            &info.fingerprint(),
-            &info.sigs,
-            std::slice::from_ref(&key)
-        ));
+        assert!(verify_any(&info.fingerprint(), &info.sigs, std::slice::from_ref(&key)));
         // A changed NarSize breaks the signature.
         let mut tampered = info.clone();
         tampered.nar_size += 1;
@@ -79,8 +63,7 @@ mod tests {
     #[test]
     fn rejects_other_keys_and_names() {
         let info = NarInfo::parse(TOP).unwrap();
-        let other =
-            PublicKey::parse("fixture-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=").unwrap();
+        let other = PublicKey::parse("fixture-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=").unwrap();
         assert!(!verify_any(&info.fingerprint(), &info.sigs, &[other]));
         let renamed = PublicKey::parse(&KEY.replace("fixture-1", "other-1")).unwrap();
         assert!(!verify_any(&info.fingerprint(), &info.sigs, &[renamed]));

@@ -19,10 +19,7 @@ impl Instant {
     }
     /// `self` plus `d`.
     pub fn add(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
-        )
+        Self(self.0.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64))
     }
 }
 

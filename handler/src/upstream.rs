@@ -8,8 +8,7 @@ use crate::ncps::edge::config::{self, Settings};
 use crate::signature::PublicKey;
 use crate::wasi::http::outgoing_handler;
 use crate::wasi::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingRequest,
-    RequestOptions, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingRequest, RequestOptions, Scheme,
 };
 
 /// Connect timeout for upstream requests.
@@ -33,11 +32,7 @@ pub fn ordered() -> Vec<Upstream> {
         .filter(|u| u.healthy || !any_healthy)
         .map(|u| Upstream {
             url: u.url.trim_end_matches('/').to_owned(),
-            keys: u
-                .public_keys
-                .iter()
-                .filter_map(|k| PublicKey::parse(k))
-                .collect(),
+            keys: u.public_keys.iter().filter_map(|k| PublicKey::parse(k)).collect(),
         })
         .collect()
 }
@@ -90,9 +85,7 @@ pub fn start_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> 
     let _ = opts.set_connect_timeout(Some(CONNECT_TIMEOUT.as_nanos() as u64));
     let _ = opts.set_first_byte_timeout(Some(timeout.as_nanos() as u64));
     let _ = opts.set_between_bytes_timeout(Some(timeout.as_nanos() as u64));
-    outgoing_handler::handle(req, Some(opts))
-        .map(Pending)
-        .map_err(|e| FetchError::Transport(format!("{e:?}")))
+    outgoing_handler::handle(req, Some(opts)).map(Pending).map_err(|e| FetchError::Transport(format!("{e:?}")))
 }
 
 impl Pending {
@@ -112,11 +105,7 @@ impl Pending {
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse().ok());
         let body = resp.consume().ok().and_then(BodyReader::from_incoming);
-        Ok(UpstreamResponse {
-            status,
-            content_length,
-            body,
-        })
+        Ok(UpstreamResponse { status, content_length, body })
     }
 }
 

@@ -12,9 +12,11 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 use wasmtime_wasi::p2::DynInputStream;
 
-use crate::bindings::{config, locks, log, metadata, signer, storage, types};
+use crate::access::AccessRecorder;
+use crate::bindings::{config, locks, log, metadata, metrics, signer, storage, types};
 use crate::locks::{LeaseHandle, Locks, Mode};
 use crate::metadata::MetadataStore;
+use crate::metrics::{Metrics, UpstreamLabels};
 use crate::signer::Signer;
 use crate::storage::{BlobStore, ByteRange, StorageKey, WriterHandle};
 
@@ -34,6 +36,10 @@ pub struct Services {
     pub settings: Settings,
     /// Upstream caches; `healthy` is updated by the health checker.
     pub upstreams: RwLock<Vec<Upstream>>,
+    /// Metrics of the node.
+    pub metrics: Arc<Metrics>,
+    /// Batched last-access times.
+    pub access: Arc<AccessRecorder>,
 }
 
 /// What one request's store lends to the host traits.
@@ -66,6 +72,7 @@ pub fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmt
     metadata::add_to_linker::<T, NcpsEdge>(linker, view)?;
     signer::add_to_linker::<T, NcpsEdge>(linker, view)?;
     config::add_to_linker::<T, NcpsEdge>(linker, view)?;
+    metrics::add_to_linker::<T, NcpsEdge>(linker, view)?;
     log::add_to_linker::<T, NcpsEdge>(linker, view)
 }
 
@@ -85,18 +92,8 @@ fn mode(m: locks::Mode) -> Mode {
 impl types::Host for HostView<'_> {}
 
 impl locks::Host for HostView<'_> {
-    async fn acquire(
-        &mut self,
-        key: String,
-        m: locks::Mode,
-        ttl_ms: u64,
-    ) -> WitResult<Resource<LeaseHandle>> {
-        match self
-            .services
-            .locks
-            .acquire(&key, mode(m), Duration::from_millis(ttl_ms))
-            .await
-        {
+    async fn acquire(&mut self, key: String, m: locks::Mode, ttl_ms: u64) -> WitResult<Resource<LeaseHandle>> {
+        match self.services.locks.acquire(&key, mode(m), Duration::from_millis(ttl_ms)).await {
             Ok(lease) => Ok(Ok(self.table.push(lease)?)),
             Err(e) => wit(Err(e)),
         }
@@ -108,12 +105,7 @@ impl locks::Host for HostView<'_> {
         m: locks::Mode,
         ttl_ms: u64,
     ) -> WitResult<Option<Resource<LeaseHandle>>> {
-        match self
-            .services
-            .locks
-            .try_acquire(&key, mode(m), Duration::from_millis(ttl_ms))
-            .await
-        {
+        match self.services.locks.try_acquire(&key, mode(m), Duration::from_millis(ttl_ms)).await {
             Ok(Some(lease)) => Ok(Ok(Some(self.table.push(lease)?))),
             Ok(None) => Ok(Ok(None)),
             Err(e) => wit(Err(e)),
@@ -145,12 +137,7 @@ impl storage::Host for HostView<'_> {
     async fn stat(&mut self, key: String) -> WitResult<Option<storage::ObjectInfo>> {
         let r = async {
             let key = StorageKey::parse(&key)?;
-            Ok(self
-                .services
-                .storage
-                .stat(&key)
-                .await?
-                .map(|size| storage::ObjectInfo { size }))
+            Ok(self.services.storage.stat(&key).await?.map(|size| storage::ObjectInfo { size }))
         };
         wit(r.await)
     }
@@ -162,10 +149,7 @@ impl storage::Host for HostView<'_> {
     ) -> WitResult<Option<Resource<DynInputStream>>> {
         let r = async {
             let key = StorageKey::parse(&key)?;
-            let range = range.map(|r| ByteRange {
-                offset: r.offset,
-                length: r.length,
-            });
+            let range = range.map(|r| ByteRange { offset: r.offset, length: r.length });
             self.services.storage.read(&key, range).await
         };
         match r.await {
@@ -195,6 +179,26 @@ impl storage::Host for HostView<'_> {
             self.services.storage.delete(&key).await
         };
         wit(r.await)
+    }
+
+    async fn delete_many(&mut self, keys: Vec<String>) -> WitResult<u32> {
+        use futures_util::{StreamExt, TryStreamExt};
+        /// Deletes in flight at once.
+        const PARALLEL: usize = 8;
+        let keys = match keys.iter().map(|k| StorageKey::parse(k)).collect::<crate::Result<Vec<_>>>() {
+            Ok(k) => k,
+            Err(e) => return wit(Err(e)),
+        };
+        let storage = self.services.storage.clone();
+        let deleted = futures_util::stream::iter(keys)
+            .map(|k| {
+                let storage = storage.clone();
+                async move { storage.delete(&k).await }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_fold(0u32, |n, existed| async move { Ok(n + u32::from(existed)) })
+            .await;
+        wit(deleted)
     }
 }
 
@@ -247,6 +251,41 @@ impl metadata::Host for HostView<'_> {
     async fn total_size(&mut self) -> WitResult<u64> {
         wit(self.services.metadata.total_size().await)
     }
+    async fn record_access(&mut self, key: String) -> wasmtime::Result<()> {
+        self.services.access.record(&key);
+        Ok(())
+    }
+    async fn lru_candidates(&mut self, limit: u32) -> WitResult<Vec<metadata::NarRecord>> {
+        if let Err(e) = self.services.access.flush().await {
+            tracing::warn!(error = %e, "failed to write access times before an LRU decision");
+        }
+        wit(self.services.metadata.lru_candidates(limit).await)
+    }
+    async fn evict(&mut self, key: String) -> WitResult<u64> {
+        wit(self.services.metadata.evict(&key).await)
+    }
+}
+
+impl metrics::Host for HostView<'_> {
+    async fn upstream_fetch(
+        &mut self,
+        kind: String,
+        upstream: String,
+        seconds: f64,
+        outcome: String,
+    ) -> wasmtime::Result<()> {
+        let labels = UpstreamLabels { kind, upstream, outcome };
+        self.services.metrics.upstream_fetch.get_or_create(&labels).observe(seconds);
+        Ok(())
+    }
+
+    async fn lru_pass(&mut self, outcome: String, evicted: u32, bytes_freed: u64) -> wasmtime::Result<()> {
+        let m = &self.services.metrics;
+        m.lru_runs.get_or_create(&crate::metrics::ResultLabels { result: outcome }).inc();
+        m.lru_evicted.inc_by(u64::from(evicted));
+        m.lru_bytes_freed.inc_by(bytes_freed);
+        Ok(())
+    }
 }
 
 impl signer::Host for HostView<'_> {
@@ -263,28 +302,13 @@ impl config::Host for HostView<'_> {
         Ok(self.services.settings.clone())
     }
     async fn get_upstreams(&mut self) -> wasmtime::Result<Vec<Upstream>> {
-        Ok(self
-            .services
-            .upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone())
+        Ok(self.services.upstreams.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
 impl log::Host for HostView<'_> {
-    async fn log(
-        &mut self,
-        level: log::Level,
-        message: String,
-        fields: Vec<(String, String)>,
-    ) -> wasmtime::Result<()> {
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+    async fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let (hash, lock_type, upstream, url, status, error, duration_ms, bytes) = (
             field("hash"),
             field("lock_type"),

@@ -7,11 +7,13 @@
 //! interfaces for a wasmtime [`Linker`](wasmtime::component::Linker).
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod bindings;
 pub mod error;
 pub mod host;
 pub mod locks;
 pub mod metadata;
+pub mod metrics;
 pub mod signer;
 pub mod storage;
 

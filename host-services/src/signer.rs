@@ -21,9 +21,7 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("public_key", &self.public_key())
-            .finish()
+        f.debug_struct("Signer").field("public_key", &self.public_key()).finish()
     }
 }
 
@@ -35,38 +33,25 @@ impl Signer {
             .split_once(':')
             .filter(|(n, _)| !n.is_empty())
             .ok_or_else(|| Error::Invalid("secret key must be <name>:<base64>".into()))?;
-        let bytes = B64
-            .decode(b64)
-            .map_err(|e| Error::Invalid(format!("secret key: {e}")))?;
+        let bytes = B64.decode(b64).map_err(|e| Error::Invalid(format!("secret key: {e}")))?;
         let key = match bytes.len() {
             64 => {
-                let arr: [u8; 64] = bytes
-                    .try_into()
-                    .map_err(|_| Error::Invalid("secret key length".into()))?;
-                SigningKey::from_keypair_bytes(&arr).map_err(|e| {
-                    Error::Invalid(format!("secret key does not match its public half: {e}"))
-                })?
+                let arr: [u8; 64] = bytes.try_into().map_err(|_| Error::Invalid("secret key length".into()))?;
+                SigningKey::from_keypair_bytes(&arr)
+                    .map_err(|e| Error::Invalid(format!("secret key does not match its public half: {e}")))?
             }
             32 => {
-                let arr: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| Error::Invalid("secret key length".into()))?;
+                let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Invalid("secret key length".into()))?;
                 SigningKey::from_bytes(&arr)
             }
             n => return Err(Error::Invalid(format!("secret key has {n} bytes, want 64"))),
         };
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// A fresh random key called `name`.
     pub fn generate(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            key: SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
-        }
+        Self { name: name.to_owned(), key: SigningKey::from_bytes(&rand::random::<[u8; 32]>()) }
     }
 
     /// The secret key in Nix's format.
@@ -76,20 +61,12 @@ impl Signer {
 
     /// The public key in Nix's format.
     pub fn public_key(&self) -> String {
-        format!(
-            "{}:{}",
-            self.name,
-            B64.encode(self.key.verifying_key().as_bytes())
-        )
+        format!("{}:{}", self.name, B64.encode(self.key.verifying_key().as_bytes()))
     }
 
     /// Sign a fingerprint: `name:base64(signature)`.
     pub fn sign(&self, fingerprint: &str) -> String {
-        format!(
-            "{}:{}",
-            self.name,
-            B64.encode(self.key.sign(fingerprint.as_bytes()).to_bytes())
-        )
+        format!("{}:{}", self.name, B64.encode(self.key.sign(fingerprint.as_bytes()).to_bytes()))
     }
 
     /// The key from `path` when given, else the one in the database, else a
@@ -101,18 +78,16 @@ impl Signer {
         hostname: &str,
     ) -> Result<Self> {
         if let Some(path) = path {
-            let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                Error::Invalid(format!("reading secret key {}: {e}", path.display()))
-            })?;
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| Error::Invalid(format!("reading secret key {}: {e}", path.display())))?;
             return Self::parse(&text);
         }
         if let Some(stored) = metadata.get_config(SECRET_KEY_CONFIG).await? {
             return Self::parse(&stored);
         }
         let fresh = Self::generate(&format!("{hostname}-1"));
-        let stored = metadata
-            .set_config_if_absent(SECRET_KEY_CONFIG, &fresh.to_secret_string())
-            .await?;
+        let stored = metadata.set_config_if_absent(SECRET_KEY_CONFIG, &fresh.to_secret_string()).await?;
         Self::parse(&stored)
     }
 }

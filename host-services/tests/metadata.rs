@@ -7,10 +7,7 @@ use ncps_edge_host_services::metadata::{MetadataStore, NarRecord, NarinfoRecord}
 use ncps_edge_host_services::signer::Signer;
 
 fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn MetadataStore>)> {
-    vec![(
-        "sqlite",
-        Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap()),
-    )]
+    vec![("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap()))]
 }
 
 fn narinfo(hash: &str) -> NarinfoRecord {
@@ -23,10 +20,7 @@ fn narinfo(hash: &str) -> NarinfoRecord {
         file_size: Some(244),
         nar_hash: "sha256:1ryq5islnapbglfhqw3ji6zmh8qlgy0gnkqj1n1np8cfyk7n43hv".into(),
         nar_size: 384,
-        references: vec![
-            "357329bb1zwv4kcwlrl2qn47hiczjy4j-leaf".into(),
-            "lrhi4ivsx7ppmwzk0jw3mhh587nbar7y-mid".into(),
-        ],
+        references: vec!["357329bb1zwv4kcwlrl2qn47hiczjy4j-leaf".into(), "lrhi4ivsx7ppmwzk0jw3mhh587nbar7y-mid".into()],
         deriver: Some("l2iq5a5kvp7fx14k6xbfzwvsf4c45bmw-top.drv".into()),
         system: None,
         ca: None,
@@ -69,11 +63,7 @@ async fn nar_records_and_total_size() {
         assert_eq!(db.total_size().await.unwrap(), 123, "{name}");
         db.put_nar(rec("nar/b.nar", Some(7))).await.unwrap();
         assert_eq!(db.total_size().await.unwrap(), 130, "{name}");
-        assert_eq!(
-            db.get_nar("nar/b.nar").await.unwrap(),
-            Some(rec("nar/b.nar", Some(7))),
-            "{name}"
-        );
+        assert_eq!(db.get_nar("nar/b.nar").await.unwrap(), Some(rec("nar/b.nar", Some(7))), "{name}");
         assert!(db.delete_nar("nar/a.nar").await.unwrap(), "{name}");
         assert_eq!(db.total_size().await.unwrap(), 30, "{name}");
     }
@@ -86,12 +76,9 @@ async fn racing_key_generation_ends_with_one_key() {
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let db = db.clone();
-                tokio::spawn(async move {
-                    Signer::load_or_generate(None, db.as_ref(), "race")
-                        .await
-                        .unwrap()
-                        .public_key()
-                })
+                tokio::spawn(
+                    async move { Signer::load_or_generate(None, db.as_ref(), "race").await.unwrap().public_key() },
+                )
             })
             .collect();
         let mut keys = Vec::new();
@@ -99,11 +86,7 @@ async fn racing_key_generation_ends_with_one_key() {
             keys.push(t.await.unwrap());
         }
         keys.dedup();
-        assert_eq!(
-            keys.len(),
-            1,
-            "{name}: nodes disagree on the signing key: {keys:?}"
-        );
+        assert_eq!(keys.len(), 1, "{name}: nodes disagree on the signing key: {keys:?}");
     }
 }
 
@@ -112,11 +95,7 @@ async fn sqlite_reopens_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
     let h = "07hcdd9rppsp7n254gck5phaclgy1wnc";
-    SqliteMetadata::open(&path)
-        .unwrap()
-        .put_narinfo(narinfo(h))
-        .await
-        .unwrap();
+    SqliteMetadata::open(&path).unwrap().put_narinfo(narinfo(h)).await.unwrap();
     let again = SqliteMetadata::open(&path).unwrap();
     assert_eq!(again.get_narinfo(h).await.unwrap(), Some(narinfo(h)));
 }

@@ -15,11 +15,7 @@ fn key(s: &str) -> StorageKey {
     StorageKey::parse(s).unwrap()
 }
 
-async fn read_all(
-    store: &dyn BlobStore,
-    k: &StorageKey,
-    range: Option<ByteRange>,
-) -> Option<Vec<u8>> {
+async fn read_all(store: &dyn BlobStore, k: &StorageKey, range: Option<ByteRange>) -> Option<Vec<u8>> {
     let mut body = store.read(k, range).await.unwrap()?;
     let mut out = Vec::new();
     body.read_to_end(&mut out).await.unwrap();
@@ -35,19 +31,11 @@ async fn nothing_is_visible_before_commit() {
         w.write(b"hello ").await.unwrap();
         w.write(b"world").await.unwrap();
         assert_eq!(w.written(), 11);
-        assert_eq!(
-            s.stat(&k).await.unwrap(),
-            None,
-            "{name}: partial object visible"
-        );
+        assert_eq!(s.stat(&k).await.unwrap(), None, "{name}: partial object visible");
         assert!(read_all(s.as_ref(), &k, None).await.is_none(), "{name}");
         assert!(w.commit().await.unwrap(), "{name}");
         assert_eq!(s.stat(&k).await.unwrap(), Some(11), "{name}");
-        assert_eq!(
-            read_all(s.as_ref(), &k, None).await.unwrap(),
-            b"hello world",
-            "{name}"
-        );
+        assert_eq!(read_all(s.as_ref(), &k, None).await.unwrap(), b"hello world", "{name}");
     }
 }
 
@@ -64,9 +52,7 @@ async fn abort_and_drop_leave_nothing() {
         drop(w);
         assert_eq!(s.stat(&k).await.unwrap(), None, "{name}");
     }
-    let leftovers = std::fs::read_dir(dir.path().join("store/tmp"))
-        .unwrap()
-        .count();
+    let leftovers = std::fs::read_dir(dir.path().join("store/tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "temporary files left behind");
 }
 
@@ -80,15 +66,8 @@ async fn commit_is_put_if_absent() {
         first.write(b"first").await.unwrap();
         second.write(b"second").await.unwrap();
         assert!(first.commit().await.unwrap(), "{name}");
-        assert!(
-            !second.commit().await.unwrap(),
-            "{name}: second commit must not replace"
-        );
-        assert_eq!(
-            read_all(s.as_ref(), &k, None).await.unwrap(),
-            b"first",
-            "{name}"
-        );
+        assert!(!second.commit().await.unwrap(), "{name}: second commit must not replace");
+        assert_eq!(read_all(s.as_ref(), &k, None).await.unwrap(), b"first", "{name}");
     }
 }
 
@@ -100,27 +79,9 @@ async fn ranges_and_delete() {
         let mut w = s.create(&k).await.unwrap();
         w.write(b"0123456789").await.unwrap();
         w.commit().await.unwrap();
-        let mid = read_all(
-            s.as_ref(),
-            &k,
-            Some(ByteRange {
-                offset: 3,
-                length: Some(4),
-            }),
-        )
-        .await
-        .unwrap();
+        let mid = read_all(s.as_ref(), &k, Some(ByteRange { offset: 3, length: Some(4) })).await.unwrap();
         assert_eq!(mid, b"3456", "{name}");
-        let tail = read_all(
-            s.as_ref(),
-            &k,
-            Some(ByteRange {
-                offset: 7,
-                length: None,
-            }),
-        )
-        .await
-        .unwrap();
+        let tail = read_all(s.as_ref(), &k, Some(ByteRange { offset: 7, length: None })).await.unwrap();
         assert_eq!(tail, b"789", "{name}");
         assert!(s.delete(&k).await.unwrap(), "{name}");
         assert!(!s.delete(&k).await.unwrap(), "{name}");
@@ -130,20 +91,8 @@ async fn ranges_and_delete() {
 
 #[test]
 fn keys_cannot_escape_the_store() {
-    for bad in [
-        "",
-        "/etc/passwd",
-        "nar/../../etc/passwd",
-        "nar/./x",
-        "nar//x",
-        "nar/x y",
-        "nar/%2e%2e",
-        "nar\\x",
-    ] {
-        assert!(
-            matches!(StorageKey::parse(bad), Err(Error::Invalid(_))),
-            "{bad:?} accepted"
-        );
+    for bad in ["", "/etc/passwd", "nar/../../etc/passwd", "nar/./x", "nar//x", "nar/x y", "nar/%2e%2e", "nar\\x"] {
+        assert!(matches!(StorageKey::parse(bad), Err(Error::Invalid(_))), "{bad:?} accepted");
     }
     assert!(StorageKey::parse("nar/abc.nar.xz").is_ok());
 }
@@ -155,7 +104,6 @@ async fn local_layout_is_ncps_sharded() {
     let k = key("nar/0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah.nar.xz");
     assert_eq!(
         s.path_of(&k),
-        dir.path()
-            .join("store/nar/0/0c/0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah.nar.xz")
+        dir.path().join("store/nar/0/0c/0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah.nar.xz")
     );
 }

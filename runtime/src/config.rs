@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
 /// `ncps-edge`: a Nix binary cache proxy for the edge.
 #[derive(Debug, Parser)]
@@ -62,27 +62,19 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHE_PRIORITY", default_value_t = 10)]
     pub cache_priority: u32,
     /// Upstream cache URL (repeatable; `?priority=N` sets its priority).
-    #[arg(
-        long = "cache-upstream-url",
-        env = "CACHE_UPSTREAM_URLS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "cache-upstream-url", env = "CACHE_UPSTREAM_URLS", value_delimiter = ',')]
     pub cache_upstream_url: Vec<String>,
     /// Trusted upstream public key `name:base64` (repeatable).
-    #[arg(
-        long = "cache-upstream-public-key",
-        env = "CACHE_UPSTREAM_PUBLIC_KEYS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "cache-upstream-public-key", env = "CACHE_UPSTREAM_PUBLIC_KEYS", value_delimiter = ',')]
     pub cache_upstream_public_key: Vec<String>,
     /// Time to wait for an upstream's response headers.
     #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub cache_upstream_response_header_timeout: Duration,
     /// Accept PUT uploads of narinfos and NARs.
-    #[arg(long, env = "CACHE_ALLOW_PUT_VERB")]
+    #[arg(long, env = "CACHE_ALLOW_PUT_VERB", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_allow_put_verb: bool,
     /// Accept DELETE of narinfos and NARs.
-    #[arg(long, env = "CACHE_ALLOW_DELETE_VERB")]
+    #[arg(long, env = "CACHE_ALLOW_DELETE_VERB", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_allow_delete_verb: bool,
     /// Require this token (bearer, or basic-auth password) on every request but /healthz.
     #[arg(long, env = "CACHE_GET_TOKEN")]
@@ -91,11 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHE_LOCK_BACKEND", default_value = "local")]
     pub cache_lock_backend: String,
     /// Prefix of every lock key.
-    #[arg(
-        long,
-        env = "CACHE_LOCK_REDIS_KEY_PREFIX",
-        default_value = "ncps:lock:"
-    )]
+    #[arg(long, env = "CACHE_LOCK_REDIS_KEY_PREFIX", default_value = "ncps:lock:")]
     pub cache_lock_redis_key_prefix: String,
     /// TTL of per-hash download locks.
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = duration)]
@@ -118,6 +106,21 @@ pub struct ServeArgs {
     /// Largest narinfo accepted from upstream or by PUT, bytes.
     #[arg(long, env = "CACHE_NARINFO_MAX_SIZE", default_value_t = 1 << 20)]
     pub cache_narinfo_max_size: u64,
+    /// Largest store size before the LRU pass evicts (units B, K, M, G, T; 1024-based).
+    #[arg(long, env = "CACHE_MAX_SIZE", value_parser = parse_size)]
+    pub cache_max_size: Option<u64>,
+    /// Cron schedule (UTC) of LRU passes when --cache-max-size is set.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE", default_value = "0 * * * *")]
+    pub cache_lru_schedule: String,
+    /// Interval of upstream health checks.
+    #[arg(long, env = "CACHE_UPSTREAM_HEALTH_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub cache_upstream_health_interval: Duration,
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(long, env = "PROMETHEUS_ENABLED", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prometheus_enabled: bool,
+    /// Bearer token of the /admin/… routes (off when unset).
+    #[arg(long, env = "ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
     /// Handler instances alive at once (requests served concurrently).
     #[arg(long, env = "WASM_MAX_INSTANCES", default_value_t = 1000)]
     pub wasm_max_instances: u32,
@@ -144,10 +147,7 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("cache.priority", "cache_priority"),
     ("cache.upstream.urls", "cache_upstream_url"),
     ("cache.upstream.public-keys", "cache_upstream_public_key"),
-    (
-        "cache.upstream.response-header-timeout",
-        "cache_upstream_response_header_timeout",
-    ),
+    ("cache.upstream.response-header-timeout", "cache_upstream_response_header_timeout"),
     ("cache.allow-put-verb", "cache_allow_put_verb"),
     ("cache.allow-delete-verb", "cache_allow_delete_verb"),
     ("cache.get-token", "cache_get_token"),
@@ -155,17 +155,32 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("cache.lock.redis.key-prefix", "cache_lock_redis_key_prefix"),
     ("cache.lock.download-lock-ttl", "cache_lock_download_ttl"),
     ("cache.lock.lru-lock-ttl", "cache_lock_lru_ttl"),
-    (
-        "cache.lock.retry.max-attempts",
-        "cache_lock_retry_max_attempts",
-    ),
-    (
-        "cache.lock.retry.initial-delay",
-        "cache_lock_retry_initial_delay",
-    ),
+    ("cache.lock.retry.max-attempts", "cache_lock_retry_max_attempts"),
+    ("cache.lock.retry.initial-delay", "cache_lock_retry_initial_delay"),
     ("cache.lock.retry.max-delay", "cache_lock_retry_max_delay"),
     ("cache.lock.retry.jitter", "cache_lock_retry_jitter"),
+    ("cache.max-size", "cache_max_size"),
+    ("cache.lru.schedule", "cache_lru_schedule"),
+    ("prometheus.enabled", "prometheus_enabled"),
 ];
+
+/// Parse a size like ncps does: a number with an optional unit B, K, M, G
+/// or T (powers of 1024), e.g. `100G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 100G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unit must be B, K, M, G or T")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
 
 fn yaml_scalar(v: &serde_yaml::Value) -> Option<String> {
     match v {
@@ -185,10 +200,7 @@ fn flags_from_yaml(yaml: &serde_yaml::Value, matches: &ArgMatches) -> anyhow::Re
         let Some(value) = path.split('.').try_fold(yaml, |v, k| v.get(k)) else {
             continue;
         };
-        if matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
             continue;
         }
         let long = cmd
@@ -200,8 +212,7 @@ fn flags_from_yaml(yaml: &serde_yaml::Value, matches: &ArgMatches) -> anyhow::Re
             serde_yaml::Value::Sequence(items) => items.iter().filter_map(yaml_scalar).collect(),
             serde_yaml::Value::Null => continue,
             other => {
-                vec![yaml_scalar(other)
-                    .with_context(|| format!("{path} must be a scalar or a list"))?]
+                vec![yaml_scalar(other).with_context(|| format!("{path} must be a scalar or a list"))?]
             }
         };
         flags.extend(values.into_iter().map(|v| format!("--{long}={v}")));
@@ -211,17 +222,15 @@ fn flags_from_yaml(yaml: &serde_yaml::Value, matches: &ArgMatches) -> anyhow::Re
 
 /// Parse `argv` (program name first), folding in `--config` when given.
 pub fn parse_cli(argv: Vec<String>) -> anyhow::Result<Cli> {
-    let matches = Cli::command().try_get_matches_from(&argv)?;
-    let Some(("serve", serve)) = matches.subcommand() else {
-        return Ok(Cli::from_arg_matches(&matches)?);
+    // First pass only finds `--config` and where each value came from;
+    // required flags may still be missing until the file is folded in.
+    let matches = Cli::command().ignore_errors(true).try_get_matches_from(&argv)?;
+    let Some(path) = matches.subcommand_matches("serve").and_then(|m| m.get_one::<PathBuf>("config")) else {
+        return Ok(Cli::try_parse_from(argv)?);
     };
-    let Some(path) = serve.get_one::<PathBuf>("config") else {
-        return Ok(Cli::from_arg_matches(&matches)?);
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let serve = matches.subcommand_matches("serve").context("serve")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut argv = argv;
     argv.extend(flags_from_yaml(&yaml, serve)?);
     Ok(Cli::try_parse_from(argv)?)
@@ -245,18 +254,13 @@ pub fn parse_upstream(raw: &str) -> anyhow::Result<UpstreamUrl> {
     let mut priority = None;
     for (k, v) in parsed.query_pairs() {
         match k.as_ref() {
-            "priority" => {
-                priority = Some(v.parse().with_context(|| format!("priority in {raw:?}"))?)
-            }
+            "priority" => priority = Some(v.parse().with_context(|| format!("priority in {raw:?}"))?),
             other => bail!("unknown upstream URL parameter {other:?} in {raw:?}"),
         }
     }
     let mut base = parsed.clone();
     base.set_query(None);
-    Ok(UpstreamUrl {
-        url: base.as_str().trim_end_matches('/').to_owned(),
-        priority,
-    })
+    Ok(UpstreamUrl { url: base.as_str().trim_end_matches('/').to_owned(), priority })
 }
 
 /// Turn ncps's `:8501` into a bindable address.
@@ -273,11 +277,7 @@ mod tests {
     use super::*;
 
     fn serve(args: &[&str]) -> ServeArgs {
-        let argv = ["ncps-edge", "serve"]
-            .iter()
-            .chain(args)
-            .map(|s| s.to_string())
-            .collect();
+        let argv = ["ncps-edge", "serve"].iter().chain(args).map(|s| s.to_string()).collect();
         let Command::Serve(s) = parse_cli(argv).unwrap().command;
         *s
     }
@@ -305,16 +305,10 @@ mod tests {
             "cache:\n  hostname: from-yaml\n  allow-put-verb: true\n  upstream:\n    urls:\n      - https://a.example\n      - http://b.example?priority=5\n  lock:\n    download-lock-ttl: 90s\nserver:\n  addr: \":9000\"\n",
         )
         .unwrap();
-        let s = serve(&[
-            &format!("--config={}", path.display()),
-            "--server-addr=127.0.0.1:1",
-        ]);
+        let s = serve(&[&format!("--config={}", path.display()), "--server-addr=127.0.0.1:1"]);
         assert_eq!(s.cache_hostname, "from-yaml");
         assert!(s.cache_allow_put_verb);
-        assert_eq!(
-            s.cache_upstream_url,
-            vec!["https://a.example", "http://b.example?priority=5"]
-        );
+        assert_eq!(s.cache_upstream_url, vec!["https://a.example", "http://b.example?priority=5"]);
         assert_eq!(s.cache_lock_download_ttl, Duration::from_secs(90));
         assert_eq!(s.server_addr, "127.0.0.1:1", "a flag beats the file");
     }
@@ -323,13 +317,20 @@ mod tests {
     fn upstream_urls_and_priorities() {
         assert_eq!(
             parse_upstream("https://cache.nixos.org/?priority=40").unwrap(),
-            UpstreamUrl {
-                url: "https://cache.nixos.org".into(),
-                priority: Some(40)
-            }
+            UpstreamUrl { url: "https://cache.nixos.org".into(), priority: Some(40) }
         );
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x?prio=1").is_err());
         assert_eq!(listen_addr(":8501"), "0.0.0.0:8501");
+    }
+
+    #[test]
+    fn sizes_use_ncps_units() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("5K"), Ok(5 << 10));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("3MB"), Ok(3 << 20));
+        assert!(parse_size("G").is_err() && parse_size("5X").is_err() && parse_size("99999999999T").is_err());
     }
 }

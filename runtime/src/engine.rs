@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::bindings::CacheNodePre;
 use crate::state::RequestState;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -32,7 +30,7 @@ pub struct EngineOptions {
 #[derive(Clone)]
 pub struct Handler {
     /// The pre-instantiated component.
-    pub pre: ProxyPre<RequestState>,
+    pub pre: CacheNodePre<RequestState>,
     /// Memory cap per instance.
     pub memory_limit: usize,
 }
@@ -59,19 +57,13 @@ pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
     let started = std::time::Instant::now();
     let component = Component::new(&engine, crate::HANDLER_WASM)
         .map_err(|e| anyhow::Error::from(e).context("compiling the handler"))?;
-    tracing::info!(
-        duration_ms = started.elapsed().as_millis() as u64,
-        "handler compiled"
-    );
+    tracing::info!(duration_ms = started.elapsed().as_millis() as u64, "handler compiled");
     let mut linker = Linker::<RequestState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ncps_edge_host_services::add_to_linker(&mut linker)?;
-    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
-    Ok(Handler {
-        pre,
-        memory_limit: opts.memory_limit,
-    })
+    let pre = CacheNodePre::new(linker.instantiate_pre(&component)?)?;
+    Ok(Handler { pre, memory_limit: opts.memory_limit })
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the returned handle is dropped.

@@ -2,9 +2,11 @@
 //! runs one fresh handler instance per request, and the HTTP server.
 #![deny(missing_docs)]
 
+pub mod bindings;
 pub mod config;
 pub mod engine;
 pub mod node;
+pub mod schedulers;
 pub mod server;
 pub mod state;
 

@@ -17,9 +17,7 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_env_filter(
-            EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let node = ncps_edge::node::start(&args).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

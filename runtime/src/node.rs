@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context as _};
+use ncps_edge_host_services::access::AccessRecorder;
 use ncps_edge_host_services::locks::local::LocalLocks;
 use ncps_edge_host_services::locks::{Locks, RetryPolicy};
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::MetadataStore;
+use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::{Services, Settings, Upstream};
@@ -18,7 +20,11 @@ use tokio::sync::oneshot;
 
 use crate::config::{listen_addr, parse_upstream, ServeArgs};
 use crate::engine::{self, EngineOptions};
+use crate::schedulers;
 use crate::server::Server;
+
+/// How often batched last-access times are written.
+const ACCESS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Priority of an upstream given without `?priority=`: configuration order,
 /// after any explicitly preferred one.
@@ -31,6 +37,8 @@ pub struct RunningNode {
     shutdown: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     ticker: Arc<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    handle: Arc<Server>,
 }
 
 impl RunningNode {
@@ -42,11 +50,21 @@ impl RunningNode {
     pub fn services(&self) -> &Arc<Services> {
         &self.services
     }
-    /// Stop accepting connections and wait for the accept loop to end.
+    /// The request server (to run maintenance now, as the schedulers do).
+    pub fn server(&self) -> &Arc<Server> {
+        &self.handle
+    }
+    /// Stop accepting connections, stop background work, write pending access times.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.server.await;
         self.ticker.abort();
+        for task in &self.background {
+            task.abort();
+        }
+        if let Err(e) = self.services.access.flush().await {
+            tracing::warn!(error = %e, "failed to write access times at shutdown");
+        }
     }
 }
 
@@ -102,30 +120,22 @@ mod base64_check {
         b64.len() == 44
             && b64.ends_with('=')
             && !b64.ends_with("==")
-            && b64[..43]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            && b64[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
     }
 }
 
 /// Build the services and start serving.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
     if args.cache_lock_backend != "local" {
-        bail!(
-            "--cache-lock-backend {:?}: only \"local\" is available in this build yet",
-            args.cache_lock_backend
-        );
+        bail!("--cache-lock-backend {:?}: only \"local\" is available in this build yet", args.cache_lock_backend);
     }
     let data = &args.cache_storage_local;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let metadata: Arc<dyn MetadataStore> = Arc::new(SqliteMetadata::open(&sqlite_path(args)?)?);
     let storage = Arc::new(LocalStore::open(data).await?);
-    let signer = Signer::load_or_generate(
-        args.cache_secret_key_path.as_deref(),
-        metadata.as_ref(),
-        &args.cache_hostname,
-    )
-    .await?;
+    let signer =
+        Signer::load_or_generate(args.cache_secret_key_path.as_deref(), metadata.as_ref(), &args.cache_hostname)
+            .await?;
     tracing::info!(public_key = signer.public_key(), "signing key loaded");
     let retry = RetryPolicy {
         max_attempts: args.cache_lock_retry_max_attempts,
@@ -143,45 +153,67 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
         upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
         download_lock_ttl_ms: args.cache_lock_download_ttl.as_millis() as u64,
         max_narinfo_size: args.cache_narinfo_max_size,
+        max_size: args.cache_max_size,
+        lru_lock_ttl_ms: args.cache_lock_lru_ttl.as_millis() as u64,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     };
+    let lru_schedule: Option<croner::Cron> = match args.cache_max_size {
+        Some(_) => Some(
+            args.cache_lru_schedule
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--cache-lru-schedule {:?}: {e}", args.cache_lru_schedule))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let access = Arc::new(AccessRecorder::new(metadata.clone()));
+    tracing::info!(backend = args.cache_lock_backend, "using local locks");
     let services = Arc::new(Services {
         locks: Locks::new(
             Arc::new(LocalLocks::new()),
             args.cache_lock_redis_key_prefix.clone(),
             retry,
+            metrics.clone(),
         ),
         storage,
         metadata,
         signer,
         settings,
         upstreams: RwLock::new(upstreams(args)?),
+        metrics,
+        access,
     });
     let handler = engine::load(&EngineOptions {
         max_instances: args.wasm_max_instances,
         memory_limit: args.wasm_memory_limit,
-        cache_dir: Some(
-            args.wasm_cache_dir
-                .clone()
-                .unwrap_or_else(|| data.join("wasm-cache")),
-        ),
+        cache_dir: Some(args.wasm_cache_dir.clone().unwrap_or_else(|| data.join("wasm-cache"))),
     })?;
     let ticker = engine::start_epoch_ticker(handler.pre.engine());
     let addr = listen_addr(&args.server_addr);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = Arc::new(Server::new(handler, services.clone(), args.request_timeout));
-    let server = tokio::spawn(server.serve(listener, async {
+    let handle = Arc::new(Server::new(handler, services.clone(), args.request_timeout, args.prometheus_enabled));
+    let server = tokio::spawn(handle.clone().serve(listener, async {
         let _ = stopped.await;
     }));
+    let explicit: Vec<bool> = args
+        .cache_upstream_url
+        .iter()
+        .map(|u| parse_upstream(u).map(|p| p.priority.is_some()).unwrap_or(true))
+        .collect();
+    let mut background = vec![
+        services.access.spawn_flusher(ACCESS_FLUSH_INTERVAL),
+        schedulers::spawn_health_checks(
+            handle.clone(),
+            services.clone(),
+            args.cache_upstream_health_interval,
+            explicit,
+        ),
+    ];
+    if let Some(schedule) = lru_schedule {
+        background.push(schedulers::spawn_lru(handle.clone(), schedule));
+    }
     tracing::info!(%addr, "ncps-edge listening");
-    Ok(RunningNode {
-        addr,
-        services,
-        shutdown,
-        server,
-        ticker,
-    })
+    Ok(RunningNode { addr, services, shutdown, server, ticker, background, handle })
 }

@@ -1,6 +1,6 @@
 //! The HTTP server: every request gets a fresh handler instance in its own
 //! store; a trap before the response head becomes a 500, and the server
-//! keeps serving.
+//! keeps serving. The host itself answers only `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::bindings::{CacheNode, LruReport, UpstreamHealth};
 use crate::engine::{Handler, EPOCH_TICK};
 use crate::state::RequestState;
 
@@ -27,25 +28,18 @@ pub struct Server {
     handler: Handler,
     services: Arc<Services>,
     request_timeout: Duration,
+    prometheus: bool,
 }
 
 impl Server {
     /// A server running `handler` against `services`; a request's instance is
-    /// interrupted after `request_timeout`.
-    pub fn new(handler: Handler, services: Arc<Services>, request_timeout: Duration) -> Self {
-        Self {
-            handler,
-            services,
-            request_timeout,
-        }
+    /// interrupted after `request_timeout`; `/metrics` is served when `prometheus`.
+    pub fn new(handler: Handler, services: Arc<Services>, request_timeout: Duration, prometheus: bool) -> Self {
+        Self { handler, services, request_timeout, prometheus }
     }
 
     /// Accept connections on `listener` until `shutdown` resolves.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let (conn, peer) = tokio::select! {
@@ -66,10 +60,8 @@ impl Server {
                     let server = server.clone();
                     async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(conn), service)
-                    .await
+                if let Err(e) =
+                    http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), service).await
                 {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
@@ -84,53 +76,102 @@ impl Server {
     ) -> hyper::Response<HyperOutgoingBody> {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let response = match self.run_instance(req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
-                error_response(500, "internal error\n")
+        let response = if self.prometheus && path == "/metrics" {
+            self.metrics_response().await
+        } else {
+            match self.run_request(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
+                    text_response(500, "internal error\n")
+                }
             }
         };
+        let status = response.status().as_u16();
+        let x_cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok());
+        if matches!(status, 200 | 206) {
+            let hit = x_cache == Some("HIT");
+            let unprefixed = path.strip_prefix("/upload").unwrap_or(&path);
+            if path.ends_with(".narinfo") {
+                self.services.metrics.served(true, hit);
+            } else if unprefixed.starts_with("/nar/") {
+                self.services.metrics.served(false, hit);
+            }
+        }
         tracing::info!(
             %method,
             path,
             %peer,
-            status = response.status().as_u16(),
-            content_length = response.headers().get("content-length").and_then(|v| v.to_str().ok()),
-            x_cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+            status,
+            bytes = response.headers().get("content-length").and_then(|v| v.to_str().ok()),
+            x_cache,
             duration_ms = started.elapsed().as_millis() as u64,
             "request"
         );
         response
     }
 
-    async fn run_instance(
+    async fn metrics_response(&self) -> hyper::Response<HyperOutgoingBody> {
+        let m = &self.services.metrics;
+        match self.services.metadata.total_size().await {
+            Ok(size) => {
+                m.store_size.set(size as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "store size unavailable for /metrics"),
+        }
+        m.max_size.set(self.services.settings.max_size.unwrap_or(0) as i64);
+        let mut resp = text_response(200, "");
+        *resp.body_mut() = full_body(Bytes::from(m.encode()));
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// A fresh store with this node's limits and deadline.
+    fn new_store(&self) -> Store<RequestState> {
+        let mut store =
+            Store::new(self.handler.pre.engine(), RequestState::new(self.services.clone(), self.handler.memory_limit));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline((self.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        store
+    }
+
+    async fn instantiate(
+        pre: &crate::bindings::CacheNodePre<RequestState>,
+        store: &mut Store<RequestState>,
+        services: &Services,
+    ) -> wasmtime::Result<CacheNode> {
+        let started = Instant::now();
+        let instance = pre.instantiate_async(store).await;
+        services.metrics.instantiation.observe(started.elapsed().as_secs_f64());
+        instance
+    }
+
+    async fn run_request(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
-        let pre = self.handler.pre.clone();
-        let mut store = Store::new(
-            pre.engine(),
-            RequestState::new(self.services.clone(), self.handler.memory_limit),
-        );
-        store.limiter(|s| &mut s.limits);
-        let ticks = (self.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        let mut store = self.new_store();
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)?;
+        let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
+        let (pre, services) = (self.handler.pre.clone(), self.services.clone());
         // The instance runs in its own task so it can keep streaming the body
         // after the head is sent; its store (and every lease, writer and
         // stream it holds) is dropped when the task ends.
         let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
+            let result = async {
+                let node = Self::instantiate(&pre, &mut store, &services).await?;
+                node.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            }
+            .await;
+            if let Err(e) = &result {
+                services.metrics.guest_traps.inc();
+                tracing::error!(error = format!("{e:#}"), "handler instance trapped");
+            }
+            result
         });
         match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
@@ -142,19 +183,31 @@ impl Server {
             },
         }
     }
+
+    /// Run the guest's LRU pass in a fresh instance.
+    pub async fn run_lru(&self) -> anyhow::Result<LruReport> {
+        let mut store = self.new_store();
+        let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
+        let report = node.ncps_edge_maintenance().call_run_lru(&mut store).await?;
+        report.map_err(|e| anyhow::anyhow!("LRU pass failed: {e:?}"))
+    }
+
+    /// Run the guest's upstream health check in a fresh instance.
+    pub async fn check_upstreams(&self) -> anyhow::Result<Vec<UpstreamHealth>> {
+        let mut store = self.new_store();
+        let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
+        Ok(node.ncps_edge_maintenance().call_check_upstreams(&mut store).await?)
+    }
+}
+
+fn full_body(bytes: Bytes) -> HyperOutgoingBody {
+    Full::new(bytes).map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }).boxed_unsync()
 }
 
 /// A plain-text response produced by the host itself.
-pub fn error_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from_static(body.as_bytes()))
-        .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
-        .boxed_unsync();
-    let mut resp = hyper::Response::new(body);
-    *resp.status_mut() =
-        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+pub fn text_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgoingBody> {
+    let mut resp = hyper::Response::new(full_body(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

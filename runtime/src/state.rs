@@ -27,38 +27,25 @@ impl RequestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             services,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(4)
-                .build(),
+            limits: StoreLimitsBuilder::new().memory_size(memory_limit).instances(4).build(),
         }
     }
 }
 
 impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for RequestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
     }
 }
 
 impl NcpsEdgeView for RequestState {
     fn ncps_edge(&mut self) -> HostView<'_> {
-        HostView {
-            table: &mut self.table,
-            services: &self.services,
-        }
+        HostView { table: &mut self.table, services: &self.services }
     }
 }

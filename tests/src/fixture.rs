@@ -39,11 +39,7 @@ pub struct Fixture {
 impl Fixture {
     /// The cache folder for `compression`.
     pub fn cache(&self, compression: &str) -> PathBuf {
-        self.caches
-            .iter()
-            .find(|(c, _)| *c == compression)
-            .map(|(_, p)| p.clone())
-            .expect("no such cache")
+        self.caches.iter().find(|(c, _)| *c == compression).map(|(_, p)| p.clone()).expect("no such cache")
     }
 }
 
@@ -89,35 +85,15 @@ pub fn fixture() -> &'static Fixture {
         let file = env.path("chain.nix");
         std::fs::write(&file, CHAIN.replace("BIG_SIZE", &BIG_SIZE.to_string())).unwrap();
         let f = file.display().to_string();
-        let (top, big, evil) = (
-            build(&env, &s, &f, "top"),
-            build(&env, &s, &f, "big"),
-            build(&env, &s, &f, "evil"),
-        );
+        let (top, big, evil) = (build(&env, &s, &f, "top"), build(&env, &s, &f, "big"), build(&env, &s, &f, "evil"));
         let refs = env.run("nix-store", &["--store", &s, "-q", "--references", &top]);
-        let mid = refs
-            .lines()
-            .find(|l| l.ends_with("-mid"))
-            .expect("mid")
-            .to_owned();
-        let leaf = refs
-            .lines()
-            .find(|l| l.ends_with("-leaf"))
-            .expect("leaf")
-            .to_owned();
+        let mid = refs.lines().find(|l| l.ends_with("-mid")).expect("mid").to_owned();
+        let leaf = refs.lines().find(|l| l.ends_with("-leaf")).expect("leaf").to_owned();
         let key = |name: &str| {
-            let (sk, pk) = (
-                env.path(&format!("{name}.sk")),
-                env.path(&format!("{name}.pk")),
-            );
+            let (sk, pk) = (env.path(&format!("{name}.sk")), env.path(&format!("{name}.pk")));
             env.run(
                 "nix-store",
-                &[
-                    "--generate-binary-cache-key",
-                    name,
-                    &sk.display().to_string(),
-                    &pk.display().to_string(),
-                ],
+                &["--generate-binary-cache-key", name, &sk.display().to_string(), &pk.display().to_string()],
             );
             (sk, std::fs::read_to_string(pk).unwrap().trim().to_owned())
         };
@@ -125,11 +101,7 @@ pub fn fixture() -> &'static Fixture {
         let (evil_sk, evil_public_key) = key("evil-1");
         let copy = |name: &str, query: &str, sk: &PathBuf, paths: &[&str]| {
             let dir = env.path(name);
-            let to = format!(
-                "file://{}?{query}&secret-key={}",
-                dir.display(),
-                sk.display()
-            );
+            let to = format!("file://{}?{query}&secret-key={}", dir.display(), sk.display());
             let mut args = vec!["copy", "--store", &s, "--to", &to];
             args.extend_from_slice(paths);
             env.run("nix", &args);
@@ -137,29 +109,11 @@ pub fn fixture() -> &'static Fixture {
         };
         let caches = vec![
             ("xz", copy("up-xz", "compression=xz", &sk, &[&top])),
-            (
-                "zstd",
-                copy("up-zstd", "compression=zstd", &sk, &[&top, &big]),
-            ),
-            (
-                "none",
-                copy("up-none", "compression=none", &sk, &[&top, &big]),
-            ),
+            ("zstd", copy("up-zstd", "compression=zstd", &sk, &[&top, &big])),
+            ("none", copy("up-none", "compression=none", &sk, &[&top, &big])),
         ];
         let evil_cache = copy("up-evil", "compression=none", &evil_sk, &[&evil]);
-        Fixture {
-            env,
-            store,
-            public_key,
-            evil_public_key,
-            top,
-            mid,
-            leaf,
-            big,
-            evil,
-            caches,
-            evil_cache,
-        }
+        Fixture { env, store, public_key, evil_public_key, top, mid, leaf, big, evil, caches, evil_cache }
     })
 }
 
@@ -170,11 +124,7 @@ pub fn hash_of(store_path: &str) -> &str {
 
 /// The `URL:` of `store_path`'s narinfo in `cache`, with a leading slash.
 pub fn nar_url(cache: &std::path::Path, store_path: &str) -> String {
-    let text =
-        std::fs::read_to_string(cache.join(format!("{}.narinfo", hash_of(store_path)))).unwrap();
-    let url = text
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .expect("URL line");
+    let text = std::fs::read_to_string(cache.join(format!("{}.narinfo", hash_of(store_path)))).unwrap();
+    let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL line");
     format!("/{url}")
 }

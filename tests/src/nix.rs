@@ -49,11 +49,7 @@ impl NixEnv {
     /// Run `program args…`; panic with its output when it fails.
     pub fn run(&self, program: &str, args: &[&str]) -> String {
         let out = self.try_run(program, args);
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{program} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -69,17 +65,8 @@ impl NixEnv {
     pub fn dump_hash(&self, store: &Path, path: &str) -> String {
         // A chroot store keeps `/nix/store/x` at `<store>/nix/store/x`.
         let real = store.join(path.trim_start_matches('/'));
-        let out = self
-            .command("nix-store")
-            .arg("--dump")
-            .arg(&real)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "dump of {path} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.command("nix-store").arg("--dump").arg(&real).output().unwrap();
+        assert!(out.status.success(), "dump of {path} failed: {}", String::from_utf8_lossy(&out.stderr));
         format!("{:x}", Sha256::digest(&out.stdout))
     }
 }

@@ -38,16 +38,11 @@ pub async fn start_node(extra: &[String]) -> TestNode {
     init_logs();
     let data = tempfile::tempdir().unwrap();
     let wasm_cache = std::env::temp_dir().join("ncps-edge-test-wasm-cache");
-    let mut argv: Vec<String> = [
-        "ncps-edge",
-        "serve",
-        "--cache-hostname=test-cache",
-        "--server-addr=127.0.0.1:0",
-        "--wasm-max-instances=128",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv: Vec<String> =
+        ["ncps-edge", "serve", "--cache-hostname=test-cache", "--server-addr=127.0.0.1:0", "--wasm-max-instances=128"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     argv.push(format!("--cache-storage-local={}", data.path().display()));
     argv.push(format!("--wasm-cache-dir={}", wasm_cache.display()));
     argv.extend(extra.iter().cloned());
@@ -58,8 +53,5 @@ pub async fn start_node(extra: &[String]) -> TestNode {
 
 /// Flags pointing a node at `upstream_url`, trusting `key`.
 pub fn upstream_flags(upstream_url: &str, key: &str) -> Vec<String> {
-    vec![
-        format!("--cache-upstream-url={upstream_url}"),
-        format!("--cache-upstream-public-key={key}"),
-    ]
+    vec![format!("--cache-upstream-url={upstream_url}"), format!("--cache-upstream-public-key={key}")]
 }

@@ -61,11 +61,7 @@ impl FakeUpstream {
     pub async fn start(root: PathBuf) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            root,
-            hits: Mutex::default(),
-            faults: Faults::default(),
-        });
+        let state = Arc::new(State { root, hits: Mutex::default(), faults: Faults::default() });
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -78,9 +74,7 @@ impl FakeUpstream {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(serve(&s, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(conn), svc)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), svc).await;
                 });
             }
         });
@@ -99,25 +93,12 @@ impl FakeUpstream {
 
     /// Requests seen for `path` (e.g. `/nar/….nar.zst`).
     pub fn hits(&self, path: &str) -> usize {
-        self.state
-            .hits
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 
     /// Requests seen for paths starting with `prefix`.
     pub fn hits_with_prefix(&self, prefix: &str) -> usize {
-        self.state
-            .hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .map(|(_, n)| n)
-            .sum()
+        self.state.hits.lock().unwrap().iter().filter(|(p, _)| p.starts_with(prefix)).map(|(_, n)| n).sum()
     }
 }
 
@@ -142,20 +123,14 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
     }
     let delay = Duration::from_millis(s.faults.nar_chunk_delay_ms.load(Ordering::SeqCst));
     let len = bytes.len();
-    let chunks: Vec<Bytes> = Bytes::from(bytes)
-        .chunks(64 * 1024)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    let body = StreamBody::new(stream::unfold(
-        chunks.into_iter(),
-        move |mut it| async move {
-            let chunk = it.next()?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Some((Ok::<_, Infallible>(Frame::data(chunk)), it))
-        },
-    ));
+    let chunks: Vec<Bytes> = Bytes::from(bytes).chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    let body = StreamBody::new(stream::unfold(chunks.into_iter(), move |mut it| async move {
+        let chunk = it.next()?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), it))
+    }));
     let mut r = hyper::Response::new(body.boxed());
     r.headers_mut().insert("content-length", len.into());
     r

@@ -19,45 +19,23 @@ async fn corrupt_upstream_nar_is_not_cached_and_is_retried() {
     let original = std::fs::read(fx.cache("none").join(&path[1..])).unwrap();
     let url = format!("{}{path}", node.url());
     // The client learns of the NAR through its narinfo first, as Nix does.
-    assert_eq!(
-        c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.top)))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.top))).send().await.unwrap().status(), 200);
 
     up.faults().corrupt_nars.store(true, Ordering::SeqCst);
     let got = match c.get(&url).send().await {
         Ok(resp) => resp.bytes().await.map(|b| b.to_vec()),
         Err(e) => Err(e),
     };
-    assert!(
-        got.as_ref().map_or(true, |b| *b != original),
-        "a corrupt NAR must not look complete and correct"
-    );
-    assert!(
-        got.is_err(),
-        "the transfer of a corrupt NAR must fail, got {} bytes",
-        got.map(|b| b.len()).unwrap_or(0)
-    );
-    assert_eq!(
-        c.head(&url).send().await.unwrap().status(),
-        404,
-        "corrupt NAR was stored"
-    );
+    assert!(got.as_ref().map_or(true, |b| *b != original), "a corrupt NAR must not look complete and correct");
+    assert!(got.is_err(), "the transfer of a corrupt NAR must fail, got {} bytes", got.map(|b| b.len()).unwrap_or(0));
+    assert_eq!(c.head(&url).send().await.unwrap().status(), 404, "corrupt NAR was stored");
 
     up.faults().corrupt_nars.store(false, Ordering::SeqCst);
     let good = c.get(&url).send().await.unwrap();
     assert_eq!(good.status(), 200);
     assert_eq!(good.bytes().await.unwrap(), original);
     assert_eq!(up.hits(&path), 2, "the next request went upstream again");
-    assert_eq!(
-        c.head(&url).send().await.unwrap().status(),
-        200,
-        "good NAR stored"
-    );
+    assert_eq!(c.head(&url).send().await.unwrap().status(), 200, "good NAR stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,19 +80,10 @@ async fn guest_trap_gives_500_and_the_next_request_succeeds() {
     .await;
     let c = reqwest::Client::new();
     let huge = "X-Padding: y\n".repeat(230_000);
-    let resp = c
-        .put(format!("{}/{}.narinfo", node.url(), "0".repeat(32)))
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
+    let resp = c.put(format!("{}/{}.narinfo", node.url(), "0".repeat(32))).body(huge).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     for _ in 0..3 {
-        let ok = c
-            .get(format!("{}/nix-cache-info", node.url()))
-            .send()
-            .await
-            .unwrap();
+        let ok = c.get(format!("{}/nix-cache-info", node.url())).send().await.unwrap();
         assert_eq!(ok.status(), 200, "server keeps serving after a trap");
     }
 }
@@ -127,19 +96,9 @@ async fn concurrent_cold_requests_share_one_download() {
     up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
     let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
     let path = nar_url(&fx.cache("zstd"), &fx.big);
-    let want = format!(
-        "{:x}",
-        Sha256::digest(std::fs::read(fx.cache("zstd").join(&path[1..])).unwrap())
-    );
+    let want = format!("{:x}", Sha256::digest(std::fs::read(fx.cache("zstd").join(&path[1..])).unwrap()));
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.big)))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.big))).send().await.unwrap().status(), 200);
     let url = format!("{}{path}", node.url());
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -147,10 +106,7 @@ async fn concurrent_cold_requests_share_one_download() {
             tokio::spawn(async move {
                 let resp = c.get(&url).send().await.unwrap();
                 let status = resp.status().as_u16();
-                (
-                    status,
-                    format!("{:x}", Sha256::digest(resp.bytes().await.unwrap())),
-                )
+                (status, format!("{:x}", Sha256::digest(resp.bytes().await.unwrap())))
             })
         })
         .collect();

@@ -11,13 +11,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-fn copy_from(
-    env: &NixEnv,
-    url: &str,
-    key: &str,
-    store: &std::path::Path,
-    path: &str,
-) -> std::process::Output {
+fn copy_from(env: &NixEnv, url: &str, key: &str, store: &std::path::Path, path: &str) -> std::process::Output {
     env.try_run(
         "nix",
         &[
@@ -54,11 +48,7 @@ async fn nix_substitutes_closures_cold_then_warm() {
             let (url, key) = (node.url(), node.public_key());
             for p in &paths {
                 let out = tokio::task::block_in_place(|| copy_from(&env, &url, &key, &store, p));
-                assert!(
-                    out.status.success(),
-                    "{compression} {label}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "{compression} {label}: {}", String::from_utf8_lossy(&out.stderr));
             }
             for p in paths.iter().chain([&fx.mid, &fx.leaf]) {
                 assert_eq!(
@@ -68,10 +58,7 @@ async fn nix_substitutes_closures_cold_then_warm() {
                 );
             }
             let nar_hits = up.hits(&nar_url(&fx.cache(compression), &fx.top));
-            assert_eq!(
-                nar_hits, 1,
-                "{compression} {label} (round {round}): warm run must not go upstream"
-            );
+            assert_eq!(nar_hits, 1, "{compression} {label} (round {round}): warm run must not go upstream");
         }
     }
 }
@@ -87,43 +74,20 @@ async fn nix_store_realises_through_the_substituter_option() {
         let store = env.path("store").display().to_string();
         let out = env.try_run(
             "nix-store",
-            &[
-                "--store",
-                &store,
-                "-r",
-                &top,
-                "--option",
-                "substituters",
-                &url,
-                "--option",
-                "trusted-public-keys",
-                &key,
-            ],
+            &["--store", &store, "-r", &top, "--option", "substituters", &url, "--option", "trusted-public-keys", &key],
         );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            env,
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), env)
     })
     .await;
     assert!(ok, "{stderr}");
-    assert_eq!(
-        env.dump_hash(&env.path("store"), &fx.top),
-        fx.env.dump_hash(&fx.store, &fx.top)
-    );
+    assert_eq!(env.dump_hash(&env.path("store"), &fx.top), fx.env.dump_hash(&fx.store, &fx.top));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_copy_uploads_with_put_enabled() {
     let fx = fixture();
     let node = start_node(&["--cache-allow-put-verb".into()]).await;
-    let (url, key, top, src) = (
-        node.url(),
-        node.public_key(),
-        fx.top.clone(),
-        fx.store.display().to_string(),
-    );
+    let (url, key, top, src) = (node.url(), node.public_key(), fx.top.clone(), fx.store.display().to_string());
     let (up_ok, up_err, down_ok, down_err, env) = blocking(move || {
         let env = NixEnv::new();
         let to = format!("{url}/upload");
@@ -141,10 +105,7 @@ async fn nix_copy_uploads_with_put_enabled() {
     assert!(up_ok, "upload failed: {up_err}");
     assert!(down_ok, "download of uploaded paths failed: {down_err}");
     for p in [&fx.top, &fx.mid, &fx.leaf] {
-        assert_eq!(
-            env.dump_hash(&env.path("store"), p),
-            fx.env.dump_hash(&fx.store, p)
-        );
+        assert_eq!(env.dump_hash(&env.path("store"), p), fx.env.dump_hash(&fx.store, p));
     }
 }
 
@@ -156,32 +117,15 @@ async fn narinfo_signed_by_an_untrusted_key_is_refused() {
     let evil_narinfo = |node: &str| format!("{node}/{}.narinfo", hash_of(&fx.evil));
     // Trusting only fixture-1: the evil-1 signature is refused.
     let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    assert_eq!(
-        c.get(evil_narinfo(&node.url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(c.get(evil_narinfo(&node.url())).send().await.unwrap().status(), 404);
     let (url, key, evil) = (node.url(), node.public_key(), fx.evil.clone());
     let out = blocking(move || {
         let env = NixEnv::new();
         copy_from(&env, &url, &key, &env.path("store"), &evil)
     })
     .await;
-    assert!(
-        !out.status.success(),
-        "nix accepted a path whose upstream signature is untrusted"
-    );
+    assert!(!out.status.success(), "nix accepted a path whose upstream signature is untrusted");
     // Control: trusting evil-1 makes the same path available.
     let trusting = start_node(&upstream_flags(&up.url(), &fx.evil_public_key)).await;
-    assert_eq!(
-        c.get(evil_narinfo(&trusting.url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(evil_narinfo(&trusting.url())).send().await.unwrap().status(), 200);
 }

@@ -50,57 +50,25 @@ async fn node_for_cache(
 async fn hostile_upstream_narinfos_are_not_adopted() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read_to_string(
-        fx.cache("none")
-            .join(format!("{}.narinfo", hash_of(&fx.leaf))),
-    )
-    .unwrap();
+    let good = std::fs::read_to_string(fx.cache("none").join(format!("{}.narinfo", hash_of(&fx.leaf)))).unwrap();
     // A narinfo served under another path's hash (cache poisoning attempt).
-    std::fs::write(
-        dir.path().join(format!("{}.narinfo", hash_of(&fx.mid))),
-        &good,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.mid))), &good).unwrap();
     // A narinfo whose content was changed after signing.
     let tampered = good.replace("NarSize: ", "NarSize: 1");
-    std::fs::write(
-        dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))),
-        tampered,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))), tampered).unwrap();
     // An oversized and a malformed narinfo.
     let big = format!("{good}{}", "X-Padding: y\n".repeat(200_000));
-    std::fs::write(
-        dir.path().join(format!("{}.narinfo", hash_of(&fx.top))),
-        big,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join(format!("{}.narinfo", hash_of(&fx.big))),
-        "this is not a narinfo",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.top))), big).unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.big))), "this is not a narinfo").unwrap();
     let (up, node) = node_for_cache(dir.path(), &fx.public_key, &[]).await;
     let c = reqwest::Client::new();
     for p in [&fx.mid, &fx.leaf, &fx.top, &fx.big] {
-        let resp = c
-            .get(format!("{}/{}.narinfo", node.url(), hash_of(p)))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.get(format!("{}/{}.narinfo", node.url(), hash_of(p))).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{p} adopted from a hostile upstream");
     }
     assert!(up.hits_with_prefix("/") >= 4);
     // Control: the untampered narinfo is accepted.
-    std::fs::write(
-        dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))),
-        &good,
-    )
-    .unwrap();
-    let resp = c
-        .get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf)))
-        .send()
-        .await
-        .unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))), &good).unwrap();
+    let resp = c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }

@@ -55,12 +55,7 @@ impl LocalLocks {
 
 #[async_trait::async_trait]
 impl LockBackend for LocalLocks {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        mode: Mode,
-        ttl: Duration,
-    ) -> Result<Option<Box<dyn Lease>>> {
+    async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
         let now = Instant::now();
         let token: u64 = rand::random();
         let mut table = lock_table(&self.table);
@@ -79,11 +74,7 @@ impl LockBackend for LocalLocks {
                 state.shared.insert(token, now + ttl);
             }
         }
-        Ok(Some(Box::new(LocalLease {
-            table: self.table.clone(),
-            key: key.to_owned(),
-            token,
-        })))
+        Ok(Some(Box::new(LocalLease { table: self.table.clone(), key: key.to_owned(), token })))
     }
 }
 
@@ -98,27 +89,18 @@ impl Lease for LocalLease {
     async fn extend(&self, ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let mut table = lock_table(&self.table);
-        match table
-            .get_mut(&self.key)
-            .and_then(|s| s.expiry_mut(self.token))
-        {
+        match table.get_mut(&self.key).and_then(|s| s.expiry_mut(self.token)) {
             Some(exp) if *exp > now => {
                 *exp = now + ttl;
                 Ok(())
             }
-            _ => Err(crate::Error::Conflict(format!(
-                "lease on {} was lost",
-                self.key
-            ))),
+            _ => Err(crate::Error::Conflict(format!("lease on {} was lost", self.key))),
         }
     }
 
     fn is_held(&self) -> bool {
         let mut table = lock_table(&self.table);
-        table
-            .get_mut(&self.key)
-            .and_then(|s| s.expiry_mut(self.token))
-            .is_some_and(|exp| *exp > Instant::now())
+        table.get_mut(&self.key).and_then(|s| s.expiry_mut(self.token)).is_some_and(|exp| *exp > Instant::now())
     }
 }
 

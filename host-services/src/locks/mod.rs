@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::metrics::{lock_type, LockFailureLabels, LockLabels, LockModeLabels, LockTypeLabels, Metrics};
 use crate::{Error, Result};
 
 /// How a lease holds its key.
@@ -43,12 +44,7 @@ pub trait Lease: Send + Sync {
 #[async_trait::async_trait]
 pub trait LockBackend: Send + Sync {
     /// Take `key` once without waiting: `None` when somebody else holds it.
-    async fn try_acquire(
-        &self,
-        key: &str,
-        mode: Mode,
-        ttl: Duration,
-    ) -> Result<Option<Box<dyn Lease>>>;
+    async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<Box<dyn Lease>>>;
 }
 
 /// The `--cache-lock-retry-*` policy.
@@ -91,9 +87,20 @@ impl RetryPolicy {
 }
 
 /// A held lease as the guest sees it: the backend's lease plus its key.
+/// Dropping it releases the lease and records how long it was held.
 pub struct LeaseHandle {
     key: String,
+    mode: Mode,
     lease: Box<dyn Lease>,
+    acquired: std::time::Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for LeaseHandle {
+    fn drop(&mut self) {
+        let labels = LockModeLabels { r#type: lock_type(&self.key).to_owned(), mode: self.mode.as_str().to_owned() };
+        self.metrics.lock_hold.get_or_create(&labels).observe(self.acquired.elapsed().as_secs_f64());
+    }
 }
 
 impl LeaseHandle {
@@ -117,6 +124,7 @@ pub struct Locks {
     backend: Arc<dyn LockBackend>,
     prefix: String,
     retry: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 /// Longest key the guest may ask for (before the prefix).
@@ -128,12 +136,9 @@ impl Locks {
         backend: Arc<dyn LockBackend>,
         prefix: impl Into<String>,
         retry: RetryPolicy,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            backend,
-            prefix: prefix.into(),
-            retry,
-        }
+        Self { backend, prefix: prefix.into(), retry, metrics }
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -143,25 +148,44 @@ impl Locks {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    fn count(&self, key: &str, mode: Mode, outcome: std::result::Result<(), &str>) {
+        let (t, m) = (lock_type(key).to_owned(), mode.as_str().to_owned());
+        let result = if outcome.is_ok() { "success" } else { "failure" };
+        let labels = LockLabels { r#type: t.clone(), result: result.into(), mode: m.clone() };
+        self.metrics.lock_acquisitions.get_or_create(&labels).inc();
+        if let Err(reason) = outcome {
+            let labels = LockFailureLabels { r#type: t, reason: reason.into(), mode: m };
+            self.metrics.lock_failures.get_or_create(&labels).inc();
+        }
+    }
+
     /// Take `key` once without waiting.
-    pub async fn try_acquire(
-        &self,
-        key: &str,
-        mode: Mode,
-        ttl: Duration,
-    ) -> Result<Option<LeaseHandle>> {
+    pub async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<LeaseHandle>> {
+        let lease = self.try_once(key, mode, ttl).await;
+        match &lease {
+            Ok(Some(_)) => self.count(key, mode, Ok(())),
+            Ok(None) => self.count(key, mode, Err("contended")),
+            Err(_) => self.count(key, mode, Err("backend")),
+        }
+        lease
+    }
+
+    async fn try_once(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<LeaseHandle>> {
         let full = self.full_key(key)?;
         let lease = self.backend.try_acquire(&full, mode, ttl).await?;
         Ok(lease.map(|lease| LeaseHandle {
             key: key.to_owned(),
+            mode,
             lease,
+            acquired: std::time::Instant::now(),
+            metrics: self.metrics.clone(),
         }))
     }
 
     /// Take `key`, retrying with the policy; [`Error::Timeout`] when it stays held.
     pub async fn acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<LeaseHandle> {
         let attempt = || async {
-            match self.try_acquire(key, mode, ttl).await? {
+            match self.try_once(key, mode, ttl).await? {
                 Some(lease) => Ok(lease),
                 None => Err(Error::Conflict(format!("lock {key} is held"))),
             }
@@ -171,11 +195,16 @@ impl Locks {
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
             .when(|e| matches!(e, Error::Conflict(_) | Error::Timeout(_)))
+            .notify(|_, _| {
+                self.metrics.lock_retries.get_or_create(&LockTypeLabels { r#type: lock_type(key).to_owned() }).inc();
+            })
             .await;
         match result {
             Ok(lease) => {
+                self.count(key, mode, Ok(()));
                 tracing::debug!(
                     lock_key = key,
+                    lock_type = lock_type(key),
                     mode = mode.as_str(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     "acquired lock"
@@ -183,15 +212,21 @@ impl Locks {
                 Ok(lease)
             }
             Err(Error::Conflict(m)) => {
+                self.count(key, mode, Err("timeout"));
                 tracing::info!(
                     lock_key = key,
+                    lock_type = lock_type(key),
                     mode = mode.as_str(),
                     retries = self.retry.max_attempts,
                     "failed to acquire lock"
                 );
                 Err(Error::Timeout(m))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.count(key, mode, Err("backend"));
+                tracing::warn!(lock_key = key, lock_type = lock_type(key), mode = mode.as_str(), error = %e, "failed to acquire lock");
+                Err(e)
+            }
         }
     }
 }

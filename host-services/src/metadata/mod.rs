@@ -24,6 +24,14 @@ pub trait MetadataStore: Send + Sync {
     async fn delete_nar(&self, key: &str) -> Result<bool>;
     /// Sum of the stored NAR sizes.
     async fn total_size(&self) -> Result<u64>;
+    /// Set last-access times (milliseconds since the epoch) of NAR keys,
+    /// never moving one backwards.
+    async fn touch(&self, accesses: Vec<(String, i64)>) -> Result<()>;
+    /// Stored NARs, least recently used first.
+    async fn lru_candidates(&self, limit: u32) -> Result<Vec<NarRecord>>;
+    /// Delete a NAR record and every narinfo pointing at it in one
+    /// transaction; returns the stored size it accounted for.
+    async fn evict(&self, key: &str) -> Result<u64>;
     /// A config value.
     async fn get_config(&self, key: &str) -> Result<Option<String>>;
     /// Store `value` under `key` unless a value is there already; returns the

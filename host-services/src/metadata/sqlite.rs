@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -50,11 +49,9 @@ pub struct SqliteMetadata {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Timestamps are milliseconds since the Unix epoch.
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::access::now_ms()
 }
 
 fn join(items: &[String], sep: &str) -> String {
@@ -62,10 +59,7 @@ fn join(items: &[String], sep: &str) -> String {
 }
 
 fn split(s: String, sep: char) -> Vec<String> {
-    s.split(sep)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
+    s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
 }
 
 fn to_u64(v: Option<i64>) -> Option<u64> {
@@ -111,9 +105,7 @@ impl SqliteMetadata {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Self::migrate(&conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
     fn migrate(conn: &Connection) -> Result<()> {
@@ -125,10 +117,7 @@ impl SqliteMetadata {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            conn.execute_batch(&format!(
-                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
-                i + 1
-            ))?;
+            conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
             tracing::info!(version = i + 1, "applied SQLite migration");
         }
         Ok(())
@@ -198,8 +187,7 @@ impl MetadataStore for SqliteMetadata {
 
     async fn delete_narinfo(&self, hash: &str) -> Result<bool> {
         let hash = hash.to_owned();
-        self.with_conn(move |c| Ok(c.execute("DELETE FROM narinfos WHERE hash = ?1", [hash])? > 0))
-            .await
+        self.with_conn(move |c| Ok(c.execute("DELETE FROM narinfos WHERE hash = ?1", [hash])? > 0)).await
     }
 
     async fn get_nar(&self, key: &str) -> Result<Option<NarRecord>> {
@@ -236,41 +224,69 @@ impl MetadataStore for SqliteMetadata {
 
     async fn delete_nar(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
-        self.with_conn(move |c| Ok(c.execute("DELETE FROM nars WHERE key = ?1", [key])? > 0))
-            .await
+        self.with_conn(move |c| Ok(c.execute("DELETE FROM nars WHERE key = ?1", [key])? > 0)).await
     }
 
     async fn total_size(&self) -> Result<u64> {
         self.with_conn(|c| {
-            c.query_row("SELECT COALESCE(SUM(stored_size), 0) FROM nars", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|v| v.max(0) as u64)
+            c.query_row("SELECT COALESCE(SUM(stored_size), 0) FROM nars", [], |r| r.get::<_, i64>(0))
+                .map(|v| v.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn touch(&self, accesses: Vec<(String, i64)>) -> Result<()> {
+        self.with_conn(move |c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE nars SET last_accessed_at = MAX(last_accessed_at, ?2) WHERE key = ?1")?;
+                for (key, at) in &accesses {
+                    stmt.execute(params![key, at])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn lru_candidates(&self, limit: u32) -> Result<Vec<NarRecord>> {
+        self.with_conn(move |c| {
+            c.prepare_cached(
+                "SELECT key, upstream_url, file_hash, file_size, stored_size FROM nars
+                 WHERE stored_size IS NOT NULL ORDER BY last_accessed_at ASC, key ASC LIMIT ?1",
+            )?
+            .query_map([limit], nar_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn evict(&self, key: &str) -> Result<u64> {
+        let key = key.to_owned();
+        self.with_conn(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let size: Option<Option<i64>> =
+                tx.query_row("SELECT stored_size FROM nars WHERE key = ?1", [&key], |r| r.get(0)).optional()?;
+            tx.execute("DELETE FROM narinfos WHERE url = ?1", [&key])?;
+            tx.execute("DELETE FROM nars WHERE key = ?1", [&key])?;
+            tx.commit()?;
+            Ok(size.flatten().unwrap_or(0).max(0) as u64)
         })
         .await
     }
 
     async fn get_config(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_owned();
-        self.with_conn(move |c| {
-            c.query_row("SELECT value FROM config WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()
-        })
-        .await
+        self.with_conn(move |c| c.query_row("SELECT value FROM config WHERE key = ?1", [key], |r| r.get(0)).optional())
+            .await
     }
 
     async fn set_config_if_absent(&self, key: &str, value: &str) -> Result<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.with_conn(move |c| {
-            c.execute(
-                "INSERT INTO config (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                [&key, &value],
-            )?;
-            c.query_row("SELECT value FROM config WHERE key = ?1", [&key], |r| {
-                r.get(0)
-            })
+            c.execute("INSERT INTO config (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", [&key, &value])?;
+            c.query_row("SELECT value FROM config WHERE key = ?1", [&key], |r| r.get(0))
         })
         .await
     }

@@ -31,12 +31,9 @@ impl LocalStore {
     pub fn path_of(&self, key: &StorageKey) -> PathBuf {
         let key = key.as_str();
         match key.strip_prefix("nar/") {
-            Some(file) if !file.contains('/') && file.len() >= 2 => self
-                .root
-                .join("nar")
-                .join(&file[..1])
-                .join(&file[..2])
-                .join(file),
+            Some(file) if !file.contains('/') && file.len() >= 2 => {
+                self.root.join("nar").join(&file[..1]).join(&file[..2]).join(file)
+            }
             _ => self.root.join(key),
         }
     }
@@ -71,10 +68,7 @@ impl BlobStore for LocalStore {
     }
 
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{:016x}.part", rand::random::<u64>()));
+        let tmp = self.root.join("tmp").join(format!("{:016x}.part", rand::random::<u64>()));
         let file = File::create(&tmp).await?;
         Ok(Box::new(LocalWriter {
             file: Some(BufWriter::with_capacity(256 * 1024, file)),
@@ -99,10 +93,7 @@ struct LocalWriter {
 #[async_trait::async_trait]
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        let file = self.file.as_mut().ok_or_else(|| Error::Invalid("writer is closed".into()))?;
         file.write_all(data).await?;
         self.written += data.len() as u64;
         Ok(())
@@ -113,10 +104,7 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<bool> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        let mut file = self.file.take().ok_or_else(|| Error::Invalid("writer is closed".into()))?;
         file.flush().await?;
         file.get_ref().sync_all().await?;
         drop(file);

@@ -23,8 +23,7 @@ impl StorageKey {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
         if key.len() > MAX_KEY_LEN || !key.split('/').all(ok_segment) {
             return Err(Error::Invalid(format!("bad storage key {key:?}")));

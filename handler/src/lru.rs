@@ -1,0 +1,69 @@
+//! The LRU pass: under the `lru` lock, evict least-recently-used NARs (with
+//! their narinfos) until the store is under `--cache-max-size`. Metadata is
+//! committed first, then the storage objects are deleted in batches; storage
+//! deletes never break a read in progress (the storage contract), so a hit
+//! needs no lock.
+
+use crate::exports::ncps::edge::maintenance::LruReport;
+use crate::logging;
+use crate::ncps::edge::config::Settings;
+use crate::ncps::edge::locks::{self, Mode};
+use crate::ncps::edge::metadata;
+use crate::ncps::edge::metrics;
+use crate::ncps::edge::storage;
+use crate::ncps::edge::types::Error;
+
+/// NARs looked at per metadata round trip.
+const BATCH: u32 = 64;
+
+/// Run one pass and count it in the node's metrics.
+pub fn run(settings: &Settings) -> Result<LruReport, Error> {
+    let result = run_pass(settings);
+    match &result {
+        Ok(r) => metrics::lru_pass(if r.ran { "ran" } else { "skipped" }, r.evicted, r.bytes_freed),
+        Err(_) => metrics::lru_pass("error", 0, 0),
+    }
+    result
+}
+
+fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
+    let skipped = LruReport { ran: false, total_before: 0, total_after: 0, evicted: 0, bytes_freed: 0 };
+    let Some(max) = settings.max_size else {
+        return Ok(skipped);
+    };
+    let Some(lease) = locks::try_acquire("lru", Mode::Exclusive, settings.lru_lock_ttl_ms)? else {
+        logging::info("another instance is running LRU", &[("lock_type", "lru")]);
+        return Ok(skipped);
+    };
+    let started = crate::time::Instant::now();
+    let before = metadata::total_size()?;
+    let mut report = LruReport { ran: true, total_before: before, total_after: before, evicted: 0, bytes_freed: 0 };
+    while report.total_after > max {
+        let candidates = metadata::lru_candidates(BATCH)?;
+        if candidates.is_empty() {
+            break;
+        }
+        let mut keys = Vec::new();
+        for nar in candidates {
+            if report.total_after <= max {
+                break;
+            }
+            let freed = metadata::evict(&nar.key)?;
+            report.total_after = report.total_after.saturating_sub(freed);
+            report.bytes_freed += freed;
+            report.evicted += 1;
+            keys.push(nar.key);
+        }
+        storage::delete_many(&keys)?;
+        if lease.extend(settings.lru_lock_ttl_ms).is_err() {
+            logging::warn("LRU lock lost; stopping the pass", &[("lock_type", "lru")]);
+            break;
+        }
+    }
+    let ms = started.elapsed().as_millis().to_string();
+    logging::info(
+        "LRU pass finished",
+        &[("bytes", &report.bytes_freed.to_string()), ("duration_ms", &ms), ("status", &report.evicted.to_string())],
+    );
+    Ok(report)
+}
