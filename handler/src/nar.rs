@@ -201,18 +201,18 @@ fn download(
                 break;
             }
             Ok(resp) => {
-                metrics::upstream_fetch("nar", url, asked.elapsed().as_secs_f64(), "not-found");
+                metrics::upstream_fetch("nar", upstream::base_of(url), asked.elapsed().as_secs_f64(), "not-found");
                 logging::debug(
                     "upstream has no NAR",
-                    &[("hash", &path.hash), ("upstream", url), ("status", &resp.status.to_string())],
+                    &[("hash", &path.hash), ("upstream", upstream::base_of(url)), ("status", &resp.status.to_string())],
                 );
             }
             Err(e) => {
                 failed = true;
-                metrics::upstream_fetch("nar", url, asked.elapsed().as_secs_f64(), "error");
+                metrics::upstream_fetch("nar", upstream::base_of(url), asked.elapsed().as_secs_f64(), "error");
                 logging::warn(
                     "upstream NAR request failed",
-                    &[("hash", &path.hash), ("upstream", url), ("error", &e.to_string())],
+                    &[("hash", &path.hash), ("upstream", upstream::base_of(url)), ("error", &e.to_string())],
                 );
             }
         }
@@ -228,8 +228,11 @@ fn download(
     let size_conflict = matches!((resp.content_length, expect.size), (Some(a), Some(b)) if a != b);
     let length = resp.content_length.or(expect.size);
     let Some(mut upstream_body) = resp.body.filter(|_| !size_conflict) else {
-        metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "rejected");
-        logging::warn("upstream NAR has the wrong size", &[("hash", &path.hash), ("upstream", &url)]);
+        metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "rejected");
+        logging::warn(
+            "upstream NAR has the wrong size",
+            &[("hash", &path.hash), ("upstream", upstream::base_of(&url))],
+        );
         return text(out, 502, "upstream NAR is not what its narinfo says\n", false);
     };
     let mut writer = match storage::create(&key) {
@@ -259,10 +262,10 @@ fn download(
             Ok(Some(c)) => c,
             Ok(None) => break,
             Err(e) => {
-                metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "error");
+                metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "error");
                 logging::warn(
                     "upstream NAR transfer failed",
-                    &[("hash", &path.hash), ("upstream", &url), ("error", &e.to_string())],
+                    &[("hash", &path.hash), ("upstream", upstream::base_of(&url)), ("error", &e.to_string())],
                 );
                 discard(writer, client);
                 return;
@@ -302,12 +305,12 @@ fn download(
     let hash_ok = expect.hash.is_none_or(|h| h == digest);
     let verifiable = expect.hash.is_some();
     if !(size_ok && hash_ok) {
-        metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "rejected");
+        metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "rejected");
         logging::warn(
             "NAR from upstream does not match its narinfo; not cached",
             &[
                 ("hash", &path.hash),
-                ("upstream", &url),
+                ("upstream", upstream::base_of(&url)),
                 ("bytes", &total.to_string()),
                 ("error", &format!("got sha256:{}", digest.to_nix32())),
             ],
@@ -323,11 +326,16 @@ fn download(
             publish(&key, w, total, record);
         }
     }
-    metrics::upstream_fetch("nar", &url, started.elapsed().as_secs_f64(), "ok");
+    metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "ok");
     let ms = started.elapsed().as_millis().to_string();
     logging::info(
         "downloaded NAR from upstream",
-        &[("hash", &path.hash), ("upstream", &url), ("bytes", &total.to_string()), ("duration_ms", &ms)],
+        &[
+            ("hash", &path.hash),
+            ("upstream", upstream::base_of(&url)),
+            ("bytes", &total.to_string()),
+            ("duration_ms", &ms),
+        ],
     );
     drop(lease);
     if let Some(mut c) = client {

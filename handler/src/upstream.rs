@@ -113,3 +113,9 @@ impl Pending {
 pub fn get(url: &str, settings: &Settings) -> Result<UpstreamResponse, FetchError> {
     start_get(url, settings)?.wait()
 }
+
+/// The upstream cache a NAR URL belongs to (its URL up to `/nar/`), for
+/// logs and metric labels.
+pub fn base_of(nar_url: &str) -> &str {
+    nar_url.rsplit_once("/nar/").map_or(nar_url, |(base, _)| base)
+}

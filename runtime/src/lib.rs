@@ -5,6 +5,7 @@
 pub mod bindings;
 pub mod config;
 pub mod engine;
+pub mod logs;
 pub mod node;
 pub mod schedulers;
 pub mod server;

@@ -1,7 +1,6 @@
 //! `ncps-edge serve`: run a cache node.
 
 use ncps_edge::config::{parse_cli, Command};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,12 +12,7 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let Command::Serve(args) = cli.command;
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    ncps_edge::logs::init(&args.log_level, std::io::stdout);
     let node = ncps_edge::node::start(&args).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

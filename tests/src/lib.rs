@@ -4,4 +4,5 @@
 pub mod fixture;
 pub mod nix;
 pub mod node;
+pub mod scrape;
 pub mod upstream;

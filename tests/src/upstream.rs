@@ -27,6 +27,8 @@ pub struct Faults {
     pub fail: AtomicBool,
     /// Pause between 64 KiB chunks of NAR bodies, milliseconds.
     pub nar_chunk_delay_ms: AtomicU64,
+    /// Serve this as `/nix-cache-info` instead of the folder's file.
+    pub cache_info: Mutex<Option<String>>,
 }
 
 struct State {
@@ -107,6 +109,11 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
     *s.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     if s.faults.fail.load(Ordering::SeqCst) {
         return full(500, b"upstream broken".to_vec());
+    }
+    if path == "/nix-cache-info" {
+        if let Some(info) = s.faults.cache_info.lock().unwrap().clone() {
+            return full(200, info.into_bytes());
+        }
     }
     if path.contains("..") {
         return full(400, Vec::new());

@@ -1,0 +1,151 @@
+//! Cache lifecycle: LRU eviction order and size accounting, the LRU lock,
+//! eviction racing a slow download, and the admin route.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ncps_edge_host_services::locks::Mode;
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
+use ncps_edge_tests::upstream::FakeUpstream;
+use sha2::{Digest, Sha256};
+
+async fn warm(c: &reqwest::Client, node: &TestNode, cache: &std::path::Path, path: &str) -> u64 {
+    let narinfo = c.get(format!("{}/{}.narinfo", node.url(), hash_of(path))).send().await.unwrap();
+    assert_eq!(narinfo.status(), 200);
+    let nar = c.get(format!("{}{}", node.url(), nar_url(cache, path))).send().await.unwrap();
+    assert_eq!(nar.status(), 200);
+    nar.bytes().await.unwrap().len() as u64
+}
+
+async fn status(c: &reqwest::Client, url: String) -> (u16, Option<String>) {
+    let r = c.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.headers().get("x-cache").map(|v| v.to_str().unwrap().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lru_evicts_least_recently_used_until_under_max_size() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let sizes: Vec<u64> = [&fx.leaf, &fx.mid, &fx.top]
+        .iter()
+        .map(|p| std::fs::metadata(cache.join(&nar_url(&cache, p)[1..])).unwrap().len())
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.push(format!("--cache-max-size={}", total - 1));
+    flags.push("--admin-token=adm".into());
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    for p in [&fx.leaf, &fx.mid, &fx.top] {
+        warm(&c, &node, &cache, p).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // leaf is used again: mid is now the least recently used.
+    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    assert_eq!(x.as_deref(), Some("HIT"));
+
+    let report: String =
+        c.post(format!("{}/admin/lru", node.url())).bearer_auth("adm").send().await.unwrap().text().await.unwrap();
+    let want = format!(
+        "{{\"bytesFreed\":{},\"evicted\":1,\"ran\":true,\"totalAfter\":{},\"totalBefore\":{total}}}",
+        sizes[1],
+        total - sizes[1]
+    );
+    assert_eq!(report, want);
+    let mid_nar = format!("{}{}", node.url(), nar_url(&cache, &fx.mid));
+    assert_eq!(c.head(&mid_nar).send().await.unwrap().status(), 404, "evicted NAR still stored");
+    let on_disk = node.data.path().join("store/nar").join(&nar_url(&cache, &fx.mid)[5..6]);
+    let still_there = walk(&on_disk).iter().any(|f| f.ends_with(&nar_url(&cache, &fx.mid)[5..]));
+    assert!(!still_there, "evicted NAR file left on disk");
+    let (_, x) = status(&c, format!("{}/{}.narinfo", node.url(), hash_of(&fx.mid))).await;
+    assert_eq!(x.as_deref(), Some("MISS"), "its narinfo went with it");
+    for p in [&fx.leaf, &fx.top] {
+        let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, p))).await;
+        assert_eq!(x.as_deref(), Some("HIT"), "{p} should have stayed");
+    }
+    // Under the limit now: another pass evicts nothing.
+    let again = node.node.server().run_lru().await.unwrap();
+    assert!(again.ran);
+    assert_eq!(again.evicted, 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path().display().to_string()] })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lru_pass_skips_while_another_holds_the_lru_lock() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.push("--cache-max-size=1".into());
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    warm(&c, &node, &cache, &fx.leaf).await;
+    let other = node.node.services().locks.try_acquire("lru", Mode::Exclusive, Duration::from_secs(60)).await.unwrap();
+    let skipped = node.node.server().run_lru().await.unwrap();
+    assert!(!skipped.ran, "ran while another instance held the LRU lock");
+    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    assert_eq!(x.as_deref(), Some("HIT"));
+    drop(other);
+    let ran = node.node.server().run_lru().await.unwrap();
+    assert!(ran.ran);
+    assert_eq!(ran.evicted, 1);
+    assert_eq!(ran.total_after, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_during_a_slow_download_leaves_it_intact() {
+    let fx = fixture();
+    let cache = fx.cache("zstd");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.push("--cache-max-size=1".into());
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    let size = warm(&c, &node, &cache, &fx.big).await;
+    let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar_url(&cache, &fx.big)[1..])).unwrap()));
+    let url = format!("{}{}", node.url(), nar_url(&cache, &fx.big));
+    let resp = c.get(&url).send().await.unwrap();
+    assert_eq!(resp.headers()["x-cache"], "HIT");
+    let mut stream = resp.bytes_stream();
+    let mut hasher = Sha256::new();
+    let mut got = 0u64;
+    let first = stream.next().await.unwrap().unwrap();
+    hasher.update(&first);
+    got += first.len() as u64;
+    // Evict while the client has barely started.
+    let report = node.node.server().run_lru().await.unwrap();
+    assert_eq!(report.evicted, 1);
+    assert_eq!(c.head(&url).send().await.unwrap().status(), 404, "not evicted");
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("download broken by eviction");
+        hasher.update(&chunk);
+        got += chunk.len() as u64;
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    assert_eq!(got, size);
+    assert_eq!(format!("{:x}", hasher.finalize()), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_route_needs_its_token() {
+    let c = reqwest::Client::new();
+    let off = start_node(&["--cache-max-size=1G".into()]).await;
+    assert_eq!(c.post(format!("{}/admin/lru", off.url())).bearer_auth("x").send().await.unwrap().status(), 404);
+    let on = start_node(&["--cache-max-size=1G".into(), "--admin-token=adm".into()]).await;
+    let url = format!("{}/admin/lru", on.url());
+    assert_eq!(c.post(&url).send().await.unwrap().status(), 401);
+    assert_eq!(c.post(&url).bearer_auth("wrong").send().await.unwrap().status(), 401);
+    assert_eq!(c.get(&url).bearer_auth("adm").send().await.unwrap().status(), 405);
+    let ok = c.post(&url).bearer_auth("adm").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("\"ran\":true"));
+}
