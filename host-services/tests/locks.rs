@@ -1,145 +1,267 @@
-//! The lock contract, run against every backend available in this build.
-//! A new backend adds one line to `backends()`.
+//! The lock contract, run against every backend as two nodes: leases are
+//! taken on node `a` and contended from node `b` (for local locks both are
+//! one process's table). Redis, PostgreSQL and MariaDB are the real servers
+//! (`NCPS_TEST_REDIS_ADDR`, `NCPS_TEST_POSTGRES_URL`, `NCPS_TEST_MYSQL_URL`);
+//! a missing server fails the suite.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ncps_edge_host_services::locks::local::LocalLocks;
-use ncps_edge_host_services::locks::{LockBackend, Locks, Mode, RetryPolicy};
+use ncps_edge_host_services::locks::mysql::MySqlSession;
+use ncps_edge_host_services::locks::postgres::PgSession;
+use ncps_edge_host_services::locks::redis::{RedisLocks, RedisOptions};
+use ncps_edge_host_services::locks::session::SessionLocks;
+use ncps_edge_host_services::locks::{LeaseHandle, LockBackend, Locks, Mode, RetryPolicy};
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::Error;
 use wasmtime::component::ResourceTable;
 
 const TTL: Duration = Duration::from_secs(30);
 
-fn backends() -> Vec<(&'static str, Arc<dyn LockBackend>)> {
-    vec![("local", Arc::new(LocalLocks::new()))]
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-fn locks(backend: Arc<dyn LockBackend>, prefix: &str) -> Locks {
+pub fn redis_addr() -> String {
+    env("NCPS_TEST_REDIS_ADDR", "127.0.0.1:6379")
+}
+pub fn postgres_url() -> String {
+    env("NCPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+}
+pub fn mysql_url() -> String {
+    env("NCPS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+}
+
+struct Nodes {
+    name: &'static str,
+    a: Arc<dyn LockBackend>,
+    b: Arc<dyn LockBackend>,
+}
+
+async fn redis() -> Arc<dyn LockBackend> {
+    let opts = RedisOptions { addrs: vec![redis_addr()], ..Default::default() };
+    Arc::new(RedisLocks::connect(&opts).await.expect("Redis must be reachable"))
+}
+
+pub async fn postgres(app: &str) -> Arc<dyn LockBackend> {
+    let url = format!("{}?application_name={app}", postgres_url());
+    Arc::new(SessionLocks::new(PgSession::connect(&url).await.expect("PostgreSQL must be reachable")))
+}
+
+async fn mysql() -> Arc<dyn LockBackend> {
+    Arc::new(SessionLocks::new(MySqlSession::connect(&mysql_url()).await.expect("MariaDB must be reachable")))
+}
+
+async fn backends() -> Vec<Nodes> {
+    let local: Arc<dyn LockBackend> = Arc::new(LocalLocks::new());
+    vec![
+        Nodes { name: "local", a: local.clone(), b: local },
+        Nodes { name: "redis", a: redis().await, b: redis().await },
+        Nodes { name: "postgres", a: postgres("ncps-test-a").await, b: postgres("ncps-test-b").await },
+        Nodes { name: "mysql", a: mysql().await, b: mysql().await },
+    ]
+}
+
+fn unique() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        ^ rand::random::<u64>()
+}
+
+/// Lock services of both nodes under one fresh prefix.
+fn pair(n: &Nodes) -> (Locks, Locks) {
+    let prefix = format!("test:{}:", unique());
     let retry = RetryPolicy {
         max_attempts: 3,
         initial_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(100),
         jitter: true,
     };
-    Locks::new(backend, format!("test:{}:{prefix}:", rand_suffix()), retry, Arc::new(Metrics::new()))
+    let metrics = Arc::new(Metrics::new());
+    (
+        Locks::new(n.a.clone(), prefix.clone(), retry.clone(), metrics.clone()),
+        Locks::new(n.b.clone(), prefix, retry, metrics),
+    )
 }
 
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+/// Releases of network backends are asynchronous: poll for up to 3 s.
+async fn eventually(l: &Locks, key: &str, mode: Mode) -> Option<LeaseHandle> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(lease) = l.try_acquire(key, mode, TTL).await.unwrap() {
+            return Some(lease);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_excludes_everyone() {
-    for (name, b) in backends() {
-        let l = locks(b, "ex");
-        let held = l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name);
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
-        assert!(l.try_acquire("k", Mode::Shared, TTL).await.unwrap().is_none(), "{name}");
-        assert!(l.try_acquire("other", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}: keys are independent");
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
+        let held = a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name);
+        assert!(b.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}: other node");
+        assert!(b.try_acquire("k", Mode::Shared, TTL).await.unwrap().is_none(), "{name}: other node shared");
+        assert!(a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}: same node");
+        assert!(b.try_acquire("other", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}: keys are independent");
         drop(held);
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}: drop releases");
+        assert!(eventually(&b, "k", Mode::Exclusive).await.is_some(), "{name}: drop releases");
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_holders_coexist_and_release_independently() {
-    for (name, b) in backends() {
-        let l = locks(b, "sh");
-        let a = l.try_acquire("k", Mode::Shared, TTL).await.unwrap().expect(name);
-        let c = l.try_acquire("k", Mode::Shared, TTL).await.unwrap().expect(name);
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
-        drop(a);
-        assert!(c.is_held(), "{name}: one reader's release keeps the other's");
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
-        drop(c);
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}");
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
+        let a1 = a.try_acquire("k", Mode::Shared, TTL).await.unwrap().expect(name);
+        let a2 = a.try_acquire("k", Mode::Shared, TTL).await.unwrap().expect(name);
+        let b1 = b.try_acquire("k", Mode::Shared, TTL).await.unwrap().expect(name);
+        assert!(b.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
+        drop(a1);
+        drop(a2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(b1.is_held(), "{name}: other readers' release keeps this one");
+        assert!(a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}: a reader remains");
+        drop(b1);
+        assert!(eventually(&a, "k", Mode::Exclusive).await.is_some(), "{name}");
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expiry_frees_the_key_and_loses_the_lease() {
-    for (name, b) in backends() {
-        let l = locks(b, "ttl");
-        let short = l.try_acquire("k", Mode::Exclusive, Duration::from_millis(100)).await.unwrap().expect(name);
-        let stale_reader = l.try_acquire("r", Mode::Shared, Duration::from_millis(100)).await.unwrap().expect(name);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
+        let short = a.try_acquire("k", Mode::Exclusive, Duration::from_millis(300)).await.unwrap().expect(name);
+        let reader = a.try_acquire("r", Mode::Shared, Duration::from_millis(300)).await.unwrap().expect(name);
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(!short.is_held(), "{name}");
-        let next = l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap();
-        assert!(next.is_some(), "{name}: expired lease frees the key");
+        let next = eventually(&b, "k", Mode::Exclusive).await;
+        assert!(next.is_some(), "{name}: an expired lease frees the key");
         assert!(matches!(short.extend(TTL).await, Err(Error::Conflict(_))), "{name}: a lost lease cannot be extended");
-        assert!(l.try_acquire("r", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}: stale readers expire");
-        drop(stale_reader);
+        assert!(eventually(&b, "r", Mode::Exclusive).await.is_some(), "{name}: stale readers expire");
+        drop(reader);
         drop(short);
-        assert!(next.unwrap().is_held(), "{name}: dropping the lost lease must not release the new holder");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(next.as_ref().unwrap().is_held(), "{name}: dropping a lost lease must not release the new holder");
+        assert!(a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_keeps_a_lease_alive() {
-    for (name, b) in backends() {
-        let l = locks(b, "extend");
-        let lease = l.try_acquire("k", Mode::Exclusive, Duration::from_millis(150)).await.unwrap().expect(name);
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(75)).await;
-            lease.extend(Duration::from_millis(150)).await.unwrap();
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
+        let lease = a.try_acquire("k", Mode::Exclusive, Duration::from_millis(400)).await.unwrap().expect(name);
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            lease.extend(Duration::from_millis(400)).await.unwrap();
         }
         assert!(lease.is_held(), "{name}");
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
+        assert!(b.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_retries_then_times_out() {
-    for (name, b) in backends() {
-        let l = locks(b, "retry");
-        let held = l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name);
-        assert!(matches!(l.acquire("k", Mode::Exclusive, TTL).await, Err(Error::Timeout(_))), "{name}");
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
+        let held = a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name);
+        assert!(matches!(b.acquire("k", Mode::Exclusive, TTL).await, Err(Error::Timeout(_))), "{name}");
         let releaser = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             drop(held);
         });
-        let got = l.acquire("k", Mode::Exclusive, TTL).await;
-        assert!(got.is_ok(), "{name}: acquire succeeds once the holder lets go within the retries");
+        let got = b.acquire("k", Mode::Exclusive, TTL).await;
+        assert!(got.is_ok(), "{name}: acquire succeeds once the holder lets go within its retries");
         releaser.await.unwrap();
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefixes_separate_deployments() {
-    for (name, b) in backends() {
-        let one = locks(b.clone(), "one");
-        let two = locks(b, "two");
-        let _a = one.try_acquire("lru", Mode::Exclusive, TTL).await.unwrap().expect(name);
-        assert!(two.try_acquire("lru", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}");
+    for n in backends().await {
+        let (one, _) = pair(&n);
+        let (two, _) = pair(&n);
+        let _a = one.try_acquire("lru", Mode::Exclusive, TTL).await.unwrap().expect(n.name);
+        assert!(two.try_acquire("lru", Mode::Exclusive, TTL).await.unwrap().is_some(), "{}", n.name);
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejects_bad_keys() {
-    for (name, b) in backends() {
-        let l = locks(b, "bad");
-        assert!(matches!(l.try_acquire("", Mode::Exclusive, TTL).await, Err(Error::Invalid(_))), "{name}");
+    for n in backends().await {
+        let (a, _) = pair(&n);
+        assert!(matches!(a.try_acquire("", Mode::Exclusive, TTL).await, Err(Error::Invalid(_))), "{}", n.name);
         assert!(
-            matches!(l.try_acquire(&"x".repeat(1000), Mode::Exclusive, TTL).await, Err(Error::Invalid(_))),
-            "{name}"
+            matches!(a.try_acquire(&"x".repeat(1000), Mode::Exclusive, TTL).await, Err(Error::Invalid(_))),
+            "{}",
+            n.name
         );
     }
 }
 
 /// What happens when an instance dies: its store's resource table is
 /// dropped, and with it every lease the instance held.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_in_a_dropped_instance_table_are_released() {
-    for (name, b) in backends() {
-        let l = locks(b, "crash");
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let name = n.name;
         let mut table = ResourceTable::new();
-        table.push(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name)).unwrap();
-        table.push(l.try_acquire("s", Mode::Shared, TTL).await.unwrap().expect(name)).unwrap();
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
+        table.push(a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().expect(name)).unwrap();
+        table.push(a.try_acquire("s", Mode::Shared, TTL).await.unwrap().expect(name)).unwrap();
+        assert!(b.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}");
         drop(table);
-        assert!(l.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}");
-        assert!(l.try_acquire("s", Mode::Exclusive, TTL).await.unwrap().is_some(), "{name}");
+        assert!(eventually(&b, "k", Mode::Exclusive).await.is_some(), "{name}");
+        assert!(eventually(&b, "s", Mode::Exclusive).await.is_some(), "{name}");
     }
+}
+
+/// Many locks at once on one database session: no connection per lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_holds_many_locks() {
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let mut held = Vec::new();
+        for i in 0..300 {
+            held.push(a.try_acquire(&format!("k{i}"), Mode::Exclusive, TTL).await.unwrap().expect(n.name));
+        }
+        assert!(b.try_acquire("k299", Mode::Exclusive, TTL).await.unwrap().is_none(), "{}", n.name);
+        assert!(held.iter().all(|l| l.is_held()), "{}", n.name);
+    }
+}
+
+/// PostgreSQL: when the lock session dies, its leases are lost at once and
+/// other nodes may take the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_session_death_loses_leases() {
+    let app = format!("ncps-test-kill-{}", unique());
+    let a_backend = postgres(&app).await;
+    let nodes = Nodes { name: "postgres", a: a_backend, b: postgres("ncps-test-b").await };
+    let (a, b) = pair(&nodes);
+    let lease = a.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().unwrap();
+    let (admin, conn) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let killed = admin
+        .query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(killed, 1);
+    assert!(eventually(&b, "k", Mode::Exclusive).await.is_some(), "key freed by the session's death");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lease.is_held() {
+        assert!(Instant::now() < deadline, "lease still reported held after its session died");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The node reconnects for its next lock.
+    assert!(a.try_acquire("other", Mode::Exclusive, TTL).await.unwrap().is_some());
 }

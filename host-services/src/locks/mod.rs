@@ -2,6 +2,10 @@
 //! (key prefix, retry with backoff and jitter) shared by all of them.
 
 pub mod local;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,175 @@
+//! MySQL/MariaDB user locks (`GET_LOCK`) on one dedicated session per node
+//! (`--cache-lock-backend=mysql`).
+//!
+//! MySQL has no shared user locks, so shared mode is built from exclusive
+//! ones: a writer holds `W:<key>` and checks that no reader slot
+//! `R<i>:<key>` is in use; a reader takes `W:<key>` for a moment (so no
+//! writer can be starting), takes a free slot and lets `W` go. Each node
+//! holds at most one slot per key (its own readers share it through the
+//! node-local layer), so [`READER_SLOTS`] bounds the nodes reading one key
+//! at once. Names are a hash of prefix and key, well inside MySQL's 64
+//! characters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+use tokio::sync::Mutex;
+
+use super::session::{key_hex, LockSession};
+use super::Mode;
+use crate::{Error, Result};
+
+/// Reader slots per key: how many nodes may hold one key shared at once.
+pub const READER_SLOTS: usize = 16;
+
+struct State {
+    conn: Option<Conn>,
+    /// Slot held by this session for each shared key.
+    slots: HashMap<String, usize>,
+}
+
+/// The node's lock session.
+pub struct MySqlSession {
+    opts: Opts,
+    state: Mutex<State>,
+    generation: AtomicU64,
+}
+
+fn writer_name(key: &str) -> String {
+    format!("W:{}", &key_hex(key)[..40])
+}
+
+fn slot_name(key: &str, slot: usize) -> String {
+    format!("R{slot}:{}", &key_hex(key)[..40])
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("mysql: {e}"))
+}
+
+impl MySqlSession {
+    /// A session to `url` (`mysql://user:pass@host:port/db`), connected now.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = Opts::from_url(url).map_err(|e| Error::Invalid(format!("mysql URL: {e}")))?;
+        let session = Self {
+            opts,
+            state: Mutex::new(State { conn: None, slots: HashMap::new() }),
+            generation: AtomicU64::new(0),
+        };
+        drop(session.state().await?);
+        Ok(session)
+    }
+
+    async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        let mut state = self.state.lock().await;
+        if state.conn.is_none() {
+            state.conn = Some(Conn::new(self.opts.clone()).await.map_err(unavailable)?);
+            state.slots.clear();
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(state)
+    }
+
+    /// Run `f` on the connection; a failure drops the session (its locks
+    /// are gone with it) and moves to a new generation.
+    async fn with_conn<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut Conn,
+            &'c mut HashMap<String, usize>,
+        ) -> futures_util::future::BoxFuture<'c, mysql_async::Result<T>>,
+    ) -> Result<T> {
+        let mut guard = self.state().await?;
+        let state = &mut *guard;
+        let conn = state.conn.as_mut().ok_or_else(|| unavailable("no session"))?;
+        match f(conn, &mut state.slots).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                state.conn = None;
+                state.slots.clear();
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Err(unavailable(e))
+            }
+        }
+    }
+}
+
+async fn get_lock(conn: &mut Conn, name: &str) -> mysql_async::Result<bool> {
+    let got: Option<Option<i64>> = conn.exec_first("SELECT GET_LOCK(?, 0)", (name,)).await?;
+    Ok(got.flatten() == Some(1))
+}
+
+async fn release_lock(conn: &mut Conn, name: &str) -> mysql_async::Result<()> {
+    conn.exec_drop("SELECT RELEASE_LOCK(?)", (name,)).await
+}
+
+async fn in_use(conn: &mut Conn, name: &str) -> mysql_async::Result<bool> {
+    let holder: Option<Option<i64>> = conn.exec_first("SELECT IS_USED_LOCK(?)", (name,)).await?;
+    Ok(holder.flatten().is_some())
+}
+
+#[async_trait::async_trait]
+impl LockSession for MySqlSession {
+    async fn try_lock(&self, key: &str, mode: Mode) -> Result<bool> {
+        let key = key.to_owned();
+        self.with_conn(move |conn, slots| {
+            Box::pin(async move {
+                let w = writer_name(&key);
+                if !get_lock(conn, &w).await? {
+                    return Ok(false);
+                }
+                match mode {
+                    Mode::Exclusive => {
+                        for slot in 0..READER_SLOTS {
+                            if in_use(conn, &slot_name(&key, slot)).await? {
+                                release_lock(conn, &w).await?;
+                                return Ok(false);
+                            }
+                        }
+                        Ok(true)
+                    }
+                    Mode::Shared => {
+                        let mut taken = None;
+                        for slot in 0..READER_SLOTS {
+                            if get_lock(conn, &slot_name(&key, slot)).await? {
+                                taken = Some(slot);
+                                break;
+                            }
+                        }
+                        release_lock(conn, &w).await?;
+                        match taken {
+                            Some(slot) => {
+                                slots.insert(key, slot);
+                                Ok(true)
+                            }
+                            None => Ok(false),
+                        }
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    async fn unlock(&self, key: &str, mode: Mode) -> Result<()> {
+        let key = key.to_owned();
+        self.with_conn(move |conn, slots| {
+            Box::pin(async move {
+                match mode {
+                    Mode::Exclusive => release_lock(conn, &writer_name(&key)).await,
+                    Mode::Shared => match slots.remove(&key) {
+                        Some(slot) => release_lock(conn, &slot_name(&key, slot)).await,
+                        None => Ok(()),
+                    },
+                }
+            })
+        })
+        .await
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,256 @@
+//! Redis locks (Redlock). Each master is independent; a lease needs a quorum
+//! (N/2+1) of masters within its validity window, as the Redlock algorithm
+//! says. Per key there is an exclusive entry `{key}` (`SET NX PX` with a
+//! random token) and a sorted set `{key}:readers` holding one entry per
+//! shared holder, scored by its own expiry, so one reader's release or
+//! expiry never touches another's. All checks run as atomic Lua scripts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::{Lease, LockBackend, Mode};
+use crate::{Error, Result};
+
+const NOW_MS: &str =
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+
+fn acquire_script() -> Script {
+    Script::new(&format!(
+        "{NOW_MS}
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        local ttl = tonumber(ARGV[2])
+        if ARGV[3] == 'x' then
+          if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+        else
+          redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+          redis.call('PEXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
+        end
+        return 1"
+    ))
+}
+
+fn release_script() -> Script {
+    Script::new(
+        "if ARGV[3] == 'x' then
+          if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+          return 0
+        end
+        return redis.call('ZREM', KEYS[2], ARGV[1])",
+    )
+}
+
+fn extend_script() -> Script {
+    Script::new(&format!(
+        "{NOW_MS}
+        if ARGV[3] == 'x' then
+          if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+          return 0
+        end
+        local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+        if (not s) or tonumber(s) <= now then return 0 end
+        redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+        redis.call('PEXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
+        return 1"
+    ))
+}
+
+/// Connection settings of `--cache-redis-*`.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `host:port` of each independent master.
+    pub addrs: Vec<String>,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Database number.
+    pub db: i64,
+    /// Connect with TLS (`rediss://`).
+    pub use_tls: bool,
+}
+
+impl RedisOptions {
+    fn url(&self, addr: &str) -> String {
+        let scheme = if self.use_tls { "rediss" } else { "redis" };
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{u}:{p}@"),
+            (None, Some(p)) => format!(":{p}@"),
+            (Some(u), None) => format!("{u}@"),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{auth}{addr}/{}", self.db)
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    release: Script,
+    extend: Script,
+}
+
+struct Masters {
+    conns: Vec<ConnectionManager>,
+    scripts: Scripts,
+}
+
+impl Masters {
+    fn quorum(&self) -> usize {
+        self.conns.len() / 2 + 1
+    }
+
+    /// Run `script` on every master at once, each bounded by `timeout`:
+    /// (successes, errors).
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[String; 2],
+        args: (&str, u64, &str),
+        timeout: Duration,
+    ) -> (usize, usize) {
+        let calls = self.conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            let mut inv = script.prepare_invoke();
+            inv.key(&keys[0]).key(&keys[1]).arg(args.0).arg(args.1).arg(args.2);
+            async move { tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(Ok(n)) if *n > 0)).count();
+        let errors = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        (ok, errors)
+    }
+}
+
+/// Redis lock backend (`--cache-lock-backend=redis`).
+#[derive(Clone)]
+pub struct RedisLocks {
+    masters: Arc<Masters>,
+}
+
+fn keys_for(key: &str) -> [String; 2] {
+    // One hash tag, so both keys live in one Redis Cluster slot.
+    [format!("{{{key}}}"), format!("{{{key}}}:readers")]
+}
+
+fn mode_arg(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "x",
+        Mode::Shared => "s",
+    }
+}
+
+/// Time one master call may take.
+fn call_timeout(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+/// Clock drift allowance of the Redlock validity computation.
+fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+impl RedisLocks {
+    /// Connect to every master.
+    pub async fn connect(opts: &RedisOptions) -> Result<Self> {
+        if opts.addrs.is_empty() {
+            return Err(Error::Invalid("--cache-redis-addrs is empty".into()));
+        }
+        let mut conns = Vec::new();
+        for addr in &opts.addrs {
+            let client =
+                redis::Client::open(opts.url(addr)).map_err(|e| Error::Invalid(format!("redis {addr}: {e}")))?;
+            let conn =
+                ConnectionManager::new(client).await.map_err(|e| Error::Unavailable(format!("redis {addr}: {e}")))?;
+            conns.push(conn);
+        }
+        let scripts = Scripts { acquire: acquire_script(), release: release_script(), extend: extend_script() };
+        Ok(Self { masters: Arc::new(Masters { conns, scripts }) })
+    }
+}
+
+#[async_trait::async_trait]
+impl LockBackend for RedisLocks {
+    async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
+        let m = &self.masters;
+        let keys = keys_for(key);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let started = Instant::now();
+        let ttl_ms = ttl.as_millis() as u64;
+        let (ok, errors) = m.run(&m.scripts.acquire, &keys, (&token, ttl_ms, mode_arg(mode)), call_timeout(ttl)).await;
+        let validity = ttl.checked_sub(started.elapsed() + drift(ttl));
+        if ok >= m.quorum() {
+            if let Some(validity) = validity {
+                return Ok(Some(Box::new(RedisLease {
+                    masters: m.clone(),
+                    keys,
+                    token,
+                    mode,
+                    expiry: Mutex::new(started + validity),
+                    lost: AtomicBool::new(false),
+                })));
+            }
+        }
+        // No quorum (or no time left): undo whatever was taken.
+        if ok > 0 {
+            m.run(&m.scripts.release, &keys, (&token, 0, mode_arg(mode)), call_timeout(ttl)).await;
+        }
+        if errors > m.conns.len() - m.quorum() {
+            return Err(Error::Unavailable(format!("{errors} of {} Redis masters unreachable", m.conns.len())));
+        }
+        Ok(None)
+    }
+}
+
+struct RedisLease {
+    masters: Arc<Masters>,
+    keys: [String; 2],
+    token: String,
+    mode: Mode,
+    expiry: Mutex<Instant>,
+    lost: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Lease for RedisLease {
+    async fn extend(&self, ttl: Duration) -> Result<()> {
+        if !self.is_held() {
+            return Err(Error::Conflict(format!("lease on {} was lost", self.keys[0])));
+        }
+        let m = &self.masters;
+        let started = Instant::now();
+        let args = (self.token.as_str(), ttl.as_millis() as u64, mode_arg(self.mode));
+        let (ok, _) = m.run(&m.scripts.extend, &self.keys, args, call_timeout(ttl)).await;
+        match ttl.checked_sub(started.elapsed() + drift(ttl)) {
+            Some(validity) if ok >= m.quorum() => {
+                *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = started + validity;
+                Ok(())
+            }
+            _ => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(Error::Conflict(format!("lease on {} was lost", self.keys[0])))
+            }
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst) && *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) > Instant::now()
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the TTL frees the key.
+        };
+        let (masters, keys, token, mode) = (self.masters.clone(), self.keys.clone(), self.token.clone(), self.mode);
+        rt.spawn(async move {
+            let release = &masters.scripts.release;
+            masters.run(release, &keys, (&token, 0, mode_arg(mode)), Duration::from_millis(500)).await;
+        });
+    }
+}
