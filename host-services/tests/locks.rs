@@ -19,18 +19,13 @@ use wasmtime::component::ResourceTable;
 
 const TTL: Duration = Duration::from_secs(30);
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
+mod common;
 
-pub fn redis_addr() -> String {
-    env("NCPS_TEST_REDIS_ADDR", "127.0.0.1:6379")
+fn postgres_url() -> String {
+    format!("{}/test", common::postgres_server())
 }
-pub fn postgres_url() -> String {
-    env("NCPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-}
-pub fn mysql_url() -> String {
-    env("NCPS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+fn mysql_url() -> String {
+    format!("{}/test", common::mysql_server())
 }
 
 struct Nodes {
@@ -40,11 +35,11 @@ struct Nodes {
 }
 
 async fn redis() -> Arc<dyn LockBackend> {
-    let opts = RedisOptions { addrs: vec![redis_addr()], ..Default::default() };
+    let opts = RedisOptions { addrs: vec![common::redis_addr()], ..Default::default() };
     Arc::new(RedisLocks::connect(&opts).await.expect("Redis must be reachable"))
 }
 
-pub async fn postgres(app: &str) -> Arc<dyn LockBackend> {
+async fn postgres(app: &str) -> Arc<dyn LockBackend> {
     let url = format!("{}?application_name={app}", postgres_url());
     Arc::new(SessionLocks::new(PgSession::connect(&url).await.expect("PostgreSQL must be reachable")))
 }

@@ -2,12 +2,20 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
+use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::{MetadataStore, NarRecord, NarinfoRecord};
 use ncps_edge_host_services::signer::Signer;
 
-fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn MetadataStore>)> {
-    vec![("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap()))]
+async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn MetadataStore>)> {
+    vec![
+        ("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap())),
+        ("postgres", Arc::new(PgMetadata::connect(&common::fresh_postgres().await, 4).await.unwrap())),
+        ("mysql", Arc::new(MySqlMetadata::connect(&common::fresh_mysql().await).await.unwrap())),
+    ]
 }
 
 fn narinfo(hash: &str) -> NarinfoRecord {
@@ -31,7 +39,7 @@ fn narinfo(hash: &str) -> NarinfoRecord {
 #[tokio::test]
 async fn narinfos_round_trip_and_upsert() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, db) in databases(dir.path()) {
+    for (name, db) in databases(dir.path()).await {
         let h = "07hcdd9rppsp7n254gck5phaclgy1wnc";
         assert_eq!(db.get_narinfo(h).await.unwrap(), None, "{name}");
         db.put_narinfo(narinfo(h)).await.unwrap();
@@ -49,7 +57,7 @@ async fn narinfos_round_trip_and_upsert() {
 #[tokio::test]
 async fn nar_records_and_total_size() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, db) in databases(dir.path()) {
+    for (name, db) in databases(dir.path()).await {
         let rec = |key: &str, stored: Option<u64>| NarRecord {
             key: key.into(),
             upstream_url: Some(format!("https://up.example/{key}")),
@@ -72,7 +80,7 @@ async fn nar_records_and_total_size() {
 #[tokio::test]
 async fn racing_key_generation_ends_with_one_key() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, db) in databases(dir.path()) {
+    for (name, db) in databases(dir.path()).await {
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let db = db.clone();
@@ -98,4 +106,52 @@ async fn sqlite_reopens_with_its_data() {
     SqliteMetadata::open(&path).unwrap().put_narinfo(narinfo(h)).await.unwrap();
     let again = SqliteMetadata::open(&path).unwrap();
     assert_eq!(again.get_narinfo(h).await.unwrap(), Some(narinfo(h)));
+}
+
+#[tokio::test]
+async fn lru_order_follows_access_and_evict_takes_narinfos_along() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, db) in databases(dir.path()).await {
+        for (i, key) in ["nar/a.nar", "nar/b.nar", "nar/c.nar"].iter().enumerate() {
+            let rec = NarRecord {
+                key: key.to_string(),
+                upstream_url: None,
+                file_hash: None,
+                file_size: None,
+                stored_size: Some(10 + i as u64),
+            };
+            db.put_nar(rec).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        db.put_nar(NarRecord {
+            key: "nar/unstored.nar".into(),
+            upstream_url: None,
+            file_hash: None,
+            file_size: None,
+            stored_size: None,
+        })
+        .await
+        .unwrap();
+        let far_future = i64::MAX / 2;
+        db.touch(vec![("nar/a.nar".into(), far_future)]).await.unwrap();
+        db.touch(vec![("nar/a.nar".into(), 1)]).await.unwrap();
+        let order: Vec<String> = db.lru_candidates(10).await.unwrap().into_iter().map(|n| n.key).collect();
+        assert_eq!(
+            order,
+            ["nar/b.nar", "nar/c.nar", "nar/a.nar"],
+            "{name}: least recently used first, never moved backwards"
+        );
+        let mut info = narinfo("07hcdd9rppsp7n254gck5phaclgy1wnc");
+        info.url = "nar/b.nar".into();
+        db.put_narinfo(info).await.unwrap();
+        assert_eq!(db.evict("nar/b.nar").await.unwrap(), 11, "{name}");
+        assert_eq!(
+            db.get_narinfo("07hcdd9rppsp7n254gck5phaclgy1wnc").await.unwrap(),
+            None,
+            "{name}: narinfo goes with its NAR"
+        );
+        assert_eq!(db.get_nar("nar/b.nar").await.unwrap(), None, "{name}");
+        assert_eq!(db.total_size().await.unwrap(), 22, "{name}");
+        assert_eq!(db.evict("nar/none.nar").await.unwrap(), 0, "{name}");
+    }
 }

@@ -1,6 +1,8 @@
 //! Typed metadata: narinfo records, NAR records, size accounting and config
 //! values, one implementation per database.
 
+pub mod mysql;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::Result;
