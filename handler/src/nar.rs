@@ -72,7 +72,9 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
                     "failed to acquire lock",
                     &[("hash", &path.hash), ("lock_type", "download:nar"), ("error", &format!("{e:?}"))],
                 );
-                return download(settings, path, record, None, out);
+                // The lock service is down and degraded mode is off: fail
+                // fast rather than download without the lock.
+                return text(out, 503, "lock service unavailable\n", false);
             }
         }
     }

@@ -31,6 +31,15 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
             }
             Some(lease)
         }
+        // The lock service is down (and degraded mode is off): fail fast.
+        Err(e @ HostError::Unavailable(_)) => {
+            logging::warn(
+                "failed to acquire lock",
+                &[("hash", hash), ("lock_type", "download:narinfo"), ("error", &format!("{e:?}"))],
+            );
+            return text(out, 503, "lock service unavailable\n", head);
+        }
+        // Held elsewhere for longer than the retries wait: fetching twice is harmless.
         Err(e) => {
             logging::warn(
                 "failed to acquire lock",

@@ -79,12 +79,43 @@ pub struct ServeArgs {
     /// Require this token (bearer, or basic-auth password) on every request but /healthz.
     #[arg(long, env = "CACHE_GET_TOKEN")]
     pub cache_get_token: Option<String>,
-    /// Lock backend: local (redis, postgres and mysql are not built yet).
-    #[arg(long, env = "CACHE_LOCK_BACKEND", default_value = "local")]
-    pub cache_lock_backend: String,
-    /// Prefix of every lock key.
+    /// Lock backend: local, redis, postgres or mysql (default: redis when
+    /// --cache-redis-addrs is given, else local).
+    #[arg(long, env = "CACHE_LOCK_BACKEND", value_parser = ["local", "redis", "postgres", "mysql"])]
+    pub cache_lock_backend: Option<String>,
+    /// Prefix of every Redis lock key.
     #[arg(long, env = "CACHE_LOCK_REDIS_KEY_PREFIX", default_value = "ncps:lock:")]
     pub cache_lock_redis_key_prefix: String,
+    /// Prefix of every PostgreSQL advisory lock key (hashed into the lock id).
+    #[arg(long, env = "CACHE_LOCK_POSTGRES_KEY_PREFIX", default_value = "ncps:lock:")]
+    pub cache_lock_postgres_key_prefix: String,
+    /// Prefix of every MySQL lock name (hashed into the name).
+    #[arg(long, env = "CACHE_LOCK_MYSQL_KEY_PREFIX", default_value = "ncps:lock:")]
+    pub cache_lock_mysql_key_prefix: String,
+    /// Fall back to local locks while the lock backend is unreachable (breaks HA guarantees).
+    #[arg(long, env = "CACHE_LOCK_ALLOW_DEGRADED_MODE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_lock_allow_degraded_mode: bool,
+    /// Redis masters, `host:port` (repeatable or comma-separated); several are independent Redlock masters.
+    #[arg(long = "cache-redis-addrs", env = "CACHE_REDIS_ADDRS", value_delimiter = ',')]
+    pub cache_redis_addrs: Vec<String>,
+    /// Redis ACL user name.
+    #[arg(long, env = "CACHE_REDIS_USERNAME")]
+    pub cache_redis_username: Option<String>,
+    /// Redis password.
+    #[arg(long, env = "CACHE_REDIS_PASSWORD")]
+    pub cache_redis_password: Option<String>,
+    /// Redis database number.
+    #[arg(long, env = "CACHE_REDIS_DB", default_value_t = 0)]
+    pub cache_redis_db: i64,
+    /// Connect to Redis with TLS.
+    #[arg(long, env = "CACHE_REDIS_USE_TLS", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_redis_use_tls: bool,
+    /// Accepted for ncps compatibility: each master uses one multiplexed connection.
+    #[arg(long, env = "CACHE_REDIS_POOL_SIZE", default_value_t = 10)]
+    pub cache_redis_pool_size: u32,
+    /// Connections of the PostgreSQL metadata pool.
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 25)]
+    pub cache_database_pool_max_open_conns: usize,
     /// TTL of per-hash download locks.
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = duration)]
     pub cache_lock_download_ttl: Duration,
@@ -153,6 +184,16 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("cache.get-token", "cache_get_token"),
     ("cache.lock.backend", "cache_lock_backend"),
     ("cache.lock.redis.key-prefix", "cache_lock_redis_key_prefix"),
+    ("cache.lock.postgres.key-prefix", "cache_lock_postgres_key_prefix"),
+    ("cache.lock.mysql.key-prefix", "cache_lock_mysql_key_prefix"),
+    ("cache.lock.allow-degraded-mode", "cache_lock_allow_degraded_mode"),
+    ("cache.redis.addrs", "cache_redis_addrs"),
+    ("cache.redis.username", "cache_redis_username"),
+    ("cache.redis.password", "cache_redis_password"),
+    ("cache.redis.db", "cache_redis_db"),
+    ("cache.redis.use-tls", "cache_redis_use_tls"),
+    ("cache.redis.pool-size", "cache_redis_pool_size"),
+    ("cache.database.pool.max-open-conns", "cache_database_pool_max_open_conns"),
     ("cache.lock.download-lock-ttl", "cache_lock_download_ttl"),
     ("cache.lock.lru-lock-ttl", "cache_lock_lru_ttl"),
     ("cache.lock.retry.max-attempts", "cache_lock_retry_max_attempts"),

@@ -2,6 +2,7 @@
 //! runs one fresh handler instance per request, and the HTTP server.
 #![deny(missing_docs)]
 
+pub mod backends;
 pub mod bindings;
 pub mod config;
 pub mod engine;

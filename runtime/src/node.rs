@@ -2,15 +2,11 @@
 //! handler, the epoch ticker and the HTTP server.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context as _};
 use ncps_edge_host_services::access::AccessRecorder;
-use ncps_edge_host_services::locks::local::LocalLocks;
 use ncps_edge_host_services::locks::{Locks, RetryPolicy};
-use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
-use ncps_edge_host_services::metadata::MetadataStore;
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_host_services::storage::local::LocalStore;
@@ -18,6 +14,7 @@ use ncps_edge_host_services::{Services, Settings, Upstream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::backends;
 use crate::config::{listen_addr, parse_upstream, ServeArgs};
 use crate::engine::{self, EngineOptions};
 use crate::schedulers;
@@ -68,28 +65,11 @@ impl RunningNode {
     }
 }
 
-fn sqlite_path(args: &ServeArgs) -> anyhow::Result<PathBuf> {
-    match args.cache_database_url.as_deref() {
-        None => Ok(args.cache_storage_local.join("db").join("db.sqlite")),
-        Some(url) if url.starts_with("sqlite:") => {
-            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
-            if path.is_empty() {
-                bail!("--cache-database-url {url:?} has no path");
-            }
-            Ok(PathBuf::from(path))
-        }
-        Some(url) if url.starts_with("postgres") || url.starts_with("mysql") => {
-            bail!("--cache-database-url {url:?}: PostgreSQL and MySQL metadata are not available in this build yet")
-        }
-        Some(url) => bail!("--cache-database-url {url:?}: unsupported scheme (use sqlite:<path>)"),
-    }
-}
-
 fn upstreams(args: &ServeArgs) -> anyhow::Result<Vec<Upstream>> {
     for key in &args.cache_upstream_public_key {
+        use base64::Engine as _;
         let ok = key.split_once(':').is_some_and(|(name, b64)| {
-            use base64_check::decoded_len_is_32;
-            !name.is_empty() && decoded_len_is_32(b64)
+            !name.is_empty() && base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k.len() == 32)
         });
         if !ok {
             bail!("--cache-upstream-public-key {key:?} is not <name>:<base64 ed25519 key>");
@@ -114,24 +94,13 @@ fn upstreams(args: &ServeArgs) -> anyhow::Result<Vec<Upstream>> {
     Ok(out)
 }
 
-mod base64_check {
-    /// Whether `b64` is standard base64 of exactly 32 bytes.
-    pub fn decoded_len_is_32(b64: &str) -> bool {
-        b64.len() == 44
-            && b64.ends_with('=')
-            && !b64.ends_with("==")
-            && b64[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    }
-}
-
 /// Build the services and start serving.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
-    if args.cache_lock_backend != "local" {
-        bail!("--cache-lock-backend {:?}: only \"local\" is available in this build yet", args.cache_lock_backend);
-    }
     let data = &args.cache_storage_local;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let metadata: Arc<dyn MetadataStore> = Arc::new(SqliteMetadata::open(&sqlite_path(args)?)?);
+    let db = backends::database(args)?;
+    let (lock_backend, lock_prefix) = backends::locks(args, &db).await?;
+    let metadata = backends::metadata(args, &db).await?;
     let storage = Arc::new(LocalStore::open(data).await?);
     let signer =
         Signer::load_or_generate(args.cache_secret_key_path.as_deref(), metadata.as_ref(), &args.cache_hostname)
@@ -167,14 +136,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
     };
     let metrics = Arc::new(Metrics::new());
     let access = Arc::new(AccessRecorder::new(metadata.clone()));
-    tracing::info!(backend = args.cache_lock_backend, "using local locks");
     let services = Arc::new(Services {
-        locks: Locks::new(
-            Arc::new(LocalLocks::new()),
-            args.cache_lock_redis_key_prefix.clone(),
-            retry,
-            metrics.clone(),
-        ),
+        locks: Locks::new(lock_backend, lock_prefix, retry, metrics.clone()),
         storage,
         metadata,
         signer,

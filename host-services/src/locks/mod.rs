@@ -1,6 +1,7 @@
 //! Named locks: the contract every backend implements, and the policy
 //! (key prefix, retry with backoff and jitter) shared by all of them.
 
+pub mod guard;
 pub mod local;
 pub mod mysql;
 pub mod postgres;
