@@ -13,7 +13,7 @@ use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
 /// `ncps-edge`: a Nix binary cache proxy for the edge.
 #[derive(Debug, Parser)]
-#[command(name = "ncps-edge", version, about)]
+#[command(name = "ncps-edge", version, about, args_override_self = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -24,6 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the cache.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
 }
 

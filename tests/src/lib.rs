@@ -5,4 +5,5 @@ pub mod fixture;
 pub mod nix;
 pub mod node;
 pub mod scrape;
+pub mod servers;
 pub mod upstream;

@@ -1,0 +1,179 @@
+//! Several nodes sharing one database, one lock service and one storage
+//! folder behave as one cache: one upstream download however many clients
+//! ask, on every lock backend; the real nix client through the cluster; a
+//! lock server that dies and comes back.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::nix::NixEnv;
+use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
+use ncps_edge_tests::servers::{fresh_mysql, fresh_postgres, redis_addr, PrivateRedis};
+use ncps_edge_tests::upstream::FakeUpstream;
+use sha2::{Digest, Sha256};
+
+/// Flags of one cluster: shared database, lock backend and storage folder.
+fn cluster_flags(backend: &str, storage: &std::path::Path, upstream: &str, key: &str) -> Vec<String> {
+    let (db, locks) = match backend {
+        "redis" => (fresh_postgres(), vec![format!("--cache-redis-addrs={}", redis_addr())]),
+        "postgres" => (fresh_postgres(), vec!["--cache-lock-backend=postgres".to_string()]),
+        "mysql" => (fresh_mysql(), vec!["--cache-lock-backend=mysql".to_string()]),
+        other => panic!("no backend {other}"),
+    };
+    let mut flags = upstream_flags(upstream, key);
+    flags.push(format!("--cache-database-url={db}"));
+    flags.push(format!("--cache-storage-local={}", storage.display()));
+    flags.push(format!("--cache-lock-redis-key-prefix=test:{}:", db.rsplit('/').next().unwrap()));
+    flags.extend(locks);
+    flags
+}
+
+async fn start_cluster(n: usize, flags: &[String]) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(start_node(flags).await);
+    }
+    nodes
+}
+
+async fn one_download_for_sixty_clients(backend: &str) {
+    let fx = fixture();
+    let cache = fx.cache("zstd");
+    let up = FakeUpstream::start(cache.clone()).await;
+    up.faults().nar_chunk_delay_ms.store(1, Ordering::SeqCst);
+    let storage = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(3, &cluster_flags(backend, storage.path(), &up.url(), &fx.public_key)).await;
+    let keys: Vec<String> = nodes.iter().map(|n| n.public_key()).collect();
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{backend}: nodes sign with different keys: {keys:?}");
+    let nar = nar_url(&cache, &fx.big);
+    let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar[1..])).unwrap()));
+    let c = reqwest::Client::new();
+    let clients: Vec<_> = (0..60)
+        .map(|i| {
+            let (c, base) = (c.clone(), nodes[i % nodes.len()].url());
+            let (narinfo, nar) = (format!("{base}/{}.narinfo", hash_of(&fx.big)), format!("{base}{nar}"));
+            tokio::spawn(async move {
+                let info = c.get(&narinfo).send().await.unwrap().status().as_u16();
+                let resp = c.get(&nar).send().await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.map(|b| format!("{:x}", Sha256::digest(&b))).unwrap_or_default();
+                (info, status, body)
+            })
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let (info, status, body) = client.await.unwrap();
+        assert_eq!(info, 200, "{backend}: client {i} narinfo");
+        assert_eq!(status, 200, "{backend}: client {i} NAR");
+        assert_eq!(body, want, "{backend}: client {i} got different bytes");
+    }
+    assert_eq!(up.hits(&nar), 1, "{backend}: exactly one upstream download for 60 clients on 3 nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_download_on_a_redis_cluster() {
+    one_download_for_sixty_clients("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_download_on_a_postgres_cluster() {
+    one_download_for_sixty_clients("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_download_on_a_mysql_cluster() {
+    one_download_for_sixty_clients("mysql").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_is_refused_with_a_distributed_lock_backend() {
+    let args = vec![
+        "ncps-edge".to_string(),
+        "serve".into(),
+        "--cache-hostname=h".into(),
+        format!("--cache-redis-addrs={}", redis_addr()),
+    ];
+    let ncps_edge::config::Command::Serve(args) = ncps_edge::config::parse_cli(args).unwrap().command;
+    let err = ncps_edge::node::start(&args).await.err().expect("started with SQLite and Redis locks");
+    assert!(err.to_string().contains("SQLite is not supported in HA mode"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nix_substitutes_through_a_three_node_cluster() {
+    let fx = fixture();
+    let cache = fx.cache("xz");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let storage = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(3, &cluster_flags("redis", storage.path(), &up.url(), &fx.public_key)).await;
+    for node in &nodes {
+        let env = NixEnv::new();
+        let store = env.path("store").display().to_string();
+        let (url, key) = (node.url(), node.public_key());
+        let out = tokio::task::block_in_place(|| {
+            env.try_run(
+                "nix",
+                &["copy", "--from", &url, "--to", &store, "--option", "trusted-public-keys", &key, &fx.top],
+            )
+        });
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(env.dump_hash(&env.path("store"), &fx.top), fx.env.dump_hash(&fx.store, &fx.top));
+    }
+    for p in [&fx.top, &fx.mid, &fx.leaf] {
+        assert_eq!(up.hits(&nar_url(&cache, p)), 1, "{p}: fetched upstream once for the whole cluster");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_server_outage_breaker_degraded_mode_and_recovery() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let mut redis = PrivateRedis::start();
+    let storage = tempfile::tempdir().unwrap();
+    let db = fresh_postgres();
+    let base = |extra: &str| {
+        let mut f = upstream_flags(&up.url(), &fx.public_key);
+        f.push(format!("--cache-database-url={db}"));
+        f.push(format!("--cache-storage-local={}", storage.path().display()));
+        f.push(format!("--cache-redis-addrs={}", redis.addr()));
+        f.push("--cache-lock-retry-initial-delay=10ms".into());
+        if !extra.is_empty() {
+            f.push(extra.into());
+        }
+        f
+    };
+    let strict = start_node(&base("")).await;
+    let degraded = start_node(&base("--cache-lock-allow-degraded-mode")).await;
+    let c = reqwest::Client::new();
+    let get = |node: &TestNode, p: &str| format!("{}/{}.narinfo", node.url(), hash_of(p));
+    assert_eq!(c.get(get(&strict, &fx.leaf)).send().await.unwrap().status(), 200);
+
+    redis.kill();
+    // Hits need no lock: still served.
+    assert_eq!(c.get(get(&strict, &fx.leaf)).send().await.unwrap().status(), 200);
+    // Misses: the strict node fails fast, the degraded one serves with local locks.
+    for _ in 0..4 {
+        let resp = tokio::time::timeout(Duration::from_secs(20), c.get(get(&strict, &fx.mid)).send())
+            .await
+            .expect("hung")
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.get(get(&degraded, &fx.top)).send())
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(resp.status(), 200, "degraded mode serves through local locks");
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c.get(get(&strict, &fx.mid)).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "strict node never recovered after Redis came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
