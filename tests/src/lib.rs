@@ -4,6 +4,7 @@
 pub mod fixture;
 pub mod nix;
 pub mod node;
+pub mod process;
 pub mod scrape;
 pub mod servers;
 pub mod upstream;

@@ -1,0 +1,61 @@
+//! `ncps-edge serve` as a real process, for tests that kill a node.
+//!
+//! The binary is the one cargo builds for the runtime's own integration
+//! tests (`target/<profile>/ncps-edge`), so it exists before any test runs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ncps-edge` binary next to this test executable.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("ncps-edge");
+    assert!(bin.exists(), "{} missing: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// A running node process; killed with SIGKILL when dropped.
+pub struct NodeProcess {
+    child: Child,
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+}
+
+impl NodeProcess {
+    /// Start `ncps-edge serve` with `flags` on a free port; its JSON log
+    /// goes to `log`. Waits until /healthz answers.
+    pub fn spawn(flags: &[String], log: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg(format!("--server-addr=127.0.0.1:{port}"))
+            .args(flags)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning ncps-edge");
+        let node = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "node did not start; see {}", log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
