@@ -27,7 +27,9 @@ nix copy --store $T/s --to "file://$T/up?compression=none&secret-key=$T/sk" $P
 H=$(basename $P | cut -c1-32)
 NAR=$(grep '^URL: ' $T/up/$H.narinfo | cut -d' ' -f2)
 
-# nginx: the upstream folder as static files.
+# nginx (workers run as nobody): the upstream folder as static files.
+chmod 755 $T
+chmod -R a+rX $T/up
 cat > $T/nginx.conf <<CONF
 daemon on; worker_processes 2; pid $T/nginx.pid; error_log $T/nginx.err;
 events { worker_connections 1024; }
@@ -46,7 +48,8 @@ curl -sf http://127.0.0.1:18902/$H.narinfo >/dev/null
 curl -sf http://127.0.0.1:18902/$NAR -o /dev/null
 
 wrk_field() { # $1 url, $2 connections -> "req/s p99 transfer/s"
-  local out; out=$(wrk -t2 -c$2 -d$DURATION --latency "$1")
+  local threads=$(( $2 < 2 ? $2 : 2 ))
+  local out; out=$(wrk -t$threads -c$2 -d$DURATION --latency "$1")
   local rps p99 tps
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")

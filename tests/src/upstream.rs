@@ -142,3 +142,17 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
     r.headers_mut().insert("content-length", len.into());
     r
 }
+
+/// An upstream that accepts connections and never answers; its URL. It
+/// lives as long as the returned task.
+pub async fn hanging_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (url, task)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags};
-use ncps_edge_tests::upstream::FakeUpstream;
+use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,15 +45,7 @@ async fn dead_failing_and_hanging_upstreams_give_404_for_narinfo() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    // Accepts, never answers.
-    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hang_url = format!("http://{}", hang.local_addr().unwrap());
-    let _hang_task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = hang.accept().await {
-            held.push(conn);
-        }
-    });
+    let (hang_url, _hang) = hanging_upstream().await;
     let failing = FakeUpstream::start(fx.cache("none")).await;
     failing.faults().fail.store(true, Ordering::SeqCst);
     for upstream in [closed_url, hang_url, failing.url()] {

@@ -10,7 +10,7 @@ use ncps_edge_host_services::locks::Mode;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags};
 use ncps_edge_tests::scrape::sample;
-use ncps_edge_tests::upstream::FakeUpstream;
+use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
 
 /// Every log line of this test process, in the production JSON format.
 fn logs() -> Arc<Mutex<Vec<u8>>> {
@@ -171,14 +171,7 @@ async fn health_checks_skip_dead_upstreams_and_read_their_priority() {
     *a.faults().cache_info.lock().unwrap() = Some("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 90\n".into());
     *b.faults().cache_info.lock().unwrap() = Some("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n".into());
     // A hanging upstream must not delay start-up.
-    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hang_url = format!("http://{}", hang.local_addr().unwrap());
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = hang.accept().await {
-            held.push(conn);
-        }
-    });
+    let (hang_url, _hang) = hanging_upstream().await;
     let flags = vec![
         format!("--cache-upstream-url={}", a.url()),
         format!("--cache-upstream-url={}", b.url()),

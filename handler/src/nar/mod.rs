@@ -1,22 +1,21 @@
 //! NAR requests: hits streamed from storage inside the host, misses
-//! downloaded once (under the download lock) and streamed to the client and
-//! to storage at the same time, published only when size and hash match.
+//! downloaded once under the download lock ([`download`]), uploads and deletes.
+
+mod download;
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::hash::Sha256;
-use crate::http::{text, BodyWriter, Request, Response};
+use crate::http::{text, Request, Response};
 use crate::logging;
 use crate::ncps::edge::config::Settings;
-use crate::ncps::edge::locks::{self, Lease, Mode};
+use crate::ncps::edge::locks::{self, Mode};
 use crate::ncps::edge::metadata::{self, NarRecord};
-use crate::ncps::edge::metrics;
 use crate::ncps::edge::storage::{self, ByteRange, Writer};
 use crate::route::NarPath;
 use crate::time::{sleep, Instant};
-use crate::upstream;
 use crate::wasi::http::types::ResponseOutparam;
 
 const CONTENT_TYPE: &str = "application/x-nix-nar";
@@ -51,7 +50,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
                     drop(lease);
                     return serve_stored(req, &key, size, out, head);
                 }
-                return download(settings, path, record, Some(lease), out);
+                return download::download(settings, path, record, Some(lease), out);
             }
             Ok(None) => {
                 sleep(delay);
@@ -64,7 +63,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
                         "download lock still held after its TTL; downloading without it",
                         &[("hash", &path.hash)],
                     );
-                    return download(settings, path, record, None, out);
+                    return download::download(settings, path, record, None, out);
                 }
             }
             Err(e) => {
@@ -164,200 +163,8 @@ fn serve_stored(req: &Request, key: &str, size: u64, out: ResponseOutparam, head
     }
 }
 
-/// What the downloaded file must match.
-struct Expected {
-    hash: Option<Sha256>,
-    size: Option<u64>,
-}
-
-fn expected(path: &NarPath, record: Option<&NarRecord>) -> Expected {
-    let from_record = record.and_then(|r| r.file_hash.as_deref()).and_then(|h| Sha256::parse(h).ok());
-    Expected {
-        // A 52-character name is the file's own sha256, as Nix names NARs.
-        hash: from_record.or_else(|| Sha256::from_nix32(&path.hash)),
-        size: record.and_then(|r| r.file_size),
-    }
-}
-
-fn download(
-    settings: &Settings,
-    path: &NarPath,
-    record: Option<NarRecord>,
-    lease: Option<Lease>,
-    out: ResponseOutparam,
-) {
-    let key = path.key();
-    let expect = expected(path, record.as_ref());
-    let candidates: Vec<String> = match record.as_ref().and_then(|r| r.upstream_url.clone()) {
-        Some(url) => vec![url],
-        None => upstream::ordered().into_iter().map(|u| format!("{}/{key}", u.url)).collect(),
-    };
-    let started = Instant::now();
-    let mut failed = false;
-    let mut found = None;
-    for url in &candidates {
-        let asked = Instant::now();
-        match upstream::get(url, settings) {
-            Ok(resp) if resp.status == 200 => {
-                found = Some((url.clone(), resp));
-                break;
-            }
-            Ok(resp) => {
-                metrics::upstream_fetch("nar", upstream::base_of(url), asked.elapsed().as_secs_f64(), "not-found");
-                logging::debug(
-                    "upstream has no NAR",
-                    &[("hash", &path.hash), ("upstream", upstream::base_of(url)), ("status", &resp.status.to_string())],
-                );
-            }
-            Err(e) => {
-                failed = true;
-                metrics::upstream_fetch("nar", upstream::base_of(url), asked.elapsed().as_secs_f64(), "error");
-                logging::warn(
-                    "upstream NAR request failed",
-                    &[("hash", &path.hash), ("upstream", upstream::base_of(url)), ("error", &e.to_string())],
-                );
-            }
-        }
-    }
-    let Some((url, resp)) = found else {
-        // Nothing found: 404 lets Nix fall back; a transport failure is worth a retry.
-        return if failed {
-            text(out, 502, "upstream unavailable\n", false)
-        } else {
-            text(out, 404, "not found\n", false)
-        };
-    };
-    let size_conflict = matches!((resp.content_length, expect.size), (Some(a), Some(b)) if a != b);
-    let length = resp.content_length.or(expect.size);
-    let Some(mut upstream_body) = resp.body.filter(|_| !size_conflict) else {
-        metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "rejected");
-        logging::warn(
-            "upstream NAR has the wrong size",
-            &[("hash", &path.hash), ("upstream", upstream::base_of(&url))],
-        );
-        return text(out, 502, "upstream NAR is not what its narinfo says\n", false);
-    };
-    let mut writer = match storage::create(&key) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            logging::warn(
-                "storage unavailable; serving without caching",
-                &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-            );
-            None
-        }
-    };
-    let mut resp = Response::new(200).header("content-type", CONTENT_TYPE).header("x-cache", "MISS");
-    if let Some(len) = length {
-        resp = resp.header("content-length", len.to_string());
-    }
-    let mut client = resp.start(out, false);
-    let mut hasher = Sha256Hasher::new();
-    let mut total: u64 = 0;
-    // The last chunk is held back until the hash is checked, so a client
-    // never receives a complete-looking corrupt NAR.
-    let mut held: Vec<u8> = Vec::new();
-    let ttl_ms = settings.download_lock_ttl_ms;
-    let mut last_extend = Instant::now();
-    loop {
-        let chunk = match upstream_body.next_chunk() {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "error");
-                logging::warn(
-                    "upstream NAR transfer failed",
-                    &[("hash", &path.hash), ("upstream", upstream::base_of(&url)), ("error", &e.to_string())],
-                );
-                discard(writer, client);
-                return;
-            }
-        };
-        hasher.update(&chunk);
-        total += chunk.len() as u64;
-        if let Some(w) = &writer {
-            if let Err(e) = w.write(&chunk) {
-                logging::warn(
-                    "storage write failed; serving without caching",
-                    &[("hash", &path.hash), ("error", &format!("{e:?}"))],
-                );
-                if let Some(w) = writer.take() {
-                    Writer::abort(w);
-                }
-            }
-        }
-        if let Some(c) = &mut client {
-            if c.write_all(&held).is_err() {
-                // The client left; finish the download for the next one.
-                client = None;
-            }
-        }
-        held = chunk;
-        if let Some(lease) = &lease {
-            if last_extend.elapsed() > Duration::from_millis(ttl_ms / 3) {
-                if let Err(e) = lease.extend(ttl_ms) {
-                    logging::warn("download lock lost", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
-                }
-                last_extend = Instant::now();
-            }
-        }
-    }
-    let digest = Sha256(hasher.finalize().into());
-    let size_ok = length.is_none_or(|s| s == total);
-    let hash_ok = expect.hash.is_none_or(|h| h == digest);
-    let verifiable = expect.hash.is_some();
-    if !(size_ok && hash_ok) {
-        metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "rejected");
-        logging::warn(
-            "NAR from upstream does not match its narinfo; not cached",
-            &[
-                ("hash", &path.hash),
-                ("upstream", upstream::base_of(&url)),
-                ("bytes", &total.to_string()),
-                ("error", &format!("got sha256:{}", digest.to_nix32())),
-            ],
-        );
-        discard(writer, client);
-        return;
-    }
-    if let Some(w) = writer {
-        if !verifiable {
-            logging::warn("NAR has no known hash; served but not cached", &[("hash", &path.hash)]);
-            Writer::abort(w);
-        } else {
-            publish(&key, w, total, record);
-        }
-    }
-    metrics::upstream_fetch("nar", upstream::base_of(&url), started.elapsed().as_secs_f64(), "ok");
-    let ms = started.elapsed().as_millis().to_string();
-    logging::info(
-        "downloaded NAR from upstream",
-        &[
-            ("hash", &path.hash),
-            ("upstream", upstream::base_of(&url)),
-            ("bytes", &total.to_string()),
-            ("duration_ms", &ms),
-        ],
-    );
-    drop(lease);
-    if let Some(mut c) = client {
-        if c.write_all(&held).is_ok() {
-            c.finish();
-        }
-    }
-}
-
-fn discard(writer: Option<Writer>, client: Option<BodyWriter>) {
-    if let Some(w) = writer {
-        Writer::abort(w);
-    }
-    if let Some(c) = client {
-        c.abort();
-    }
-}
-
 /// Commit the object, then record its stored size.
-fn publish(key: &str, writer: Writer, size: u64, record: Option<NarRecord>) {
+pub(crate) fn publish(key: &str, writer: Writer, size: u64, record: Option<NarRecord>) {
     match Writer::commit(writer) {
         Ok(_) => {
             let mut nar = record.unwrap_or(NarRecord {
