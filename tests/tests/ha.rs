@@ -177,3 +177,64 @@ async fn lock_server_outage_breaker_degraded_mode_and_recovery() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_racing_for_the_lru_lock_make_one_pass() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key);
+    flags.push("--cache-max-size=1".into());
+    let nodes = start_cluster(2, &flags).await;
+    let c = reqwest::Client::new();
+    for p in [&fx.leaf, &fx.mid] {
+        assert_eq!(c.get(format!("{}/{}.narinfo", nodes[0].url(), hash_of(p))).send().await.unwrap().status(), 200);
+        let nar = c.get(format!("{}{}", nodes[0].url(), nar_url(&cache, p))).send().await.unwrap();
+        assert_eq!(nar.status(), 200);
+        nar.bytes().await.unwrap();
+    }
+    // Both nodes start a pass at the same moment: the LRU lock lets one run.
+    let (a, b) = tokio::join!(nodes[0].node.server().run_lru(), nodes[1].node.server().run_lru());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let evicted = a.evicted + b.evicted;
+    assert_eq!(evicted, 2, "both NARs evicted once, by whichever passes ran: {a:?} {b:?}");
+    // While node 0 holds the LRU lock, node 1 skips.
+    // (The passes' leases are released asynchronously: poll for the lock.)
+    let locks = &nodes[0].node.services().locks;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let _held = loop {
+        let mode = ncps_edge_host_services::locks::Mode::Exclusive;
+        if let Some(l) = locks.try_acquire("lru", mode, Duration::from_secs(60)).await.unwrap() {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "LRU lock never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let skipped = nodes[1].node.server().run_lru().await.unwrap();
+    assert!(!skipped.ran, "node 1 ran while node 0 held the LRU lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redlock_needs_a_quorum_of_independent_masters() {
+    use ncps_edge_host_services::locks::redis::{RedisLocks, RedisOptions};
+    use ncps_edge_host_services::locks::{LockBackend, Mode};
+    let mut masters = [PrivateRedis::start(), PrivateRedis::start(), PrivateRedis::start()];
+    let opts = RedisOptions { addrs: masters.iter().map(|m| m.addr()).collect(), ..Default::default() };
+    let (a, b) = (RedisLocks::connect(&opts).await.unwrap(), RedisLocks::connect(&opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let held = a.try_acquire("q:k", Mode::Exclusive, ttl).await.unwrap().expect("all masters up");
+    assert!(b.try_acquire("q:k", Mode::Exclusive, ttl).await.unwrap().is_none(), "held on every master");
+    masters[0].kill();
+    // Two of three masters still agree.
+    assert!(b.try_acquire("q:k", Mode::Exclusive, ttl).await.unwrap().is_none(), "quorum still sees the holder");
+    assert!(held.extend(ttl).await.is_ok(), "a lease survives one master going down");
+    let other = b.try_acquire("q:other", Mode::Exclusive, ttl).await.unwrap();
+    assert!(other.is_some(), "new leases need only a quorum");
+    masters[1].kill();
+    // One of three: no quorum, and that is an outage, not contention.
+    let err = b.try_acquire("q:third", Mode::Exclusive, ttl).await.err().expect("acquired without a quorum");
+    assert!(matches!(err, ncps_edge_host_services::Error::Unavailable(_)), "{err:?}");
+    assert!(held.extend(ttl).await.is_err(), "a lease without a quorum is lost");
+    assert!(!held.is_held());
+}
