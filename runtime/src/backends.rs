@@ -17,6 +17,9 @@ use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::MetadataStore;
+use ncps_edge_host_services::storage::local::LocalStore;
+use ncps_edge_host_services::storage::s3::{S3Options, S3Store};
+use ncps_edge_host_services::storage::BlobStore;
 
 use crate::config::ServeArgs;
 
@@ -115,4 +118,20 @@ pub async fn locks(args: &ServeArgs, db: &Database) -> anyhow::Result<(Arc<dyn L
         }
         (other, _) => bail!("--cache-lock-backend={other} needs a --cache-database-url of the same kind"),
     })
+}
+
+/// NAR storage: the S3 bucket when one is given, else the local folder.
+pub async fn storage(args: &ServeArgs) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let Some(bucket) = args.cache_storage_s3_bucket.clone().filter(|b| !b.is_empty()) else {
+        return Ok(Arc::new(LocalStore::open(&args.cache_storage_local).await?));
+    };
+    let opts = S3Options {
+        bucket,
+        endpoint: args.cache_storage_s3_endpoint.clone().filter(|e| !e.is_empty()),
+        region: args.cache_storage_s3_region.clone(),
+        access_key_id: args.cache_storage_s3_access_key_id.clone(),
+        secret_access_key: args.cache_storage_s3_secret_access_key.clone(),
+        force_path_style: args.cache_storage_s3_force_path_style,
+    };
+    Ok(Arc::new(S3Store::connect(&opts).await.context("S3 storage")?))
 }

@@ -50,6 +50,24 @@ pub struct ServeArgs {
     /// Local data directory: NAR files, and the SQLite database by default.
     #[arg(long, env = "CACHE_STORAGE_LOCAL", default_value = "./ncps-edge-data")]
     pub cache_storage_local: PathBuf,
+    /// S3 bucket for NAR files (instead of the local folder).
+    #[arg(long, env = "CACHE_STORAGE_S3_BUCKET")]
+    pub cache_storage_s3_bucket: Option<String>,
+    /// S3 endpoint URL with scheme (default: AWS).
+    #[arg(long, env = "CACHE_STORAGE_S3_ENDPOINT")]
+    pub cache_storage_s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "CACHE_STORAGE_S3_REGION", default_value = "us-east-1")]
+    pub cache_storage_s3_region: String,
+    /// S3 access key id.
+    #[arg(long, env = "CACHE_STORAGE_S3_ACCESS_KEY_ID", default_value = "")]
+    pub cache_storage_s3_access_key_id: String,
+    /// S3 secret access key.
+    #[arg(long, env = "CACHE_STORAGE_S3_SECRET_ACCESS_KEY", default_value = "")]
+    pub cache_storage_s3_secret_access_key: String,
+    /// Path-style S3 addressing (MinIO and most S3-compatible servers).
+    #[arg(long, env = "CACHE_STORAGE_S3_FORCE_PATH_STYLE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_storage_s3_force_path_style: bool,
     /// Metadata database URL (default `sqlite:<storage>/db/db.sqlite`).
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
@@ -174,6 +192,12 @@ const YAML_KEYS: &[(&str, &str)] = &[
     ("cache.hostname", "cache_hostname"),
     ("cache.storage.local", "cache_storage_local"),
     ("cache.database-url", "cache_database_url"),
+    ("cache.storage.s3.bucket", "cache_storage_s3_bucket"),
+    ("cache.storage.s3.endpoint", "cache_storage_s3_endpoint"),
+    ("cache.storage.s3.region", "cache_storage_s3_region"),
+    ("cache.storage.s3.access-key-id", "cache_storage_s3_access_key_id"),
+    ("cache.storage.s3.secret-access-key", "cache_storage_s3_secret_access_key"),
+    ("cache.storage.s3.force-path-style", "cache_storage_s3_force_path_style"),
     ("cache.secret-key-path", "cache_secret_key_path"),
     ("cache.sign-narinfo", "cache_sign_narinfo"),
     ("cache.priority", "cache_priority"),

@@ -9,7 +9,6 @@ use ncps_edge_host_services::access::AccessRecorder;
 use ncps_edge_host_services::locks::{Locks, RetryPolicy};
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
-use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::{Services, Settings, Upstream};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -101,7 +100,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
     let db = backends::database(args)?;
     let (lock_backend, lock_prefix) = backends::locks(args, &db).await?;
     let metadata = backends::metadata(args, &db).await?;
-    let storage = Arc::new(LocalStore::open(data).await?);
+    let storage = backends::storage(args).await?;
     let signer =
         Signer::load_or_generate(args.cache_secret_key_path.as_deref(), metadata.as_ref(), &args.cache_hostname)
             .await?;

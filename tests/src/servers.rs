@@ -95,3 +95,25 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// Flags for S3 storage on the test server (s3s-fs, started by `.ci/run`)
+/// in a new bucket.
+pub async fn fresh_s3_flags() -> Vec<String> {
+    use ncps_edge_host_services::storage::s3::{create_bucket, S3Options};
+    let opts = S3Options {
+        bucket: unique("ncps-ha").replace('_', "-"),
+        endpoint: Some(env("NCPS_TEST_S3_ENDPOINT", "http://127.0.0.1:9000")),
+        region: "us-east-1".into(),
+        access_key_id: env("NCPS_TEST_S3_ACCESS_KEY", "ncps-test"),
+        secret_access_key: env("NCPS_TEST_S3_SECRET_KEY", "ncps-test-secret"),
+        force_path_style: true,
+    };
+    create_bucket(&opts).await.expect("the S3 server must be reachable");
+    vec![
+        format!("--cache-storage-s3-bucket={}", opts.bucket),
+        format!("--cache-storage-s3-endpoint={}", opts.endpoint.unwrap_or_default()),
+        format!("--cache-storage-s3-access-key-id={}", opts.access_key_id),
+        format!("--cache-storage-s3-secret-access-key={}", opts.secret_access_key),
+        "--cache-storage-s3-force-path-style".into(),
+    ]
+}

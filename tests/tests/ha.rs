@@ -1,5 +1,5 @@
 //! Several nodes sharing one database, one lock service and one storage
-//! folder behave as one cache: one upstream download however many clients
+//! (an S3 bucket, or a shared folder) behave as one cache: one upstream download however many clients
 //! ask, on every lock backend; the real nix client through the cluster; a
 //! lock server that dies and comes back.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
-use ncps_edge_tests::servers::{fresh_mysql, fresh_postgres, redis_addr, PrivateRedis};
+use ncps_edge_tests::servers::{fresh_mysql, fresh_postgres, fresh_s3_flags, redis_addr, PrivateRedis};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
 
@@ -43,7 +43,9 @@ async fn one_download_for_sixty_clients(backend: &str) {
     let up = FakeUpstream::start(cache.clone()).await;
     up.faults().nar_chunk_delay_ms.store(1, Ordering::SeqCst);
     let storage = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(3, &cluster_flags(backend, storage.path(), &up.url(), &fx.public_key)).await;
+    let mut flags = cluster_flags(backend, storage.path(), &up.url(), &fx.public_key);
+    flags.extend(fresh_s3_flags().await);
+    let nodes = start_cluster(3, &flags).await;
     let keys: Vec<String> = nodes.iter().map(|n| n.public_key()).collect();
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{backend}: nodes sign with different keys: {keys:?}");
     let nar = nar_url(&cache, &fx.big);
@@ -105,7 +107,9 @@ async fn nix_substitutes_through_a_three_node_cluster() {
     let cache = fx.cache("xz");
     let up = FakeUpstream::start(cache.clone()).await;
     let storage = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(3, &cluster_flags("redis", storage.path(), &up.url(), &fx.public_key)).await;
+    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key);
+    flags.extend(fresh_s3_flags().await);
+    let nodes = start_cluster(3, &flags).await;
     for node in &nodes {
         let env = NixEnv::new();
         let store = env.path("store").display().to_string();

@@ -29,13 +29,9 @@ impl LocalStore {
 
     /// Where `key` lives on disk.
     pub fn path_of(&self, key: &StorageKey) -> PathBuf {
-        let key = key.as_str();
-        match key.strip_prefix("nar/") {
-            Some(file) if !file.contains('/') && file.len() >= 2 => {
-                self.root.join("nar").join(&file[..1]).join(&file[..2]).join(file)
-            }
-            _ => self.root.join(key),
-        }
+        // `root` is `<data>/store`; the layout starts with `store/`.
+        let layout = key.layout();
+        self.root.join(layout.strip_prefix("store/").unwrap_or(&layout))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Blob storage for NAR files: the contract and key validation.
 
 pub mod local;
+pub mod s3;
 
 use std::pin::Pin;
 
@@ -33,6 +34,17 @@ impl StorageKey {
     /// The key as given.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Where the object lives under a store root, in ncps's layout:
+    /// `store/nar/<h0>/<h0h1>/<file>` for NARs, `store/<key>` otherwise.
+    pub fn layout(&self) -> String {
+        match self.0.strip_prefix("nar/") {
+            Some(file) if !file.contains('/') && file.len() >= 2 => {
+                format!("store/nar/{}/{}/{file}", &file[..1], &file[..2])
+            }
+            _ => format!("store/{}", self.0),
+        }
     }
 }
 

@@ -49,3 +49,17 @@ pub async fn fresh_mysql() -> String {
     admin.query_drop(format!("CREATE DATABASE {name}")).await.unwrap();
     format!("{}/{name}", mysql_server())
 }
+
+/// S3 settings of the test server (s3s-fs started by `.ci/run`), with a new bucket.
+pub async fn fresh_s3() -> ncps_edge_host_services::storage::s3::S3Options {
+    let opts = ncps_edge_host_services::storage::s3::S3Options {
+        bucket: unique("ncps-test").replace('_', "-"),
+        endpoint: Some(env("NCPS_TEST_S3_ENDPOINT", "http://127.0.0.1:9000")),
+        region: "us-east-1".into(),
+        access_key_id: env("NCPS_TEST_S3_ACCESS_KEY", "ncps-test"),
+        secret_access_key: env("NCPS_TEST_S3_SECRET_KEY", "ncps-test-secret"),
+        force_path_style: true,
+    };
+    ncps_edge_host_services::storage::s3::create_bucket(&opts).await.expect("the S3 server must be reachable");
+    opts
+}

@@ -1,0 +1,289 @@
+//! S3 storage (`--cache-storage-s3-bucket`), in the same layout as local disk.
+//!
+//! A writer streams into a multipart upload with one part buffered at a
+//! time ([`PART_SIZE`]), so memory is bounded whatever the NAR size, and
+//! nothing is visible under the key until `CompleteMultipartUpload` (small
+//! objects are one `PutObject` at commit). Commit is put-if-absent: an
+//! existing object wins (checked first, and `If-None-Match: *` where the
+//! server supports it). Deletes do not break reads in progress: S3 finishes
+//! a GET that has started (and the filesystem-backed test server reads
+//! from an open file).
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+
+use super::{BlobStore, BlobWriter, Body, ByteRange, StorageKey};
+use crate::{Error, Result};
+
+/// Bytes buffered per multipart part (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+
+/// Settings of `--cache-storage-s3-*`.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL (e.g. `http://127.0.0.1:9000`); AWS when none.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Access key id (the SDK's default chain is not used: set both).
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Path-style addressing (MinIO, s3s, …).
+    pub force_path_style: bool,
+}
+
+fn client(opts: &S3Options) -> Client {
+    let creds = Credentials::new(&opts.access_key_id, &opts.secret_access_key, None, None, "ncps-edge");
+    let mut config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(opts.region.clone()))
+        .credentials_provider(creds)
+        .force_path_style(opts.force_path_style);
+    if let Some(endpoint) = &opts.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    Client::from_conf(config.build())
+}
+
+fn s3_error<E, R>(e: SdkError<E, R>) -> Error
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match &e {
+        SdkError::ServiceError(s) if s.err().code() == Some("PreconditionFailed") => {
+            Error::Conflict("object exists".into())
+        }
+        SdkError::ServiceError(_) => Error::Internal(format!("s3: {}", DisplayErrorContext(&e))),
+        _ => Error::Unavailable(format!("s3: {}", DisplayErrorContext(&e))),
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::ServiceError(s) => matches!(s.err().code(), Some("NotFound" | "NoSuchKey" | "404")),
+        _ => false,
+    }
+}
+
+/// Create `opts.bucket` if it does not exist (for tests and first set-up).
+pub async fn create_bucket(opts: &S3Options) -> Result<()> {
+    let c = client(opts);
+    if c.head_bucket().bucket(&opts.bucket).send().await.is_ok() {
+        return Ok(());
+    }
+    c.create_bucket().bucket(&opts.bucket).send().await.map_err(s3_error)?;
+    Ok(())
+}
+
+/// An S3 bucket as a blob store.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// A store on `opts.bucket`; fails when the bucket cannot be reached.
+    pub async fn connect(opts: &S3Options) -> Result<Self> {
+        let client = client(opts);
+        client.head_bucket().bucket(&opts.bucket).send().await.map_err(s3_error)?;
+        Ok(Self { client, bucket: opts.bucket.clone() })
+    }
+
+    async fn exists(&self, object: &str) -> Result<Option<u64>> {
+        match self.client.head_object().bucket(&self.bucket).key(object).send().await {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    async fn stat(&self, key: &StorageKey) -> Result<Option<u64>> {
+        self.exists(&key.layout()).await
+    }
+
+    async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key.layout());
+        if let Some(r) = range {
+            let spec = match r.length {
+                Some(0) => return Ok(Some(Box::pin(tokio::io::empty()))),
+                Some(len) => format!("bytes={}-{}", r.offset, r.offset + len - 1),
+                None => format!("bytes={}-", r.offset),
+            };
+            req = req.range(spec);
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(Box::pin(out.body.into_async_read()))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+
+    async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            object: key.layout(),
+            buf: Vec::with_capacity(PART_SIZE),
+            upload_id: None,
+            parts: Vec::new(),
+            written: 0,
+        }))
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        let object = key.layout();
+        if self.exists(&object).await?.is_none() {
+            return Ok(false);
+        }
+        self.client.delete_object().bucket(&self.bucket).key(&object).send().await.map_err(s3_error)?;
+        Ok(true)
+    }
+}
+
+struct S3Writer {
+    store: S3Store,
+    object: String,
+    buf: Vec<u8>,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    written: u64,
+}
+
+impl S3Writer {
+    /// Upload `buf` as the next part, starting the multipart upload first.
+    async fn flush_part(&mut self) -> Result<()> {
+        let (client, bucket) = (&self.store.client, &self.store.bucket);
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let out =
+                    client.create_multipart_upload().bucket(bucket).key(&self.object).send().await.map_err(s3_error)?;
+                let id = out.upload_id().ok_or_else(|| Error::Internal("s3: no upload id".into()))?.to_owned();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let body = ByteStream::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE)));
+        let out = client
+            .upload_part()
+            .bucket(bucket)
+            .key(&self.object)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await
+            .map_err(s3_error)?;
+        self.parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) {
+        if let Some(id) = self.upload_id.take() {
+            let store = &self.store;
+            let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(&self.object).upload_id(id);
+            if let Err(e) = req.send().await {
+                tracing::warn!(object = self.object, error = %DisplayErrorContext(&e), "failed to abort a multipart upload");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = (PART_SIZE - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.written += n as u64;
+            if self.buf.len() == PART_SIZE {
+                self.flush_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<bool> {
+        if self.store.exists(&self.object).await?.is_some() {
+            self.abort_upload().await;
+            return Ok(false);
+        }
+        let (client, bucket) = (self.store.client.clone(), self.store.bucket.clone());
+        let result = if self.upload_id.is_none() {
+            let body = ByteStream::from(std::mem::take(&mut self.buf));
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(&self.object)
+                .if_none_match("*")
+                .body(body)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(s3_error)
+        } else {
+            if !self.buf.is_empty() {
+                self.flush_part().await?;
+            }
+            let parts = CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build();
+            let id = self.upload_id.clone().unwrap_or_default();
+            let done = client
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key(&self.object)
+                .upload_id(&id)
+                .if_none_match("*")
+                .multipart_upload(parts)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(s3_error);
+            if done.is_ok() {
+                self.upload_id = None;
+            }
+            done
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(Error::Conflict(_)) => {
+                self.abort_upload().await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.abort_upload().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.abort_upload().await;
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // An instance that died mid-upload: abort it in the background.
+        let (Some(id), Ok(rt)) = (self.upload_id.take(), tokio::runtime::Handle::try_current()) else { return };
+        let (client, bucket, object) = (self.store.client.clone(), self.store.bucket.clone(), self.object.clone());
+        rt.spawn(async move {
+            let _ = client.abort_multipart_upload().bucket(bucket).key(object).upload_id(id).send().await;
+        });
+    }
+}
