@@ -9,6 +9,7 @@ use std::time::Duration;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
+use ncps_edge_tests::process::NodeProcess;
 use ncps_edge_tests::servers::{fresh_mysql, fresh_postgres, fresh_s3_flags, redis_addr, PrivateRedis};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
@@ -37,23 +38,31 @@ async fn start_cluster(n: usize, flags: &[String]) -> Vec<TestNode> {
     nodes
 }
 
+/// Three `ncps-edge` processes sharing the database, the lock service and
+/// an S3 bucket; 60 clients spread over them ask for one uncached NAR.
 async fn one_download_for_sixty_clients(backend: &str) {
     let fx = fixture();
     let cache = fx.cache("zstd");
     let up = FakeUpstream::start(cache.clone()).await;
     up.faults().nar_chunk_delay_ms.store(1, Ordering::SeqCst);
-    let storage = tempfile::tempdir().unwrap();
-    let mut flags = cluster_flags(backend, storage.path(), &up.url(), &fx.public_key);
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = cluster_flags(backend, &dir.path().join("data"), &up.url(), &fx.public_key);
     flags.extend(fresh_s3_flags().await);
-    let nodes = start_cluster(3, &flags).await;
-    let keys: Vec<String> = nodes.iter().map(|n| n.public_key()).collect();
+    flags.push("--cache-hostname=cluster".into());
+    flags.push(format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()));
+    let nodes: Vec<NodeProcess> =
+        (0..3).map(|i| NodeProcess::spawn(&flags, &dir.path().join(format!("node{i}.log")))).collect();
+    let c = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for node in &nodes {
+        keys.push(c.get(format!("{}/pubkey", node.url)).send().await.unwrap().text().await.unwrap());
+    }
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{backend}: nodes sign with different keys: {keys:?}");
     let nar = nar_url(&cache, &fx.big);
     let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar[1..])).unwrap()));
-    let c = reqwest::Client::new();
     let clients: Vec<_> = (0..60)
         .map(|i| {
-            let (c, base) = (c.clone(), nodes[i % nodes.len()].url());
+            let (c, base) = (c.clone(), nodes[i % nodes.len()].url.clone());
             let (narinfo, nar) = (format!("{base}/{}.narinfo", hash_of(&fx.big)), format!("{base}{nar}"));
             tokio::spawn(async move {
                 let info = c.get(&narinfo).send().await.unwrap().status().as_u16();
@@ -70,7 +79,7 @@ async fn one_download_for_sixty_clients(backend: &str) {
         assert_eq!(status, 200, "{backend}: client {i} NAR");
         assert_eq!(body, want, "{backend}: client {i} got different bytes");
     }
-    assert_eq!(up.hits(&nar), 1, "{backend}: exactly one upstream download for 60 clients on 3 nodes");
+    assert_eq!(up.hits(&nar), 1, "{backend}: exactly one upstream download for 60 clients on 3 processes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
