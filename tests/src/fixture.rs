@@ -128,3 +128,8 @@ pub fn nar_url(cache: &std::path::Path, store_path: &str) -> String {
     let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL line");
     format!("/{url}")
 }
+
+/// The NAR file of `store_path` in `cache` (what its narinfo's URL names).
+pub fn nar_file(cache: &std::path::Path, store_path: &str) -> PathBuf {
+    cache.join(&nar_url(cache, store_path)[1..])
+}

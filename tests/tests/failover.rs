@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::upstream_flags;
 use ncps_edge_tests::process::NodeProcess;
 use ncps_edge_tests::servers::{fresh_postgres, redis_addr};
@@ -39,7 +39,7 @@ async fn kill_the_downloader(backend: &str, ttl: &str) {
     let mut a = NodeProcess::spawn(&flags, &dir.path().join("a.log"));
     let b = NodeProcess::spawn(&flags, &dir.path().join("b.log"));
     let nar = nar_url(&cache, &fx.big);
-    let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar[1..])).unwrap()));
+    let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
     let c = reqwest::Client::new();
     assert_eq!(c.get(format!("{}/{}.narinfo", a.url, hash_of(&fx.big))).send().await.unwrap().status(), 200);
 
@@ -68,7 +68,7 @@ async fn kill_the_downloader(backend: &str, ttl: &str) {
     let rest: Vec<_> = first_body.collect().await;
     let broken = rest.iter().any(|r| r.is_err());
     let total = got + rest.iter().flatten().map(|b| b.len()).sum::<usize>();
-    let full = std::fs::metadata(cache.join(&nar[1..])).unwrap().len() as usize;
+    let full = std::fs::metadata(nar_file(&cache, &fx.big)).unwrap().len() as usize;
     assert!(broken || total < full, "{backend}: the killed node's client got a complete-looking NAR ({total} bytes)");
 
     let (status, body) =

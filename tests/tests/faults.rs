@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags};
 use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
 use sha2::{Digest, Sha256};
@@ -16,7 +16,7 @@ async fn corrupt_upstream_nar_is_not_cached_and_is_retried() {
     let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
     let c = reqwest::Client::new();
     let path = nar_url(&fx.cache("none"), &fx.top);
-    let original = std::fs::read(fx.cache("none").join(&path[1..])).unwrap();
+    let original = std::fs::read(nar_file(&fx.cache("none"), &fx.top)).unwrap();
     let url = format!("{}{path}", node.url());
     // The client learns of the NAR through its narinfo first, as Nix does.
     assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.top))).send().await.unwrap().status(), 200);
@@ -88,7 +88,7 @@ async fn concurrent_cold_requests_share_one_download() {
     up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
     let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
     let path = nar_url(&fx.cache("zstd"), &fx.big);
-    let want = format!("{:x}", Sha256::digest(std::fs::read(fx.cache("zstd").join(&path[1..])).unwrap()));
+    let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&fx.cache("zstd"), &fx.big)).unwrap()));
     let c = reqwest::Client::new();
     assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.big))).send().await.unwrap().status(), 200);
     let url = format!("{}{path}", node.url());

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
 use ncps_edge_tests::process::NodeProcess;
@@ -59,7 +59,7 @@ async fn one_download_for_sixty_clients(backend: &str) {
     }
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{backend}: nodes sign with different keys: {keys:?}");
     let nar = nar_url(&cache, &fx.big);
-    let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar[1..])).unwrap()));
+    let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
     let clients: Vec<_> = (0..60)
         .map(|i| {
             let (c, base) = (c.clone(), nodes[i % nodes.len()].url.clone());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use ncps_edge_host_services::locks::Mode;
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
@@ -28,10 +28,8 @@ async fn lru_evicts_least_recently_used_until_under_max_size() {
     let fx = fixture();
     let cache = fx.cache("none");
     let up = FakeUpstream::start(cache.clone()).await;
-    let sizes: Vec<u64> = [&fx.leaf, &fx.mid, &fx.top]
-        .iter()
-        .map(|p| std::fs::metadata(cache.join(&nar_url(&cache, p)[1..])).unwrap().len())
-        .collect();
+    let sizes: Vec<u64> =
+        [&fx.leaf, &fx.mid, &fx.top].iter().map(|p| std::fs::metadata(nar_file(&cache, p)).unwrap().len()).collect();
     let total: u64 = sizes.iter().sum();
     let mut flags = upstream_flags(&up.url(), &fx.public_key);
     flags.push(format!("--cache-max-size={}", total - 1));
@@ -111,7 +109,7 @@ async fn eviction_during_a_slow_download_leaves_it_intact() {
     let node = start_node(&flags).await;
     let c = reqwest::Client::new();
     let size = warm(&c, &node, &cache, &fx.big).await;
-    let want = format!("{:x}", Sha256::digest(std::fs::read(cache.join(&nar_url(&cache, &fx.big)[1..])).unwrap()));
+    let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
     let url = format!("{}{}", node.url(), nar_url(&cache, &fx.big));
     let resp = c.get(&url).send().await.unwrap();
     assert_eq!(resp.headers()["x-cache"], "HIT");

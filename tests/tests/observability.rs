@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ncps_edge_host_services::locks::Mode;
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags};
 use ncps_edge_tests::scrape::sample;
 use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
@@ -72,7 +72,7 @@ async fn metrics_count_a_scripted_workload() {
 
     let narinfo = format!("{}/{}.narinfo", node.url(), hash_of(&fx.top));
     let nar = format!("{}{}", node.url(), nar_url(&cache, &fx.top));
-    let nar_size = std::fs::metadata(cache.join(&nar_url(&cache, &fx.top)[1..])).unwrap().len() as f64;
+    let nar_size = std::fs::metadata(nar_file(&cache, &fx.top)).unwrap().len() as f64;
     for url in [&narinfo, &narinfo, &narinfo, &nar, &nar] {
         assert_eq!(c.get(url).send().await.unwrap().status(), 200);
     }

@@ -9,6 +9,16 @@ use crate::Result;
 
 pub use crate::bindings::metadata::{NarRecord, NarinfoRecord};
 
+/// Split a stored list (references by spaces, signatures by newlines).
+pub(crate) fn split(s: String, sep: char) -> Vec<String> {
+    s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+}
+
+/// A stored size (signed in every database) as the record's `u64`.
+pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|n| n.max(0) as u64)
+}
+
 /// A metadata database: SQLite, PostgreSQL or MySQL.
 #[async_trait::async_trait]
 pub trait MetadataStore: Send + Sync {

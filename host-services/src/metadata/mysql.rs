@@ -5,7 +5,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Pool, Row, TxOpts};
 
-use super::{MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, MetadataStore, NarRecord, NarinfoRecord};
 use crate::access::now_ms;
 use crate::{Error, Result};
 
@@ -52,10 +52,6 @@ fn migrations() -> Vec<Vec<String>> {
 
 fn db<E: std::fmt::Display>(e: E) -> Error {
     Error::Unavailable(format!("mysql: {e}"))
-}
-
-fn split(s: String, sep: char) -> Vec<String> {
-    s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
 }
 
 fn col<T: mysql_async::prelude::FromValue>(r: &Row, i: usize) -> Result<T> {

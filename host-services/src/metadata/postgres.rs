@@ -5,7 +5,7 @@
 use deadpool_postgres::{Manager, Pool};
 use tokio_postgres::{NoTls, Row};
 
-use super::{MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, to_u64, MetadataStore, NarRecord, NarinfoRecord};
 use crate::access::now_ms;
 use crate::{Error, Result};
 
@@ -49,14 +49,6 @@ const MIGRATION_LOCK: i64 = 0x6e63_7073_6564_6765;
 
 fn db<E: std::fmt::Display>(e: E) -> Error {
     Error::Unavailable(format!("postgres: {e}"))
-}
-
-fn split(s: String, sep: char) -> Vec<String> {
-    s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
-}
-
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.map(|n| n.max(0) as u64)
 }
 
 fn narinfo(r: &Row) -> NarinfoRecord {

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, to_u64, MetadataStore, NarRecord, NarinfoRecord};
+use crate::access::now_ms;
 use crate::{Error, Result};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -47,23 +48,6 @@ CREATE TABLE config (
 #[derive(Clone)]
 pub struct SqliteMetadata {
     conn: Arc<Mutex<Connection>>,
-}
-
-/// Timestamps are milliseconds since the Unix epoch.
-fn now() -> i64 {
-    crate::access::now_ms()
-}
-
-fn join(items: &[String], sep: &str) -> String {
-    items.join(sep)
-}
-
-fn split(s: String, sep: char) -> Vec<String> {
-    s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
-}
-
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.map(|n| n.max(0) as u64)
 }
 
 fn narinfo_from_row(r: &Row<'_>) -> rusqlite::Result<NarinfoRecord> {
@@ -154,7 +138,7 @@ impl MetadataStore for SqliteMetadata {
 
     async fn put_narinfo(&self, n: NarinfoRecord) -> Result<()> {
         self.with_conn(move |c| {
-            let t = now();
+            let t = now_ms();
             c.prepare_cached(
                 "INSERT INTO narinfos (hash, store_path, url, compression, file_hash, file_size, nar_hash, nar_size, refs, deriver, system, ca, sigs, created_at, last_accessed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
@@ -173,11 +157,11 @@ impl MetadataStore for SqliteMetadata {
                 n.file_size.map(|v| v as i64),
                 n.nar_hash,
                 n.nar_size as i64,
-                join(&n.references, " "),
+                n.references.join(" "),
                 n.deriver,
                 n.system,
                 n.ca,
-                join(&n.sigs, "\n"),
+                n.sigs.join("\n"),
                 t
             ])?;
             Ok(())
@@ -215,7 +199,7 @@ impl MetadataStore for SqliteMetadata {
                 n.file_hash,
                 n.file_size.map(|v| v as i64),
                 n.stored_size.map(|v| v as i64),
-                now()
+                now_ms()
             ])?;
             Ok(())
         })
