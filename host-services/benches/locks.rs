@@ -15,6 +15,7 @@ use ncps_edge_host_services::locks::redis::{RedisLocks, RedisOptions};
 use ncps_edge_host_services::locks::session::SessionLocks;
 use ncps_edge_host_services::locks::{LockBackend, Locks, Mode, RetryPolicy};
 use ncps_edge_host_services::metrics::Metrics;
+use ncps_edge_test_support as support;
 
 const ROUNDS: usize = 2000;
 const TTL: Duration = Duration::from_secs(60);
@@ -70,10 +71,6 @@ async fn many_locks(name: &str, backend: Arc<dyn LockBackend>, count: usize) {
     println!("| {name} | {count} | {all_held} | {:.1} |", t.elapsed().as_secs_f64());
 }
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
 async fn redis(addr: &str) -> Arc<dyn LockBackend> {
     let opts = RedisOptions { addrs: vec![addr.to_owned()], ..Default::default() };
     Arc::new(RedisLocks::connect(&opts).await.expect("Redis"))
@@ -90,9 +87,9 @@ async fn mysql(url: &str) -> Arc<dyn LockBackend> {
 
 #[tokio::main]
 async fn main() {
-    let redis_addr = env("NCPS_TEST_REDIS_ADDR", "127.0.0.1:6379");
-    let pg = env("NCPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test");
-    let my = env("NCPS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+    let redis_addr = support::redis_addr();
+    let pg = support::fresh_postgres().await;
+    let my = support::fresh_mysql().await;
 
     println!("Lock latency on loopback, {ROUNDS} rounds, milliseconds:\n");
     println!("| backend | acquire p50 | acquire p99 | hand-off p50 | hand-off p99 |");

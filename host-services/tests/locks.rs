@@ -1,7 +1,8 @@
 //! The lock contract, run against every backend as two nodes: leases are
 //! taken on node `a` and contended from node `b` (for local locks both are
 //! one process's table). Redis, PostgreSQL and MariaDB are the real servers
-//! (`NCPS_TEST_REDIS_ADDR`, `NCPS_TEST_POSTGRES_URL`, `NCPS_TEST_MYSQL_URL`);
+//! (`NCPS_TEST_REDIS_ADDR`, `NCPS_TEST_POSTGRES_URL`, `NCPS_TEST_MYSQL_URL`,
+//! read by `ncps-edge-test-support`);
 //! a missing server fails the suite.
 
 use std::sync::Arc;
@@ -19,13 +20,13 @@ use wasmtime::component::ResourceTable;
 
 const TTL: Duration = Duration::from_secs(30);
 
-mod common;
+use ncps_edge_test_support as support;
 
 fn postgres_url() -> String {
-    format!("{}/test", common::postgres_server())
+    format!("{}/test", support::postgres_url())
 }
 fn mysql_url() -> String {
-    format!("{}/test", common::mysql_server())
+    format!("{}/test", support::mysql_url())
 }
 
 struct Nodes {
@@ -35,7 +36,7 @@ struct Nodes {
 }
 
 async fn redis() -> Arc<dyn LockBackend> {
-    let opts = RedisOptions { addrs: vec![common::redis_addr()], ..Default::default() };
+    let opts = RedisOptions { addrs: vec![support::redis_addr()], ..Default::default() };
     Arc::new(RedisLocks::connect(&opts).await.expect("Redis must be reachable"))
 }
 

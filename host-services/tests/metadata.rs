@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-mod common;
-
+use ncps_edge_test_support as support;
 use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
@@ -13,8 +12,8 @@ use ncps_edge_host_services::signer::Signer;
 async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn MetadataStore>)> {
     vec![
         ("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap())),
-        ("postgres", Arc::new(PgMetadata::connect(&common::fresh_postgres().await, 4).await.unwrap())),
-        ("mysql", Arc::new(MySqlMetadata::connect(&common::fresh_mysql().await).await.unwrap())),
+        ("postgres", Arc::new(PgMetadata::connect(&support::fresh_postgres().await, 4).await.unwrap())),
+        ("mysql", Arc::new(MySqlMetadata::connect(&support::fresh_mysql().await).await.unwrap())),
     ]
 }
 

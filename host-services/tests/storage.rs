@@ -3,15 +3,24 @@
 use std::sync::Arc;
 
 use ncps_edge_host_services::storage::local::LocalStore;
-use ncps_edge_host_services::storage::s3::{S3Store, PART_SIZE};
+use ncps_edge_host_services::storage::s3::{S3Options, S3Store, PART_SIZE};
 use ncps_edge_host_services::storage::{BlobStore, ByteRange, StorageKey};
 use ncps_edge_host_services::Error;
 use tokio::io::AsyncReadExt;
 
-mod common;
+use ncps_edge_test_support as support;
 
 async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn BlobStore>)> {
-    let s3 = S3Store::connect(&common::fresh_s3().await).await.unwrap();
+    let bucket = support::fresh_bucket().await;
+    let opts = S3Options {
+        bucket: bucket.bucket,
+        endpoint: Some(bucket.endpoint),
+        region: "us-east-1".into(),
+        access_key_id: bucket.access_key,
+        secret_access_key: bucket.secret_key,
+        force_path_style: true,
+    };
+    let s3 = S3Store::connect(&opts).await.unwrap();
     vec![("local", Arc::new(LocalStore::open(dir).await.unwrap())), ("s3", Arc::new(s3))]
 }
 

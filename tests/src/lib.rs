@@ -6,5 +6,4 @@ pub mod nix;
 pub mod node;
 pub mod process;
 pub mod scrape;
-pub mod servers;
 pub mod upstream;

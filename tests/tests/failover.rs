@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use ncps_edge_test_support::{fresh_postgres, redis_addr};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::upstream_flags;
 use ncps_edge_tests::process::NodeProcess;
-use ncps_edge_tests::servers::{fresh_postgres, redis_addr};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +22,7 @@ async fn kill_the_downloader(backend: &str, ttl: &str) {
     up.faults().nar_chunk_delay_ms.store(10, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
-    let db = fresh_postgres();
+    let db = fresh_postgres().await;
     let mut flags = upstream_flags(&up.url(), &fx.public_key);
     flags.extend([
         "--cache-hostname=failover".to_string(),

@@ -6,20 +6,20 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ncps_edge_test_support::{fresh_bucket, fresh_mysql, fresh_postgres, redis_addr, PrivateRedis};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
 use ncps_edge_tests::process::NodeProcess;
-use ncps_edge_tests::servers::{fresh_mysql, fresh_postgres, fresh_s3_flags, redis_addr, PrivateRedis};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
 
 /// Flags of one cluster: shared database, lock backend and storage folder.
-fn cluster_flags(backend: &str, storage: &std::path::Path, upstream: &str, key: &str) -> Vec<String> {
+async fn cluster_flags(backend: &str, storage: &std::path::Path, upstream: &str, key: &str) -> Vec<String> {
     let (db, locks) = match backend {
-        "redis" => (fresh_postgres(), vec![format!("--cache-redis-addrs={}", redis_addr())]),
-        "postgres" => (fresh_postgres(), vec!["--cache-lock-backend=postgres".to_string()]),
-        "mysql" => (fresh_mysql(), vec!["--cache-lock-backend=mysql".to_string()]),
+        "redis" => (fresh_postgres().await, vec![format!("--cache-redis-addrs={}", redis_addr())]),
+        "postgres" => (fresh_postgres().await, vec!["--cache-lock-backend=postgres".to_string()]),
+        "mysql" => (fresh_mysql().await, vec!["--cache-lock-backend=mysql".to_string()]),
         other => panic!("no backend {other}"),
     };
     let mut flags = upstream_flags(upstream, key);
@@ -46,8 +46,8 @@ async fn one_download_for_sixty_clients(backend: &str) {
     let up = FakeUpstream::start(cache.clone()).await;
     up.faults().nar_chunk_delay_ms.store(1, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let mut flags = cluster_flags(backend, &dir.path().join("data"), &up.url(), &fx.public_key);
-    flags.extend(fresh_s3_flags().await);
+    let mut flags = cluster_flags(backend, &dir.path().join("data"), &up.url(), &fx.public_key).await;
+    flags.extend(fresh_bucket().await.flags());
     flags.push("--cache-hostname=cluster".into());
     flags.push(format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()));
     let nodes: Vec<NodeProcess> =
@@ -116,8 +116,8 @@ async fn nix_substitutes_through_a_three_node_cluster() {
     let cache = fx.cache("xz");
     let up = FakeUpstream::start(cache.clone()).await;
     let storage = tempfile::tempdir().unwrap();
-    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key);
-    flags.extend(fresh_s3_flags().await);
+    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key).await;
+    flags.extend(fresh_bucket().await.flags());
     let nodes = start_cluster(3, &flags).await;
     for node in &nodes {
         let env = NixEnv::new();
@@ -144,7 +144,7 @@ async fn lock_server_outage_breaker_degraded_mode_and_recovery() {
     let up = FakeUpstream::start(cache.clone()).await;
     let mut redis = PrivateRedis::start();
     let storage = tempfile::tempdir().unwrap();
-    let db = fresh_postgres();
+    let db = fresh_postgres().await;
     let base = |extra: &str| {
         let mut f = upstream_flags(&up.url(), &fx.public_key);
         f.push(format!("--cache-database-url={db}"));
@@ -197,7 +197,7 @@ async fn two_nodes_racing_for_the_lru_lock_make_one_pass() {
     let cache = fx.cache("none");
     let up = FakeUpstream::start(cache.clone()).await;
     let storage = tempfile::tempdir().unwrap();
-    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key);
+    let mut flags = cluster_flags("redis", storage.path(), &up.url(), &fx.public_key).await;
     flags.push("--cache-max-size=1".into());
     let nodes = start_cluster(2, &flags).await;
     let c = reqwest::Client::new();
