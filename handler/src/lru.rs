@@ -9,7 +9,7 @@ use crate::logging;
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::{self, Mode};
 use crate::ncps::edge::metadata;
-use crate::ncps::edge::metrics;
+use crate::ncps::edge::metrics::{self, LruOutcome};
 use crate::ncps::edge::storage;
 use crate::ncps::edge::types::Error;
 
@@ -20,8 +20,8 @@ const BATCH: u32 = 64;
 pub fn run(settings: &Settings) -> Result<LruReport, Error> {
     let result = run_pass(settings);
     match &result {
-        Ok(r) => metrics::lru_pass(if r.ran { "ran" } else { "skipped" }, r.evicted, r.bytes_freed),
-        Err(_) => metrics::lru_pass("error", 0, 0),
+        Ok(r) => metrics::lru_pass(if r.ran { LruOutcome::Ran } else { LruOutcome::Skipped }, r.evicted, r.bytes_freed),
+        Err(_) => metrics::lru_pass(LruOutcome::Error, 0, 0),
     }
     result
 }

@@ -8,8 +8,9 @@ use crate::narinfo::{compression_extension, NarInfo};
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::{self, Mode};
 use crate::ncps::edge::metadata::{self, NarRecord};
+use crate::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
+use crate::ncps::edge::signer;
 use crate::ncps::edge::types::Error as HostError;
-use crate::ncps::edge::{metrics, signer};
 use crate::records::{from_record, to_record};
 use crate::route::NarPath;
 use crate::signature::verify_any;
@@ -56,6 +57,8 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
 
 fn respond(out: ResponseOutparam, info: &NarInfo, cache: &str, head: bool) {
     metadata::record_access(&info.url);
+    let result = if cache == "HIT" { CacheResult::Hit } else { CacheResult::Miss };
+    metrics::served(ObjectKind::Narinfo, result);
     Response::new(200).header("content-type", "text/x-nix-narinfo").header("x-cache", cache).send(
         out,
         info.render().as_bytes(),
@@ -96,12 +99,12 @@ fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
         let result = pending.map_err(|e| Refusal::Failed(e.to_string())).and_then(|p| take(settings, hash, up, p));
         let seconds = started.elapsed().as_secs_f64();
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(Refusal::NotFound(_)) => "not-found",
-            Err(Refusal::Rejected(_)) => "rejected",
-            Err(Refusal::Failed(_)) => "error",
+            Ok(_) => FetchOutcome::Ok,
+            Err(Refusal::NotFound(_)) => FetchOutcome::NotFound,
+            Err(Refusal::Rejected(_)) => FetchOutcome::Rejected,
+            Err(Refusal::Failed(_)) => FetchOutcome::Error,
         };
-        metrics::upstream_fetch("narinfo", &up.url, seconds, outcome);
+        metrics::upstream_fetch(ObjectKind::Narinfo, &up.url, seconds, outcome);
         match result {
             Ok(info) => {
                 let ms = ((seconds * 1000.0) as u64).to_string();

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use ncps_edge_test_support as support;
 use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
-use ncps_edge_host_services::metadata::{MetadataStore, NarRecord, NarinfoRecord};
+use ncps_edge_host_services::metadata::{Database, MetadataStore, NarRecord, NarinfoRecord};
 use ncps_edge_host_services::signer::Signer;
+use ncps_edge_test_support as support;
 
-async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn MetadataStore>)> {
+async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn Database>)> {
     vec![
         ("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap())),
         ("postgres", Arc::new(PgMetadata::connect(&support::fresh_postgres().await, 4).await.unwrap())),
@@ -132,8 +132,8 @@ async fn lru_order_follows_access_and_evict_takes_narinfos_along() {
         .await
         .unwrap();
         let far_future = i64::MAX / 2;
-        db.touch(vec![("nar/a.nar".into(), far_future)]).await.unwrap();
-        db.touch(vec![("nar/a.nar".into(), 1)]).await.unwrap();
+        db.record_accesses(vec![("nar/a.nar".into(), far_future)]).await.unwrap();
+        db.record_accesses(vec![("nar/a.nar".into(), 1)]).await.unwrap();
         let order: Vec<String> = db.lru_candidates(10).await.unwrap().into_iter().map(|n| n.key).collect();
         assert_eq!(
             order,

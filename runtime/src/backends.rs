@@ -16,7 +16,7 @@ use ncps_edge_host_services::locks::LockBackend;
 use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
-use ncps_edge_host_services::metadata::MetadataStore;
+use ncps_edge_host_services::metadata::Database as MetadataDatabase;
 use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::storage::s3::{S3Options, S3Store};
 use ncps_edge_host_services::storage::BlobStore;
@@ -67,7 +67,7 @@ pub fn lock_backend_name(args: &ServeArgs) -> &str {
 }
 
 /// Open the metadata database (migrations applied).
-pub async fn metadata(args: &ServeArgs, db: &Database) -> anyhow::Result<Arc<dyn MetadataStore>> {
+pub async fn metadata(args: &ServeArgs, db: &Database) -> anyhow::Result<Arc<dyn MetadataDatabase>> {
     Ok(match db {
         Database::Sqlite(path) => Arc::new(SqliteMetadata::open(path)?),
         Database::Postgres(url) => Arc::new(

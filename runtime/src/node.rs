@@ -2,14 +2,15 @@
 //! handler, the epoch ticker and the HTTP server.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use ncps_edge_host_services::access::AccessRecorder;
+use ncps_edge_host_services::config::{NodeConfig, Settings, Upstream};
 use ncps_edge_host_services::locks::{Locks, RetryPolicy};
+use ncps_edge_host_services::metadata::Metadata;
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
-use ncps_edge_host_services::{Services, Settings, Upstream};
+use ncps_edge_host_services::Services;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -58,7 +59,7 @@ impl RunningNode {
         for task in &self.background {
             task.abort();
         }
-        if let Err(e) = self.services.access.flush().await {
+        if let Err(e) = self.services.metadata.flush_accesses().await {
             tracing::warn!(error = %e, "failed to write access times at shutdown");
         }
     }
@@ -99,10 +100,10 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let db = backends::database(args)?;
     let (lock_backend, lock_prefix) = backends::locks(args, &db).await?;
-    let metadata = backends::metadata(args, &db).await?;
+    let database = backends::metadata(args, &db).await?;
     let storage = backends::storage(args).await?;
     let signer =
-        Signer::load_or_generate(args.cache_secret_key_path.as_deref(), metadata.as_ref(), &args.cache_hostname)
+        Signer::load_or_generate(args.cache_secret_key_path.as_deref(), database.as_ref(), &args.cache_hostname)
             .await?;
     tracing::info!(public_key = signer.public_key(), "signing key loaded");
     let retry = RetryPolicy {
@@ -134,16 +135,13 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let access = Arc::new(AccessRecorder::new(metadata.clone()));
     let services = Arc::new(Services {
         locks: Locks::new(lock_backend, lock_prefix, retry, metrics.clone()),
         storage,
-        metadata,
+        metadata: Metadata::new(database),
         signer,
-        settings,
-        upstreams: RwLock::new(upstreams(args)?),
+        config: NodeConfig::new(settings, upstreams(args)?),
         metrics,
-        access,
     });
     let handler = engine::load(&EngineOptions {
         max_instances: args.wasm_max_instances,
@@ -165,7 +163,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
         .map(|u| parse_upstream(u).map(|p| p.priority.is_some()).unwrap_or(true))
         .collect();
     let mut background = vec![
-        services.access.spawn_flusher(ACCESS_FLUSH_INTERVAL),
+        services.metadata.spawn_access_flusher(ACCESS_FLUSH_INTERVAL),
         schedulers::spawn_health_checks(
             handle.clone(),
             services.clone(),

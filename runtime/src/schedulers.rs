@@ -12,7 +12,10 @@ use crate::server::Server;
 /// Apply health results: flip `healthy`, and take an upstream's own
 /// `Priority:` unless its URL set one (`explicit[i]`).
 pub fn apply_health(services: &Services, results: &[UpstreamHealth], explicit: &[bool]) {
-    let mut ups = services.upstreams.write().unwrap_or_else(|p| p.into_inner());
+    services.config.update_upstreams(|ups| apply_to(ups, results, explicit));
+}
+
+fn apply_to(ups: &mut [ncps_edge_host_services::config::Upstream], results: &[UpstreamHealth], explicit: &[bool]) {
     for (i, up) in ups.iter_mut().enumerate() {
         let Some(r) = results.iter().find(|r| r.url == up.url) else { continue };
         if r.healthy != up.healthy {

@@ -89,15 +89,6 @@ impl Server {
         };
         let status = response.status().as_u16();
         let x_cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok());
-        if matches!(status, 200 | 206) {
-            let hit = x_cache == Some("HIT");
-            let unprefixed = path.strip_prefix("/upload").unwrap_or(&path);
-            if path.ends_with(".narinfo") {
-                self.services.metrics.served(true, hit);
-            } else if unprefixed.starts_with("/nar/") {
-                self.services.metrics.served(false, hit);
-            }
-        }
         tracing::info!(
             %method,
             path,
@@ -113,13 +104,13 @@ impl Server {
 
     async fn metrics_response(&self) -> hyper::Response<HyperOutgoingBody> {
         let m = &self.services.metrics;
-        match self.services.metadata.total_size().await {
+        match self.services.metadata.store().total_size().await {
             Ok(size) => {
                 m.store_size.set(size as i64);
             }
             Err(e) => tracing::warn!(error = %e, "store size unavailable for /metrics"),
         }
-        m.max_size.set(self.services.settings.max_size.unwrap_or(0) as i64);
+        m.max_size.set(self.services.config.settings().max_size.unwrap_or(0) as i64);
         let mut resp = text_response(200, "");
         *resp.body_mut() = full_body(Bytes::from(m.encode()));
         resp.headers_mut().insert(

@@ -189,7 +189,7 @@ async fn health_checks_skip_dead_upstreams_and_read_their_priority() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let ups = || node.node.services().upstreams.read().unwrap().clone();
+    let ups = || node.node.services().config.upstreams();
     tokio::task::block_in_place(|| wait_for(&|| ups().iter().any(|u| u.priority == 30) && !ups()[2].healthy));
     // b's own Priority: 30 beats a's 90, though a comes first in the flags.
     let body =

@@ -14,7 +14,7 @@ use crate::logging;
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::Lease;
 use crate::ncps::edge::metadata::NarRecord;
-use crate::ncps::edge::metrics;
+use crate::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
 use crate::ncps::edge::storage::{self, Writer};
 use crate::route::NarPath;
 use crate::time::Instant;
@@ -62,13 +62,13 @@ fn find(
         match upstream::get(&url, settings) {
             Ok(resp) if resp.status == 200 => return Ok((url, resp)),
             Ok(resp) => {
-                metrics::upstream_fetch("nar", base, asked.elapsed().as_secs_f64(), "not-found");
+                metrics::upstream_fetch(ObjectKind::Nar, base, asked.elapsed().as_secs_f64(), FetchOutcome::NotFound);
                 let status = resp.status.to_string();
                 logging::debug("upstream has no NAR", &[("hash", &path.hash), ("upstream", base), ("status", &status)]);
             }
             Err(e) => {
                 failed = true;
-                metrics::upstream_fetch("nar", base, asked.elapsed().as_secs_f64(), "error");
+                metrics::upstream_fetch(ObjectKind::Nar, base, asked.elapsed().as_secs_f64(), FetchOutcome::Error);
                 let error = e.to_string();
                 logging::warn(
                     "upstream NAR request failed",
@@ -163,11 +163,11 @@ pub fn download(
         Err(NotFound::Failed) => return text(out, 502, "upstream unavailable\n", false),
     };
     let base = upstream::base_of(&url);
-    let outcome = |what: &str| metrics::upstream_fetch("nar", base, started.elapsed().as_secs_f64(), what);
+    let outcome = |what| metrics::upstream_fetch(ObjectKind::Nar, base, started.elapsed().as_secs_f64(), what);
     let size_conflict = matches!((resp.content_length, expect.size), (Some(a), Some(b)) if a != b);
     let length = resp.content_length.or(expect.size);
     let Some(mut body) = resp.body.filter(|_| !size_conflict) else {
-        outcome("rejected");
+        outcome(FetchOutcome::Rejected);
         logging::warn("upstream NAR has the wrong size", &[("hash", &path.hash), ("upstream", base)]);
         return text(out, 502, "upstream NAR is not what its narinfo says\n", false);
     };
@@ -179,6 +179,7 @@ pub fn download(
             None
         }
     };
+    metrics::served(ObjectKind::Nar, CacheResult::Miss);
     let mut head = Response::new(200).header("content-type", CONTENT_TYPE).header("x-cache", "MISS");
     if let Some(len) = length {
         head = head.header("content-length", len.to_string());
@@ -199,7 +200,7 @@ pub fn download(
             Ok(Some(chunk)) => t.push(chunk),
             Ok(None) => break,
             Err(e) => {
-                outcome("error");
+                outcome(FetchOutcome::Error);
                 let error = e.to_string();
                 logging::warn(
                     "upstream NAR transfer failed",
@@ -212,7 +213,7 @@ pub fn download(
     let digest = Sha256(t.hasher.clone().finalize().into());
     let total = t.total;
     if length.is_some_and(|s| s != total) || expect.hash.is_some_and(|h| h != digest) {
-        outcome("rejected");
+        outcome(FetchOutcome::Rejected);
         let (bytes, got) = (total.to_string(), format!("got sha256:{}", digest.to_nix32()));
         logging::warn(
             "NAR from upstream does not match its narinfo; not cached",
@@ -228,7 +229,7 @@ pub fn download(
             Writer::abort(w);
         }
     }
-    outcome("ok");
+    outcome(FetchOutcome::Ok);
     let (bytes, ms) = (total.to_string(), started.elapsed().as_millis().to_string());
     logging::info(
         "downloaded NAR from upstream",

@@ -13,6 +13,7 @@ use crate::logging;
 use crate::ncps::edge::config::Settings;
 use crate::ncps::edge::locks::{self, Mode};
 use crate::ncps::edge::metadata::{self, NarRecord};
+use crate::ncps::edge::metrics::{self, CacheResult, ObjectKind};
 use crate::ncps::edge::storage::{self, ByteRange, Writer};
 use crate::route::NarPath;
 use crate::time::{sleep, Instant};
@@ -142,6 +143,7 @@ fn serve_stored(req: &Request, key: &str, size: u64, out: ResponseOutparam, head
     if let Some((first, last)) = range {
         resp = resp.header("content-range", format!("bytes {first}-{last}/{size}"));
     }
+    metrics::served(ObjectKind::Nar, CacheResult::Hit);
     let Some(mut body) = resp.start(out, head) else {
         return;
     };

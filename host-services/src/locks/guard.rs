@@ -45,10 +45,10 @@ impl Guarded {
 
     async fn unavailable(&self, key: &str, mode: Mode, ttl: Duration, why: &str) -> Result<Option<Box<dyn Lease>>> {
         let Some(local) = &self.fallback else {
-            return Err(Error::Unavailable(format!(
-                "{} lock backend unavailable ({why}); degraded mode is off",
-                self.name
-            )));
+            return Err(Error::unavailable(
+                self.name,
+                format!("lock backend unavailable ({why}); degraded mode is off"),
+            ));
         };
         {
             let mut s = self.state();

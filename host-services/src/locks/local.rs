@@ -94,7 +94,7 @@ impl Lease for LocalLease {
                 *exp = now + ttl;
                 Ok(())
             }
-            _ => Err(crate::Error::Conflict(format!("lease on {} was lost", self.key))),
+            _ => Err(crate::Error::conflict(format!("lease on {} was lost", self.key))),
         }
     }
 

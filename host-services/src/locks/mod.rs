@@ -7,6 +7,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod session;
+pub mod wit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +149,7 @@ impl Locks {
 
     fn full_key(&self, key: &str) -> Result<String> {
         if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()) {
-            return Err(Error::Invalid(format!("bad lock key {key:?}")));
+            return Err(Error::invalid(format!("bad lock key {key:?}")));
         }
         Ok(format!("{}{key}", self.prefix))
     }
@@ -192,7 +193,7 @@ impl Locks {
         let attempt = || async {
             match self.try_once(key, mode, ttl).await? {
                 Some(lease) => Ok(lease),
-                None => Err(Error::Conflict(format!("lock {key} is held"))),
+                None => Err(Error::conflict(format!("lock {key} is held"))),
             }
         };
         let started = std::time::Instant::now();

@@ -45,14 +45,14 @@ fn slot_name(key: &str, slot: usize) -> String {
     format!("R{slot}:{}", &key_hex(key)[..40])
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("mysql: {e}"))
+fn unavailable(e: impl Into<crate::error::Cause>) -> Error {
+    Error::unavailable("mysql", e)
 }
 
 impl MySqlSession {
     /// A session to `url` (`mysql://user:pass@host:port/db`), connected now.
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = Opts::from_url(url).map_err(|e| Error::Invalid(format!("mysql URL: {e}")))?;
+        let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
         let session = Self {
             opts,
             state: Mutex::new(State { conn: None, slots: HashMap::new() }),

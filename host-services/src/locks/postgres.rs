@@ -32,9 +32,8 @@ impl PgSession {
             *guard = None;
         }
         if guard.is_none() {
-            let (client, conn) = tokio_postgres::connect(&self.url, NoTls)
-                .await
-                .map_err(|e| Error::Unavailable(format!("postgres: {e}")))?;
+            let (client, conn) =
+                tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| Error::unavailable("postgres", e))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::warn!(error = %e, "postgres lock session ended; its leases are lost");
@@ -48,10 +47,10 @@ impl PgSession {
 
     async fn call(&self, sql: &str, key: &str) -> Result<Option<bool>> {
         let guard = self.client().await?;
-        let client = guard.as_ref().ok_or_else(|| Error::Unavailable("postgres: no session".into()))?;
+        let client = guard.as_ref().ok_or_else(|| Error::unavailable("postgres", "no session"))?;
         match client.query_one(sql, &[&key_id(key)]).await {
             Ok(row) => Ok(row.try_get::<_, Option<bool>>(0).ok().flatten()),
-            Err(e) => Err(Error::Unavailable(format!("postgres: {e}"))),
+            Err(e) => Err(Error::unavailable("postgres", e)),
         }
     }
 }

@@ -158,14 +158,15 @@ impl RedisLocks {
     /// Connect to every master.
     pub async fn connect(opts: &RedisOptions) -> Result<Self> {
         if opts.addrs.is_empty() {
-            return Err(Error::Invalid("--cache-redis-addrs is empty".into()));
+            return Err(Error::invalid("--cache-redis-addrs is empty"));
         }
         let mut conns = Vec::new();
         for addr in &opts.addrs {
             let client =
-                redis::Client::open(opts.url(addr)).map_err(|e| Error::Invalid(format!("redis {addr}: {e}")))?;
-            let conn =
-                ConnectionManager::new(client).await.map_err(|e| Error::Unavailable(format!("redis {addr}: {e}")))?;
+                redis::Client::open(opts.url(addr)).map_err(|e| Error::invalid(format!("redis {addr}: {e}")))?;
+            let conn = ConnectionManager::new(client)
+                .await
+                .map_err(|e| Error::unavailable("redis", format!("{addr}: {e}")))?;
             conns.push(conn);
         }
         let scripts = Scripts { acquire: acquire_script(), release: release_script(), extend: extend_script() };
@@ -200,7 +201,7 @@ impl LockBackend for RedisLocks {
             m.run(&m.scripts.release, &keys, (&token, 0, mode_arg(mode)), call_timeout(ttl)).await;
         }
         if errors > m.conns.len() - m.quorum() {
-            return Err(Error::Unavailable(format!("{errors} of {} Redis masters unreachable", m.conns.len())));
+            return Err(Error::unavailable("redis", format!("{errors} of {} masters unreachable", m.conns.len())));
         }
         Ok(None)
     }
@@ -219,7 +220,7 @@ struct RedisLease {
 impl Lease for RedisLease {
     async fn extend(&self, ttl: Duration) -> Result<()> {
         if !self.is_held() {
-            return Err(Error::Conflict(format!("lease on {} was lost", self.keys[0])));
+            return Err(Error::conflict(format!("lease on {} was lost", self.keys[0])));
         }
         let m = &self.masters;
         let started = Instant::now();
@@ -232,7 +233,7 @@ impl Lease for RedisLease {
             }
             _ => {
                 self.lost.store(true, Ordering::SeqCst);
-                Err(Error::Conflict(format!("lease on {} was lost", self.keys[0])))
+                Err(Error::conflict(format!("lease on {} was lost", self.keys[0])))
             }
         }
     }

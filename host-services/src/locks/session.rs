@@ -146,7 +146,7 @@ impl<S: LockSession> Lease for SessionLease<S> {
                 *exp = Instant::now() + ttl;
                 Ok(())
             }
-            None => Err(Error::Conflict(format!("lease on {} was lost", self.key))),
+            None => Err(Error::conflict(format!("lease on {} was lost", self.key))),
         }
     }
 

@@ -5,8 +5,8 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Pool, Row, TxOpts};
 
-use super::{split, MetadataStore, NarRecord, NarinfoRecord};
-use crate::access::now_ms;
+use super::access::now_ms;
+use super::{split, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
@@ -50,12 +50,12 @@ fn migrations() -> Vec<Vec<String>> {
     ]]
 }
 
-fn db<E: std::fmt::Display>(e: E) -> Error {
-    Error::Unavailable(format!("mysql: {e}"))
+fn db(e: impl Into<crate::error::Cause>) -> Error {
+    Error::unavailable("mysql", e)
 }
 
 fn col<T: mysql_async::prelude::FromValue>(r: &Row, i: usize) -> Result<T> {
-    r.get_opt(i).ok_or_else(|| Error::Internal(format!("column {i} missing")))?.map_err(db)
+    r.get_opt(i).ok_or_else(|| Error::internal("mysql", format!("column {i} missing")))?.map_err(db)
 }
 
 fn narinfo(r: &Row) -> Result<NarinfoRecord> {
@@ -95,7 +95,7 @@ pub struct MySqlMetadata {
 impl MySqlMetadata {
     /// Connect a pool and apply pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = Opts::from_url(url).map_err(|e| Error::Invalid(format!("mysql URL: {e}")))?;
+        let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
         let this = Self { pool: Pool::new(opts) };
         this.migrate().await?;
         Ok(this)
@@ -106,7 +106,7 @@ impl MySqlMetadata {
         let locked: Option<Option<i64>> =
             c.query_first("SELECT GET_LOCK('ncps-edge-migrate', 60)").await.map_err(db)?;
         if locked.flatten() != Some(1) {
-            return Err(Error::Timeout("waiting for another node's migration".into()));
+            return Err(Error::timeout("mysql", "waiting for another node's migration"));
         }
         let result = async {
             c.query_drop(format!("CREATE TABLE IF NOT EXISTS ncps_edge_schema (version INT NOT NULL) {TABLE_OPTIONS}"))
@@ -223,7 +223,7 @@ impl MetadataStore for MySqlMetadata {
         Ok(v.flatten().unwrap_or(0).max(0) as u64)
     }
 
-    async fn touch(&self, accesses: Vec<(String, i64)>) -> Result<()> {
+    async fn record_accesses(&self, accesses: Vec<(String, i64)>) -> Result<()> {
         let mut c = self.conn().await?;
         c.exec_batch(
             "UPDATE nars SET last_accessed_at = GREATEST(last_accessed_at, ?) WHERE `key` = ?",
@@ -256,7 +256,10 @@ impl MetadataStore for MySqlMetadata {
         tx.commit().await.map_err(db)?;
         Ok(size.flatten().unwrap_or(0).max(0) as u64)
     }
+}
 
+#[async_trait::async_trait]
+impl ConfigStore for MySqlMetadata {
     async fn get_config(&self, key: &str) -> Result<Option<String>> {
         let mut c = self.conn().await?;
         c.exec_first("SELECT value FROM config WHERE `key` = ?", (key,)).await.map_err(db)
@@ -266,6 +269,6 @@ impl MetadataStore for MySqlMetadata {
         let mut c = self.conn().await?;
         c.exec_drop("INSERT IGNORE INTO config (`key`, value) VALUES (?, ?)", (key, value)).await.map_err(db)?;
         let v: Option<String> = c.exec_first("SELECT value FROM config WHERE `key` = ?", (key,)).await.map_err(db)?;
-        v.ok_or_else(|| Error::Internal(format!("config {key} vanished")))
+        v.ok_or_else(|| Error::internal("mysql", format!("config {key} vanished")))
     }
 }

@@ -5,8 +5,8 @@
 use deadpool_postgres::{Manager, Pool};
 use tokio_postgres::{NoTls, Row};
 
-use super::{split, to_u64, MetadataStore, NarRecord, NarinfoRecord};
-use crate::access::now_ms;
+use super::access::now_ms;
+use super::{split, to_u64, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[r#"
@@ -47,8 +47,8 @@ CREATE TABLE config (
 /// Advisory lock id serializing migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x6e63_7073_6564_6765;
 
-fn db<E: std::fmt::Display>(e: E) -> Error {
-    Error::Unavailable(format!("postgres: {e}"))
+fn db(e: impl Into<crate::error::Cause>) -> Error {
+    Error::unavailable("postgres", e)
 }
 
 fn narinfo(r: &Row) -> NarinfoRecord {
@@ -88,7 +88,7 @@ pub struct PgMetadata {
 impl PgMetadata {
     /// Connect a pool of `size` connections and apply pending migrations.
     pub async fn connect(url: &str, size: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| Error::Invalid(format!("postgres URL: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e| Error::invalid(format!("postgres URL: {e}")))?;
         let pool = Pool::builder(Manager::new(config, NoTls)).max_size(size).build().map_err(db)?;
         let this = Self { pool };
         this.migrate().await?;
@@ -209,7 +209,7 @@ impl MetadataStore for PgMetadata {
         Ok(v.max(0) as u64)
     }
 
-    async fn touch(&self, accesses: Vec<(String, i64)>) -> Result<()> {
+    async fn record_accesses(&self, accesses: Vec<(String, i64)>) -> Result<()> {
         let (keys, times): (Vec<String>, Vec<i64>) = accesses.into_iter().unzip();
         let c = self.client().await?;
         c.execute(
@@ -247,7 +247,10 @@ impl MetadataStore for PgMetadata {
         tx.commit().await.map_err(db)?;
         Ok(size.unwrap_or(0).max(0) as u64)
     }
+}
 
+#[async_trait::async_trait]
+impl ConfigStore for PgMetadata {
     async fn get_config(&self, key: &str) -> Result<Option<String>> {
         let c = self.client().await?;
         Ok(c.query_opt("SELECT value FROM config WHERE key = $1", &[&key]).await.map_err(db)?.map(|r| r.get(0)))

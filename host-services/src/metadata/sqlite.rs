@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{split, to_u64, MetadataStore, NarRecord, NarinfoRecord};
-use crate::access::now_ms;
+use super::access::now_ms;
+use super::{split, to_u64, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -95,10 +95,10 @@ impl SqliteMetadata {
     fn migrate(conn: &Connection) -> Result<()> {
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > MIGRATIONS.len() {
-            return Err(Error::Internal(format!(
-                "database schema version {version} is newer than this binary ({})",
-                MIGRATIONS.len()
-            )));
+            return Err(Error::internal(
+                "sqlite",
+                format!("database schema version {version} is newer than this binary ({})", MIGRATIONS.len()),
+            ));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
@@ -118,7 +118,7 @@ impl SqliteMetadata {
             f(&conn).map_err(Error::from)
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::internal("sqlite", e))?
     }
 }
 
@@ -219,7 +219,7 @@ impl MetadataStore for SqliteMetadata {
         .await
     }
 
-    async fn touch(&self, accesses: Vec<(String, i64)>) -> Result<()> {
+    async fn record_accesses(&self, accesses: Vec<(String, i64)>) -> Result<()> {
         self.with_conn(move |c| {
             let tx = c.unchecked_transaction()?;
             {
@@ -259,7 +259,10 @@ impl MetadataStore for SqliteMetadata {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl ConfigStore for SqliteMetadata {
     async fn get_config(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_owned();
         self.with_conn(move |c| c.query_row("SELECT value FROM config WHERE key = ?1", [key], |r| r.get(0)).optional())

@@ -89,7 +89,7 @@ struct LocalWriter {
 #[async_trait::async_trait]
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        let file = self.file.as_mut().ok_or_else(|| Error::invalid("writer is closed"))?;
         file.write_all(data).await?;
         self.written += data.len() as u64;
         Ok(())
@@ -100,7 +100,7 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<bool> {
-        let mut file = self.file.take().ok_or_else(|| Error::Invalid("writer is closed".into()))?;
+        let mut file = self.file.take().ok_or_else(|| Error::invalid("writer is closed"))?;
         file.flush().await?;
         file.get_ref().sync_all().await?;
         drop(file);

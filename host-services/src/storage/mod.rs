@@ -2,6 +2,7 @@
 
 pub mod local;
 pub mod s3;
+pub mod wit;
 
 use std::pin::Pin;
 
@@ -27,7 +28,7 @@ impl StorageKey {
                 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
         if key.len() > MAX_KEY_LEN || !key.split('/').all(ok_segment) {
-            return Err(Error::Invalid(format!("bad storage key {key:?}")));
+            return Err(Error::invalid(format!("bad storage key {key:?}")));
         }
         Ok(Self(key.to_owned()))
     }
@@ -82,9 +83,25 @@ pub trait BlobStore: Send + Sync {
     async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>>;
     /// Start writing an object.
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>>;
-    /// Delete the object: `true` when something was deleted.
+    /// Delete the object: `true` when something was deleted. A read already
+    /// in progress must not be broken by it.
     async fn delete(&self, key: &StorageKey) -> Result<bool>;
+
+    /// Delete many objects, [`DELETE_PARALLELISM`] at a time; how many existed.
+    async fn delete_many(&self, keys: &[StorageKey]) -> Result<u32> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        // The (lazy) futures are made first: a closure inside the stream
+        // would have to be generic over the keys' lifetime.
+        let deletes: Vec<_> = keys.iter().map(|k| self.delete(k)).collect();
+        futures_util::stream::iter(deletes)
+            .buffer_unordered(DELETE_PARALLELISM)
+            .try_fold(0u32, |n, existed| async move { Ok(n + u32::from(existed)) })
+            .await
+    }
 }
+
+/// Deletes in flight at once in [`BlobStore::delete_many`].
+pub const DELETE_PARALLELISM: usize = 8;
 
 /// A writer as the guest holds it.
 pub struct WriterHandle(pub Box<dyn BlobWriter>);

@@ -57,11 +57,10 @@ where
     R: std::fmt::Debug,
 {
     match &e {
-        SdkError::ServiceError(s) if s.err().code() == Some("PreconditionFailed") => {
-            Error::Conflict("object exists".into())
-        }
-        SdkError::ServiceError(_) => Error::Internal(format!("s3: {}", DisplayErrorContext(&e))),
-        _ => Error::Unavailable(format!("s3: {}", DisplayErrorContext(&e))),
+        SdkError::ServiceError(s) if s.err().code() == Some("PreconditionFailed") => Error::conflict("object exists"),
+        SdkError::ServiceError(_) => Error::internal("s3", DisplayErrorContext(&e).to_string()),
+        SdkError::TimeoutError(_) => Error::timeout("s3", DisplayErrorContext(&e).to_string()),
+        _ => Error::unavailable("s3", DisplayErrorContext(&e).to_string()),
     }
 }
 
@@ -168,7 +167,7 @@ impl S3Writer {
             None => {
                 let out =
                     client.create_multipart_upload().bucket(bucket).key(&self.object).send().await.map_err(s3_error)?;
-                let id = out.upload_id().ok_or_else(|| Error::Internal("s3: no upload id".into()))?.to_owned();
+                let id = out.upload_id().ok_or_else(|| Error::internal("s3", "no upload id"))?.to_owned();
                 self.upload_id = Some(id.clone());
                 id
             }

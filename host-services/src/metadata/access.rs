@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::metadata::MetadataStore;
+use super::MetadataStore;
 use crate::Result;
 
 /// Milliseconds since the Unix epoch.
@@ -41,7 +41,7 @@ impl AccessRecorder {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.metadata.touch(batch.clone()).await {
+        if let Err(e) = self.metadata.record_accesses(batch.clone()).await {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (k, t) in batch {
                 let slot = pending.entry(k).or_insert(t);

@@ -6,7 +6,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 
-use crate::metadata::MetadataStore;
+pub mod wit;
+
+use crate::metadata::ConfigStore;
 use crate::{Error, Result};
 
 /// Config key under which a generated secret key is stored in the database.
@@ -32,19 +34,19 @@ impl Signer {
         let (name, b64) = text
             .split_once(':')
             .filter(|(n, _)| !n.is_empty())
-            .ok_or_else(|| Error::Invalid("secret key must be <name>:<base64>".into()))?;
-        let bytes = B64.decode(b64).map_err(|e| Error::Invalid(format!("secret key: {e}")))?;
+            .ok_or_else(|| Error::invalid("secret key must be <name>:<base64>"))?;
+        let bytes = B64.decode(b64).map_err(|e| Error::invalid(format!("secret key: {e}")))?;
         let key = match bytes.len() {
             64 => {
-                let arr: [u8; 64] = bytes.try_into().map_err(|_| Error::Invalid("secret key length".into()))?;
+                let arr: [u8; 64] = bytes.try_into().map_err(|_| Error::invalid("secret key length"))?;
                 SigningKey::from_keypair_bytes(&arr)
-                    .map_err(|e| Error::Invalid(format!("secret key does not match its public half: {e}")))?
+                    .map_err(|e| Error::invalid(format!("secret key does not match its public half: {e}")))?
             }
             32 => {
-                let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Invalid("secret key length".into()))?;
+                let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::invalid("secret key length"))?;
                 SigningKey::from_bytes(&arr)
             }
-            n => return Err(Error::Invalid(format!("secret key has {n} bytes, want 64"))),
+            n => return Err(Error::invalid(format!("secret key has {n} bytes, want 64"))),
         };
         Ok(Self { name: name.to_owned(), key })
     }
@@ -74,20 +76,20 @@ impl Signer {
     /// one wins, so every node sharing the database signs alike).
     pub async fn load_or_generate(
         path: Option<&std::path::Path>,
-        metadata: &dyn MetadataStore,
+        config: &dyn ConfigStore,
         hostname: &str,
     ) -> Result<Self> {
         if let Some(path) = path {
             let text = tokio::fs::read_to_string(path)
                 .await
-                .map_err(|e| Error::Invalid(format!("reading secret key {}: {e}", path.display())))?;
+                .map_err(|e| Error::invalid(format!("reading secret key {}: {e}", path.display())))?;
             return Self::parse(&text);
         }
-        if let Some(stored) = metadata.get_config(SECRET_KEY_CONFIG).await? {
+        if let Some(stored) = config.get_config(SECRET_KEY_CONFIG).await? {
             return Self::parse(&stored);
         }
         let fresh = Self::generate(&format!("{hostname}-1"));
-        let stored = metadata.set_config_if_absent(SECRET_KEY_CONFIG, &fresh.to_secret_string()).await?;
+        let stored = config.set_config_if_absent(SECRET_KEY_CONFIG, &fresh.to_secret_string()).await?;
         Self::parse(&stored)
     }
 }

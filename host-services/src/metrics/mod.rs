@@ -1,6 +1,8 @@
 //! Prometheus metrics of a node. Every family with a known label set is
 //! created at start, so its counters read 0 before the first event.
 
+pub mod wit;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
