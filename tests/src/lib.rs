@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests: Nix-made fixture caches, a fake
 //! upstream serving them, the real `nix` client, and in-process nodes.
+#![deny(missing_docs)]
 
 pub mod fixture;
 pub mod nix;

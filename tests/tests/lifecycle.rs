@@ -147,3 +147,35 @@ async fn admin_route_needs_its_token() {
     assert_eq!(ok.status(), 200);
     assert!(ok.text().await.unwrap().contains("\"ran\":true"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lru_skips_a_nar_while_it_is_being_published() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.push("--cache-max-size=1".into());
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    for p in [&fx.leaf, &fx.mid] {
+        warm(&c, &node, &cache, p).await;
+    }
+    // A publisher of leaf's NAR (a download or upload committing it) holds
+    // its publish lock shared: the pass must leave that NAR alone.
+    let leaf_file = &nar_url(&cache, &fx.leaf)[5..];
+    let leaf_hash = leaf_file.split('.').next().unwrap();
+    let locks = &node.node.services().locks;
+    let publishing = locks
+        .try_acquire(&format!("publish:nar:{leaf_hash}"), Mode::Shared, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("publish lock free");
+    let report = node.node.server().run_lru().await.unwrap();
+    assert_eq!(report.evicted, 1, "only mid is evicted: {report:?}");
+    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    assert_eq!(x.as_deref(), Some("HIT"), "a NAR being published was evicted");
+    drop(publishing);
+    let report = node.node.server().run_lru().await.unwrap();
+    assert_eq!(report.evicted, 1, "leaf goes once nobody publishes it: {report:?}");
+    assert_eq!(c.head(format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).send().await.unwrap().status(), 404);
+}

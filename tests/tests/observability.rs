@@ -74,7 +74,10 @@ async fn metrics_count_a_scripted_workload() {
     let nar = format!("{}{}", node.url(), nar_url(&cache, &fx.top));
     let nar_size = std::fs::metadata(nar_file(&cache, &fx.top)).unwrap().len() as f64;
     for url in [&narinfo, &narinfo, &narinfo, &nar, &nar] {
-        assert_eq!(c.get(url).send().await.unwrap().status(), 200);
+        let resp = c.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // Read each body whole, so each request ends before the next.
+        resp.bytes().await.unwrap();
     }
     assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), "0".repeat(32))).send().await.unwrap().status(), 404);
     let lru = c.post(format!("{}/admin/lru", node.url())).bearer_auth("adm").send().await.unwrap();
@@ -115,6 +118,8 @@ async fn json_logs_carry_the_seed_fields_and_messages() {
     let mut flags = upstream_flags(&up.url(), &fx.public_key);
     flags.push("--cache-max-size=1".into());
     flags.push("--cache-lock-retry-initial-delay=10ms".into());
+    // A narinfo waiter gives up after three upstream timeouts.
+    flags.push("--cache-upstream-response-header-timeout=1s".into());
     let node = start_node(&flags).await;
     let c = reqwest::Client::new();
     let leaf = hash_of(&fx.leaf).to_owned();
@@ -151,14 +156,16 @@ async fn json_logs_carry_the_seed_fields_and_messages() {
     assert!(nar_line["bytes"].as_str().is_some_and(|b| b.parse::<u64>().unwrap() > 0));
     assert!(nar_line["duration_ms"].is_u64());
     let acquired = lines_with("acquired download lock");
-    assert!(acquired
-        .iter()
-        .any(|l| l["hash"].as_str() == nar_url(&cache, &fx.leaf).get(5..57) && l["lock_type"] == "download:nar"));
+    assert!(acquired.iter().any(|l| l["hash"].as_str() == nar_url(&cache, &fx.leaf).get(5..57)
+        && l["lock_type"] == "download:nar"
+        && l["lock_key"].as_str().is_some_and(|k| k.starts_with("download:nar:"))));
     let downloaded = lines_with("downloaded NAR from upstream");
     assert!(downloaded.iter().any(|l| l["duration_ms"].as_str().is_some() && l["upstream"] == up.url().as_str()));
     let failed = lines_with("failed to acquire lock");
     assert!(failed.iter().any(|l| l["lock_type"] == "download:narinfo" && l["retries"] == 3), "host line with retries");
-    assert!(failed.iter().any(|l| l["hash"] == mid.as_str()), "guest line with the hash");
+    let guest = failed.iter().find(|l| l["hash"] == mid.as_str()).expect("guest line with the hash");
+    // Any field the guest sends reaches the log, not only a fixed list.
+    assert!(guest["waited_ms"].as_str().is_some_and(|ms| ms.parse::<u64>().unwrap() >= 3000), "{guest}");
     assert!(lines_with("another instance is running LRU").iter().any(|l| l["lock_type"] == "lru"));
     assert!(!lines_with("using local locks").is_empty());
 }

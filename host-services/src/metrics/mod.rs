@@ -10,7 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Lock type (key without its hash: `download:nar`, `download:narinfo`, `lru`), result, mode.
+/// Lock type (key without its hash: `download:nar`, `download:narinfo`,
+/// `publish:nar`, `lru`), result, mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LockLabels {
     /// Lock type.
@@ -104,7 +105,7 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// The lock types this node uses, for zero-valued series at start.
-pub const LOCK_TYPES: &[&str] = &["download:nar", "download:narinfo", "lru"];
+pub const LOCK_TYPES: &[&str] = &["download:nar", "download:narinfo", "publish:nar", "lru"];
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
-use super::{publish, CONTENT_TYPE};
-use crate::hash::Sha256;
-use crate::http::{text, BodyWriter, Response};
-use crate::logging;
-use crate::ncps::edge::config::Settings;
-use crate::ncps::edge::locks::Lease;
-use crate::ncps::edge::metadata::NarRecord;
-use crate::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
-use crate::ncps::edge::storage::{self, Writer};
-use crate::route::NarPath;
-use crate::time::Instant;
-use crate::upstream::{self, UpstreamResponse};
-use crate::wasi::http::types::ResponseOutparam;
+use super::CONTENT_TYPE;
+use crate::bindings::ncps::edge::config::Settings;
+use crate::bindings::ncps::edge::locks::Lease;
+use crate::bindings::ncps::edge::metadata::NarRecord;
+use crate::bindings::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
+use crate::bindings::ncps::edge::storage::{self, Writer};
+use crate::bindings::wasi::http::types::ResponseOutparam;
+use crate::cache::nars::publish;
+use crate::host::http::{text, BodyWriter, Response};
+use crate::host::logging;
+use crate::host::time::Instant;
+use crate::host::upstream::{self, UpstreamResponse};
+use crate::protocol::hash::Sha256;
+use crate::protocol::route::NarPath;
 
 /// What the downloaded file must match.
 struct Expected {
@@ -146,7 +147,7 @@ impl Transfer<'_> {
 }
 
 /// Serve a NAR miss from upstream.
-pub fn download(
+pub(super) fn download(
     settings: &Settings,
     path: &NarPath,
     record: Option<NarRecord>,
@@ -222,7 +223,12 @@ pub fn download(
         return t.discard();
     }
     if let Some(w) = t.writer.take() {
-        if expect.hash.is_some() {
+        if t.lease.as_ref().is_some_and(|l| !l.is_held()) {
+            // The lease expired (this instance stalled): another instance may
+            // be downloading the same NAR now. Serve, but publish nothing.
+            logging::warn("download lock lost before publishing; not caching", &[("hash", &path.hash)]);
+            Writer::abort(w);
+        } else if expect.hash.is_some() {
             publish(&key, w, total, record);
         } else {
             logging::warn("NAR has no known hash; served but not cached", &[("hash", &path.hash)]);

@@ -1,8 +1,8 @@
 //! Conversions between parsed narinfos and the metadata records.
 
-use crate::hash::Sha256;
-use crate::narinfo::NarInfo;
-use crate::ncps::edge::metadata::NarinfoRecord;
+use crate::bindings::ncps::edge::metadata::NarinfoRecord;
+use crate::protocol::hash::Sha256;
+use crate::protocol::narinfo::NarInfo;
 
 /// The record of `info` under store-path hash `hash`.
 pub fn to_record(hash: &str, info: &NarInfo) -> NarinfoRecord {

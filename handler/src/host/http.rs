@@ -1,10 +1,10 @@
 //! Thin helpers over `wasi:http`: the incoming request, responses, and
 //! streaming bodies in both directions.
 
-use crate::wasi::http::types::{
+use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
-use crate::wasi::io::streams::{InputStream, OutputStream, StreamError};
+use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 /// Bytes read from a stream per call.
 pub const CHUNK: u64 = 256 * 1024;

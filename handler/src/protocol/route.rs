@@ -1,6 +1,6 @@
 //! Request paths of the binary-cache protocol.
 
-use crate::hash::{is_nix32, is_store_hash};
+use super::hash::{is_nix32, is_store_hash};
 
 /// NAR file extensions this cache serves.
 pub const NAR_EXTENSIONS: &[&str] = &["", ".xz", ".zst", ".bz2", ".lz4", ".br", ".lzip"];

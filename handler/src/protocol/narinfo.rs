@@ -1,6 +1,6 @@
 //! Narinfo files: parse, validate, render, and the fingerprint Nix signs.
 
-use crate::hash::{is_store_hash, Sha256};
+use super::hash::{is_store_hash, Sha256};
 
 /// The store directory this cache serves.
 pub const STORE_DIR: &str = "/nix/store";
@@ -199,8 +199,8 @@ pub fn compression_extension(compression: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    const TOP: &str = include_str!("../testdata/top.narinfo");
-    const HELLO: &str = include_str!("../testdata/hello-ca.narinfo");
+    const TOP: &str = include_str!("../../testdata/top.narinfo");
+    const HELLO: &str = include_str!("../../testdata/hello-ca.narinfo");
 
     #[test]
     fn round_trips_real_nix_narinfos() {

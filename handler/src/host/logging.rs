@@ -1,11 +1,11 @@
 //! Structured logging into the host's log.
 
-pub use crate::ncps::edge::log::Level;
+pub use crate::bindings::ncps::edge::log::Level;
 
 /// Log `message` with `fields` (`hash`, `duration_ms`, `upstream`, …).
 pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
     let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    crate::ncps::edge::log::log(level, message, &fields);
+    crate::bindings::ncps::edge::log::log(level, message, &fields);
 }
 
 /// Log at info level.

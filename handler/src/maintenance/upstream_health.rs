@@ -1,9 +1,9 @@
 //! Upstream health: every upstream's `/nix-cache-info`, fetched in parallel.
 
-use crate::exports::ncps::edge::maintenance::UpstreamHealth;
-use crate::logging;
-use crate::ncps::edge::config;
-use crate::upstream;
+use crate::bindings::exports::ncps::edge::maintenance::UpstreamHealth;
+use crate::bindings::ncps::edge::config;
+use crate::host::logging;
+use crate::host::upstream;
 
 /// Largest `/nix-cache-info` read.
 const MAX_INFO: u64 = 64 * 1024;

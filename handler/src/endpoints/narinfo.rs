@@ -1,81 +1,56 @@
-//! Narinfo requests: hits from metadata, misses pulled from upstream,
-//! verified, rewritten and signed; uploads and deletes.
+//! `/<hash>.narinfo`: hits from metadata; misses pulled from the upstreams,
+//! verified, rewritten to our NAR URL, signed and recorded; uploads and
+//! deletes.
 
-use crate::hash::{is_nix32, Sha256};
-use crate::http::{text, Request, Response};
-use crate::logging;
-use crate::narinfo::{compression_extension, NarInfo};
-use crate::ncps::edge::config::Settings;
-use crate::ncps::edge::locks::{self, Mode};
-use crate::ncps::edge::metadata::{self, NarRecord};
-use crate::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
-use crate::ncps::edge::signer;
-use crate::ncps::edge::types::Error as HostError;
-use crate::records::{from_record, to_record};
-use crate::route::NarPath;
-use crate::signature::verify_any;
-use crate::upstream;
-use crate::wasi::http::types::ResponseOutparam;
+use std::time::Duration;
 
-/// Serve `/<hash>.narinfo`.
+use crate::bindings::ncps::edge::config::Settings;
+use crate::bindings::ncps::edge::metadata;
+use crate::bindings::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
+use crate::bindings::wasi::http::types::ResponseOutparam;
+use crate::cache::download_lock::{self, Wait};
+use crate::cache::narinfos::{lookup, normalise_and_sign, record};
+use crate::host::http::{text, BodyError, Request, Response};
+use crate::host::logging;
+use crate::host::time::Instant;
+use crate::host::upstream;
+use crate::protocol::hash::is_nix32;
+use crate::protocol::narinfo::{compression_extension, NarInfo};
+use crate::protocol::route::NarPath;
+use crate::protocol::signature::verify_any;
+
+/// `GET|HEAD /<hash>.narinfo`.
 pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     if let Some(info) = lookup(hash) {
-        return respond(out, &info, "HIT", head);
+        return respond(out, &info, CacheResult::Hit, head);
     }
-    // Serialize concurrent misses of one hash on the download lock; if the
-    // lock service is down, go on without it (fetching twice is harmless).
-    let ttl = settings.download_lock_ttl_ms;
-    let _lease = match locks::acquire(&format!("download:narinfo:{hash}"), Mode::Exclusive, ttl) {
-        Ok(lease) => {
-            if let Some(info) = lookup(hash) {
-                return respond(out, &info, "HIT", head);
-            }
-            Some(lease)
-        }
-        // The lock service is down (and degraded mode is off): fail fast.
-        Err(e @ HostError::Unavailable(_)) => {
-            logging::warn(
-                "failed to acquire lock",
-                &[("hash", hash), ("lock_type", "download:narinfo"), ("error", &format!("{e:?}"))],
-            );
-            return text(out, 503, "lock service unavailable\n", head);
-        }
-        // Held elsewhere for longer than the retries wait: fetching twice is harmless.
-        Err(e) => {
-            logging::warn(
-                "failed to acquire lock",
-                &[("hash", hash), ("lock_type", "download:narinfo"), ("error", &format!("{e:?}"))],
-            );
-            None
-        }
-    };
+    // A narinfo fetch takes at most about one upstream timeout per round
+    // trip; wait that long for another instance's fetch, then fetch too
+    // (fetching twice is harmless).
+    let patience = Duration::from_millis(settings.upstream_timeout_ms.saturating_mul(3));
+    let _lease =
+        match download_lock::acquire_or_wait("narinfo", hash, settings.download_lock_ttl_ms, patience, || lookup(hash))
+        {
+            Wait::Done(info) => return respond(out, &info, CacheResult::Hit, head),
+            Wait::Acquired(lease) => Some(lease),
+            Wait::GaveUp => None,
+            Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
+        };
     match fetch(settings, hash) {
-        Some(info) => respond(out, &info, "MISS", head),
+        Some(info) => respond(out, &info, CacheResult::Miss, head),
         None => text(out, 404, "not found\n", head),
     }
 }
 
-fn respond(out: ResponseOutparam, info: &NarInfo, cache: &str, head: bool) {
+fn respond(out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
     metadata::record_access(&info.url);
-    let result = if cache == "HIT" { CacheResult::Hit } else { CacheResult::Miss };
     metrics::served(ObjectKind::Narinfo, result);
-    Response::new(200).header("content-type", "text/x-nix-narinfo").header("x-cache", cache).send(
+    let x_cache = if result == CacheResult::Hit { "HIT" } else { "MISS" };
+    Response::new(200).header("content-type", "text/x-nix-narinfo").header("x-cache", x_cache).send(
         out,
         info.render().as_bytes(),
         head,
     );
-}
-
-/// The stored narinfo; a metadata failure is logged and treated as a miss.
-fn lookup(hash: &str) -> Option<NarInfo> {
-    match metadata::get_narinfo(hash) {
-        Ok(Some(record)) => from_record(record),
-        Ok(None) => None,
-        Err(e) => {
-            logging::warn("metadata lookup failed", &[("hash", hash), ("error", &format!("{e:?}"))]);
-            None
-        }
-    }
 }
 
 /// Why one upstream's narinfo was not taken.
@@ -88,6 +63,16 @@ enum Refusal {
     Failed(String),
 }
 
+impl Refusal {
+    fn outcome(&self) -> FetchOutcome {
+        match self {
+            Refusal::NotFound(_) => FetchOutcome::NotFound,
+            Refusal::Rejected(_) => FetchOutcome::Rejected,
+            Refusal::Failed(_) => FetchOutcome::Error,
+        }
+    }
+}
+
 /// Ask every upstream at once, take the answer of the most preferred one that
 /// has a valid narinfo, rewrite, sign and record it.
 fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
@@ -95,15 +80,10 @@ fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
     let pending: Vec<_> =
         ups.iter().map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), settings)).collect();
     for (up, pending) in ups.iter().zip(pending) {
-        let started = crate::time::Instant::now();
+        let started = Instant::now();
         let result = pending.map_err(|e| Refusal::Failed(e.to_string())).and_then(|p| take(settings, hash, up, p));
         let seconds = started.elapsed().as_secs_f64();
-        let outcome = match &result {
-            Ok(_) => FetchOutcome::Ok,
-            Err(Refusal::NotFound(_)) => FetchOutcome::NotFound,
-            Err(Refusal::Rejected(_)) => FetchOutcome::Rejected,
-            Err(Refusal::Failed(_)) => FetchOutcome::Error,
-        };
+        let outcome = result.as_ref().map_or_else(Refusal::outcome, |_| FetchOutcome::Ok);
         metrics::upstream_fetch(ObjectKind::Narinfo, &up.url, seconds, outcome);
         match result {
             Ok(info) => {
@@ -173,56 +153,18 @@ fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<N
     let path = nar_path_for(&info)?;
     let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
     info.url = path.key();
-    if info.compression == "none" && info.file_hash.is_none() {
-        info.file_hash = Some(info.nar_hash);
-    }
-    if settings.sign_narinfo {
-        sign(&mut info);
-    }
+    normalise_and_sign(settings, &mut info);
     if let Err(e) = record(&info, Some(upstream_nar)) {
         logging::warn("failed to record narinfo", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
     }
     Some(info)
 }
 
-/// Replace any signature under our key name with a fresh one of ours.
-fn sign(info: &mut NarInfo) {
-    let ours = signer::public_key();
-    let name = ours.split(':').next().unwrap_or_default();
-    info.sigs.retain(|s| s.split(':').next() != Some(name));
-    match signer::sign(&info.fingerprint()) {
-        Ok(sig) => info.sigs.push(sig),
-        Err(e) => logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]),
-    }
-}
-
-/// Store the narinfo and its NAR record (keeping what is known of a NAR that
-/// is stored already). A failure to store the NAR record is only logged: the
-/// NAR can still be found upstream by its URL.
-fn record(info: &NarInfo, upstream_nar: Option<String>) -> Result<(), HostError> {
-    let hash = info.hash().to_owned();
-    metadata::put_narinfo(&to_record(&hash, info))?;
-    let stored_size = metadata::get_nar(&info.url).ok().flatten().and_then(|n| n.stored_size);
-    let nar = NarRecord {
-        key: info.url.clone(),
-        upstream_url: upstream_nar,
-        file_hash: info.file_hash.map(|h: Sha256| h.to_nix_string()),
-        file_size: info.file_size,
-        stored_size,
-    };
-    if let Err(e) = metadata::put_nar(&nar) {
-        logging::warn("failed to record nar", &[("hash", &hash), ("error", &format!("{e:?}"))]);
-    }
-    Ok(())
-}
-
 /// `PUT /<hash>.narinfo` (with `--cache-allow-put-verb`).
 pub fn put(settings: &Settings, req: &Request, hash: &str, out: ResponseOutparam) {
     let body = match req.body().map(|b| b.read_to_end(settings.max_narinfo_size)) {
         Some(Ok(b)) => b,
-        Some(Err(crate::http::BodyError::TooLarge(n))) => {
-            return text(out, 413, &format!("narinfo larger than {n} bytes\n"), false)
-        }
+        Some(Err(BodyError::TooLarge(n))) => return text(out, 413, &format!("narinfo larger than {n} bytes\n"), false),
         _ => return text(out, 400, "unreadable body\n", false),
     };
     let mut info = match std::str::from_utf8(&body)
@@ -239,12 +181,7 @@ pub fn put(settings: &Settings, req: &Request, hash: &str, out: ResponseOutparam
     if !url_ok {
         return text(out, 400, "narinfo URL must be nar/<hash>.nar[.ext]\n", false);
     }
-    if info.compression == "none" && info.file_hash.is_none() {
-        info.file_hash = Some(info.nar_hash);
-    }
-    if settings.sign_narinfo {
-        sign(&mut info);
-    }
+    normalise_and_sign(settings, &mut info);
     if let Err(e) = record(&info, None) {
         logging::warn("failed to record uploaded narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
         return text(out, 503, "metadata unavailable\n", false);

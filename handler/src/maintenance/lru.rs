@@ -1,17 +1,19 @@
 //! The LRU pass: under the `lru` lock, evict least-recently-used NARs (with
-//! their narinfos) until the store is under `--cache-max-size`. Metadata is
-//! committed first, then the storage objects are deleted in batches; storage
-//! deletes never break a read in progress (the storage contract), so a hit
-//! needs no lock.
+//! their narinfos) until the store is under `--cache-max-size`. Each NAR is
+//! evicted under its publish lock taken exclusively (skipped while anybody
+//! publishes it); metadata is committed first, then the storage objects are
+//! deleted in batches. Storage deletes never break a read in progress (the
+//! storage contract), so a hit needs no lock.
 
-use crate::exports::ncps::edge::maintenance::LruReport;
-use crate::logging;
-use crate::ncps::edge::config::Settings;
-use crate::ncps::edge::locks::{self, Mode};
-use crate::ncps::edge::metadata;
-use crate::ncps::edge::metrics::{self, LruOutcome};
-use crate::ncps::edge::storage;
-use crate::ncps::edge::types::Error;
+use crate::bindings::exports::ncps::edge::maintenance::LruReport;
+use crate::bindings::ncps::edge::config::Settings;
+use crate::bindings::ncps::edge::locks::{self, Mode};
+use crate::bindings::ncps::edge::metadata;
+use crate::bindings::ncps::edge::metrics::{self, LruOutcome};
+use crate::bindings::ncps::edge::storage;
+use crate::bindings::ncps::edge::types::Error;
+use crate::cache::nars::lock_for_eviction;
+use crate::host::logging;
 
 /// NARs looked at per metadata round trip.
 const BATCH: u32 = 64;
@@ -35,12 +37,15 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
         logging::info("another instance is running LRU", &[("lock_type", "lru")]);
         return Ok(skipped);
     };
-    let started = crate::time::Instant::now();
+    let started = crate::host::time::Instant::now();
     let before = metadata::total_size()?;
     let mut report = LruReport { ran: true, total_before: before, total_after: before, evicted: 0, bytes_freed: 0 };
+    // Candidates being published right now are skipped; ask for more of
+    // them than the batch so a busy NAR does not end the pass early.
+    let mut busy = 0;
     while report.total_after > max {
-        let candidates = metadata::lru_candidates(BATCH)?;
-        if candidates.is_empty() {
+        let candidates = metadata::lru_candidates(BATCH + busy)?;
+        if candidates.len() <= busy as usize {
             break;
         }
         let mut keys = Vec::new();
@@ -48,6 +53,11 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
             if report.total_after <= max {
                 break;
             }
+            let Some(_evicting) = lock_for_eviction(&nar.key)? else {
+                busy += 1;
+                logging::debug("NAR is being published; not evicting it now", &[("url", &nar.key)]);
+                continue;
+            };
             let freed = metadata::evict(&nar.key)?;
             report.total_after = report.total_after.saturating_sub(freed);
             report.bytes_freed += freed;
@@ -63,7 +73,7 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
     let ms = started.elapsed().as_millis().to_string();
     logging::info(
         "LRU pass finished",
-        &[("bytes", &report.bytes_freed.to_string()), ("duration_ms", &ms), ("status", &report.evicted.to_string())],
+        &[("bytes", &report.bytes_freed.to_string()), ("duration_ms", &ms), ("evicted", &report.evicted.to_string())],
     );
     Ok(report)
 }

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use crate::http::BodyReader;
-use crate::ncps::edge::config::{self, Settings};
-use crate::signature::PublicKey;
-use crate::wasi::http::outgoing_handler;
-use crate::wasi::http::types::{
+use super::http::BodyReader;
+use crate::bindings::ncps::edge::config::{self, Settings};
+use crate::bindings::wasi::http::outgoing_handler;
+use crate::bindings::wasi::http::types::{
     ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingRequest, RequestOptions, Scheme,
 };
+use crate::protocol::signature::PublicKey;
 
 /// Connect timeout for upstream requests.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
