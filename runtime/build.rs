@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use sha2::Digest as _;
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
@@ -36,6 +38,9 @@ fn main() {
         "building the handler failed (is the target installed? `rustup target add wasm32-wasip2`)"
     );
     let wasm = target_dir.join("wasm32-wasip2/release/ncps_edge_handler.wasm");
-    assert!(wasm.exists(), "handler component missing at {}", wasm.display());
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("handler component missing at {}: {e}", wasm.display()));
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_WASM={}", wasm.display());
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=NCPS_EDGE_HANDLER_SHA256={hex}");
 }

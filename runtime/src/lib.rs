@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod bindings;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod logs;
@@ -14,3 +15,7 @@ pub mod state;
 
 /// The handler component, built by `build.rs`.
 pub const HANDLER_WASM: &[u8] = include_bytes!(env!("NCPS_EDGE_HANDLER_WASM"));
+
+/// `ncps-edge --version`: the crate version and the handler's content hash.
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (handler sha256:", env!("NCPS_EDGE_HANDLER_SHA256"), ")");

@@ -1,25 +1,34 @@
-//! `ncps-edge serve`: run a cache node.
+//! `ncps-edge`: serve the cache, check the configuration, make keys.
 
-use ncps_edge::config::{parse_cli, Command};
+use ncps_edge::config::{parse_cli, Command, Config, ConfigCommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = match parse_cli(std::env::args().collect()) {
-        Ok(cli) => cli,
+    let parsed = match parse_cli(std::env::args().collect()) {
+        Ok(parsed) => parsed,
         Err(e) => match e.downcast::<clap::Error>() {
             Ok(clap_err) => clap_err.exit(),
             Err(e) => return Err(e),
         },
     };
-    let Command::Serve(args) = cli.command;
-    ncps_edge::logs::init(&args.log_level, std::io::stdout);
-    let node = ncps_edge::node::start(&args).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match parsed.cli.command {
+        Command::Serve(args) => {
+            ncps_edge::logs::init(&args.log_level, std::io::stdout);
+            let config = Config::from_args(*args, parsed.without_effect)?;
+            let node = ncps_edge::node::start(&config).await?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            node.stop().await;
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let matches = parsed.matches.ok_or_else(|| anyhow::anyhow!("no configuration to check"))?;
+            ncps_edge::commands::config_check(*args, &matches, parsed.without_effect, &mut std::io::stdout())
+        }
+        Command::Keygen(args) => ncps_edge::commands::keygen(&args, &mut std::io::stdout()),
     }
-    tracing::info!("shutting down");
-    node.stop().await;
-    Ok(())
 }

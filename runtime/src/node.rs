@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use ncps_edge_host_services::config::{NodeConfig, Settings, Upstream};
-use ncps_edge_host_services::locks::{Locks, RetryPolicy};
+use ncps_edge_host_services::locks::Locks;
 use ncps_edge_host_services::metadata::Metadata;
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::backends;
-use crate::config::{listen_addr, parse_upstream, ServeArgs};
+use crate::config::{listen_addr, Config};
 use crate::engine::{self, EngineOptions};
 use crate::schedulers;
 use crate::server::Server;
@@ -65,53 +65,42 @@ impl RunningNode {
     }
 }
 
-fn upstreams(args: &ServeArgs) -> anyhow::Result<Vec<Upstream>> {
-    for key in &args.cache_upstream_public_key {
-        use base64::Engine as _;
-        let ok = key.split_once(':').is_some_and(|(name, b64)| {
-            !name.is_empty() && base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k.len() == 32)
-        });
-        if !ok {
-            bail!("--cache-upstream-public-key {key:?} is not <name>:<base64 ed25519 key>");
-        }
-    }
-    let mut out = Vec::new();
-    for (i, raw) in args.cache_upstream_url.iter().enumerate() {
-        let up = parse_upstream(raw)?;
-        if args.cache_upstream_public_key.is_empty() {
-            tracing::warn!(
-                upstream = up.url,
-                "no --cache-upstream-public-key: narinfos from this upstream are not verified"
-            );
-        }
-        out.push(Upstream {
-            url: up.url,
-            priority: up.priority.unwrap_or(DEFAULT_UPSTREAM_PRIORITY + i as u32),
-            public_keys: args.cache_upstream_public_key.clone(),
-            healthy: true,
-        });
-    }
-    Ok(out)
+fn upstreams(config: &Config) -> Vec<Upstream> {
+    let args = &config.args;
+    args.cache_upstream_url
+        .iter()
+        .enumerate()
+        .map(|(i, up)| {
+            if args.cache_upstream_public_key.is_empty() {
+                tracing::warn!(
+                    upstream = up.url,
+                    "no --cache-upstream-public-key: narinfos from this upstream are not verified"
+                );
+            }
+            Upstream {
+                url: up.url.clone(),
+                priority: up.priority.unwrap_or(DEFAULT_UPSTREAM_PRIORITY + i as u32),
+                public_keys: args.cache_upstream_public_key.clone(),
+                healthy: true,
+            }
+        })
+        .collect()
 }
 
 /// Build the services and start serving.
-pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
-    let data = &args.cache_storage_local;
+pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
+    let args = &config.args;
+    for key in &config.without_effect {
+        tracing::warn!(key, "ncps setting has no effect in ncps-edge");
+    }
+    let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let db = backends::database(args)?;
-    let (lock_backend, lock_prefix) = backends::locks(args, &db).await?;
-    let database = backends::metadata(args, &db).await?;
-    let storage = backends::storage(args).await?;
+    let lock_backend = backends::locks(config).await?;
+    let database = backends::metadata(config).await?;
+    let storage = backends::storage(config).await?;
     let signer =
-        Signer::load_or_generate(args.cache_secret_key_path.as_deref(), database.as_ref(), &args.cache_hostname)
-            .await?;
+        Signer::load_or_generate(config.secret_key_path.as_deref(), database.as_ref(), &args.cache_hostname).await?;
     tracing::info!(public_key = signer.public_key(), "signing key loaded");
-    let retry = RetryPolicy {
-        max_attempts: args.cache_lock_retry_max_attempts,
-        initial_delay: args.cache_lock_retry_initial_delay,
-        max_delay: args.cache_lock_retry_max_delay,
-        jitter: args.cache_lock_retry_jitter,
-    };
     let settings = Settings {
         hostname: args.cache_hostname.clone(),
         priority: args.cache_priority,
@@ -120,33 +109,26 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
         allow_delete: args.cache_allow_delete_verb,
         get_token: args.cache_get_token.clone().filter(|t| !t.is_empty()),
         upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
+        upstream_connect_timeout_ms: args.cache_upstream_dialer_timeout.as_millis() as u64,
         download_lock_ttl_ms: args.cache_lock_download_ttl.as_millis() as u64,
         max_narinfo_size: args.cache_narinfo_max_size,
         max_size: args.cache_max_size,
         lru_lock_ttl_ms: args.cache_lock_lru_ttl.as_millis() as u64,
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     };
-    let lru_schedule: Option<croner::Cron> = match args.cache_max_size {
-        Some(_) => Some(
-            args.cache_lru_schedule
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--cache-lru-schedule {:?}: {e}", args.cache_lru_schedule))?,
-        ),
-        None => None,
-    };
     let metrics = Arc::new(Metrics::new());
     let services = Arc::new(Services {
-        locks: Locks::new(lock_backend, lock_prefix, retry, metrics.clone()),
+        locks: Locks::new(lock_backend, config.lock_prefix.clone(), config.retry.clone(), metrics.clone()),
         storage,
         metadata: Metadata::new(database),
         signer,
-        config: NodeConfig::new(settings, upstreams(args)?),
+        config: NodeConfig::new(settings, upstreams(config)),
         metrics,
     });
     let handler = engine::load(&EngineOptions {
         max_instances: args.wasm_max_instances,
         memory_limit: args.wasm_memory_limit,
-        cache_dir: Some(args.wasm_cache_dir.clone().unwrap_or_else(|| data.join("wasm-cache"))),
+        cache_dir: Some(config.wasm_cache_dir.clone()),
     })?;
     let ticker = engine::start_epoch_ticker(handler.pre.engine());
     let addr = listen_addr(&args.server_addr);
@@ -157,11 +139,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
     let server = tokio::spawn(handle.clone().serve(listener, async {
         let _ = stopped.await;
     }));
-    let explicit: Vec<bool> = args
-        .cache_upstream_url
-        .iter()
-        .map(|u| parse_upstream(u).map(|p| p.priority.is_some()).unwrap_or(true))
-        .collect();
+    let explicit: Vec<bool> = args.cache_upstream_url.iter().map(|u| u.priority.is_some()).collect();
     let mut background = vec![
         services.metadata.spawn_access_flusher(ACCESS_FLUSH_INTERVAL),
         schedulers::spawn_health_checks(
@@ -171,7 +149,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningNode> {
             explicit,
         ),
     ];
-    if let Some(schedule) = lru_schedule {
+    if let Some(schedule) = config.lru.clone() {
         background.push(schedulers::spawn_lru(handle.clone(), schedule));
     }
     tracing::info!(%addr, "ncps-edge listening");

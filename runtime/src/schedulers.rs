@@ -7,6 +7,7 @@ use std::time::Duration;
 use ncps_edge_host_services::Services;
 
 use crate::bindings::UpstreamHealth;
+use crate::config::LruSchedule;
 use crate::server::Server;
 
 /// Apply health results: flip `healthy`, and take an upstream's own
@@ -51,12 +52,12 @@ pub fn spawn_health_checks(
     })
 }
 
-/// Run an LRU pass at every time `schedule` names.
-pub fn spawn_lru(server: Arc<Server>, schedule: croner::Cron) -> tokio::task::JoinHandle<()> {
+/// Run an LRU pass at every time `schedule` names (in its time zone).
+pub fn spawn_lru(server: Arc<Server>, schedule: LruSchedule) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let now = chrono::Utc::now();
-            let Ok(next) = schedule.find_next_occurrence(&now, false) else {
+            let now = chrono::Utc::now().with_timezone(&schedule.timezone);
+            let Ok(next) = schedule.cron.find_next_occurrence(&now, false) else {
                 tracing::warn!("LRU schedule has no next run; LRU scheduler stops");
                 return;
             };

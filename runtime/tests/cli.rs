@@ -36,7 +36,7 @@ fn bad_flags_are_refused_before_serving() {
     let storage = format!("--cache-storage-local={}", dir.path().display());
     for (args, want) in [
         (vec!["--cache-upstream-url=ftp://x"], "must be http:// or https://"),
-        (vec!["--cache-upstream-public-key=nokey"], "is not <name>:<base64 ed25519 key>"),
+        (vec!["--cache-upstream-public-key=nokey"], "is not <name>:<base64 of a valid ed25519 key>"),
         (vec!["--cache-lock-backend=postgres"], "SQLite is not supported in HA mode"),
         (vec!["--cache-database-url=oracle://x"], "use sqlite:<path>"),
         (vec!["--cache-max-size=12Q"], "unit must be"),
@@ -48,4 +48,42 @@ fn bad_flags_are_refused_before_serving() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+}
+
+/// With no `--cache-storage-local`, every path is relative to the working
+/// directory (`./ncps-edge-data`, its SQLite file, the compiled-code
+/// cache): a node started in an empty folder must serve.
+#[test]
+fn serve_works_from_an_empty_folder_with_relative_defaults() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ncps-edge"))
+        .current_dir(dir.path())
+        .args(["serve", "--cache-hostname=h", &format!("--server-addr=127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("ncps-edge exited with {status}: {err}");
+        }
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut text = String::new();
+            conn.read_to_string(&mut text).unwrap();
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("StoreDir: /nix/store"), "{answer}");
+    assert!(dir.path().join("ncps-edge-data/db/db.sqlite").exists());
+    assert!(dir.path().join("ncps-edge-data/wasm-cache").is_dir());
 }

@@ -1,6 +1,6 @@
 //! ncps-edge nodes started in-process with the same flags as the binary.
 
-use ncps_edge::config::{parse_cli, Command};
+use ncps_edge::config::{parse_cli, Command, Config};
 use ncps_edge::node::{start, RunningNode};
 
 /// A node and its data folder.
@@ -46,8 +46,10 @@ pub async fn start_node(extra: &[String]) -> TestNode {
     argv.push(format!("--cache-storage-local={}", data.path().display()));
     argv.push(format!("--wasm-cache-dir={}", wasm_cache.display()));
     argv.extend(extra.iter().cloned());
-    let Command::Serve(args) = parse_cli(argv).expect("flags").command;
-    let node = start(&args).await.expect("node starts");
+    let parsed = parse_cli(argv).expect("flags");
+    let Command::Serve(args) = parsed.cli.command else { panic!("not serve") };
+    let config = Config::from_args(*args, parsed.without_effect).expect("valid configuration");
+    let node = start(&config).await.expect("node starts");
     TestNode { node, data }
 }
 

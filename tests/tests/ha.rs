@@ -105,8 +105,10 @@ async fn sqlite_is_refused_with_a_distributed_lock_backend() {
         "--cache-hostname=h".into(),
         format!("--cache-redis-addrs={}", redis_addr()),
     ];
-    let ncps_edge::config::Command::Serve(args) = ncps_edge::config::parse_cli(args).unwrap().command;
-    let err = ncps_edge::node::start(&args).await.err().expect("started with SQLite and Redis locks");
+    let ncps_edge::config::Command::Serve(args) = ncps_edge::config::parse_cli(args).unwrap().cli.command else {
+        panic!("not serve")
+    };
+    let err = ncps_edge::config::Config::from_args(*args, vec![]).expect_err("accepted SQLite with Redis locks");
     assert!(err.to_string().contains("SQLite is not supported in HA mode"), "{err}");
 }
 

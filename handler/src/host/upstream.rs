@@ -11,9 +11,6 @@ use crate::bindings::wasi::http::types::{
 };
 use crate::protocol::signature::PublicKey;
 
-/// Connect timeout for upstream requests.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// An upstream cache as the guest uses it.
 pub struct Upstream {
     /// Base URL without trailing slash.
@@ -82,7 +79,8 @@ pub fn start_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> 
     req.set_path_with_query(Some(path)).map_err(bad)?;
     let opts = RequestOptions::new();
     let timeout = Duration::from_millis(settings.upstream_timeout_ms);
-    let _ = opts.set_connect_timeout(Some(CONNECT_TIMEOUT.as_nanos() as u64));
+    let connect = Duration::from_millis(settings.upstream_connect_timeout_ms);
+    let _ = opts.set_connect_timeout(Some(connect.as_nanos() as u64));
     let _ = opts.set_first_byte_timeout(Some(timeout.as_nanos() as u64));
     let _ = opts.set_between_bytes_timeout(Some(timeout.as_nanos() as u64));
     outgoing_handler::handle(req, Some(opts)).map(Pending).map_err(|e| FetchError::Transport(format!("{e:?}")))

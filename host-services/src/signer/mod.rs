@@ -94,6 +94,24 @@ impl Signer {
     }
 }
 
+/// Check a Nix public key `name:base64`: a name, and 32 bytes that are a
+/// valid ed25519 point (a key with a typo in it usually is not).
+pub fn check_public_key(text: &str) -> Result<()> {
+    let (name, b64) = text
+        .trim()
+        .split_once(':')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| Error::invalid("public key must be <name>:<base64>"))?;
+    let bytes: [u8; 32] = B64
+        .decode(b64)
+        .map_err(|e| Error::invalid(format!("public key {name}: {e}")))?
+        .try_into()
+        .map_err(|_| Error::invalid(format!("public key {name} is not 32 bytes")))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map(|_| ())
+        .map_err(|e| Error::invalid(format!("public key {name} is not a valid ed25519 key: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +122,22 @@ mod tests {
         let again = Signer::parse(&k.to_secret_string()).unwrap();
         assert_eq!(k.public_key(), again.public_key());
         assert!(k.public_key().starts_with("test-1:"));
+    }
+
+    #[test]
+    fn public_keys_are_checked_as_points() {
+        let good = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+        assert!(check_public_key(good).is_ok());
+        assert!(check_public_key(&Signer::generate("x").public_key()).is_ok());
+        // Some one-character typo of a real key is base64 of 32 bytes that
+        // is no ed25519 point: it must be refused, not ignored.
+        let typo = (0..good.len() - 1)
+            .flat_map(|i| ["A", "B", "C"].map(move |c| format!("{}{c}{}", &good[..i], &good[i + 1..])))
+            .filter(|k| k != good && k.split_once(":").is_some_and(|(_, b)| B64.decode(b).is_ok_and(|b| b.len() == 32)))
+            .find(|k| check_public_key(k).is_err());
+        assert!(typo.is_some(), "no single-character typo makes an invalid point");
+        assert!(check_public_key("nokey").is_err());
+        assert!(check_public_key("n:AAAA").is_err());
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! The command line: `ncps-edge serve` with ncps's flag and environment
+//! variable names, `ncps-edge config check`, `ncps-edge keygen`.
+//!
+//! Precedence: flag, then environment variable, then `--config` file (see
+//! [`super::yaml`]), then the default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::values::{parse_database_url, parse_duration, parse_public_key, parse_size, parse_upstream};
+use super::values::{DatabaseUrl, UpstreamUrl};
+
+/// `ncps-edge`: a Nix binary cache proxy for the edge.
+#[derive(Debug, Parser)]
+#[command(name = "ncps-edge", version = crate::VERSION, about, args_override_self = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the cache.
+    #[command(args_override_self = true)]
+    Serve(Box<ServeArgs>),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate a Nix-compatible signing key pair.
+    Keygen(KeygenArgs),
+}
+
+/// `ncps-edge config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (flags, environment, `--config`) and print
+    /// it with secrets masked; exit non-zero on problems.
+    #[command(args_override_self = true)]
+    Check(Box<ServeArgs>),
+}
+
+/// `ncps-edge keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Key name, e.g. `cache.example.org-1`.
+    pub name: String,
+    /// Write the secret key here (mode 0600) instead of printing it.
+    #[arg(long)]
+    pub secret_key_file: Option<PathBuf>,
+    /// Write the public key here too.
+    #[arg(long)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// A lock backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockBackendKind {
+    /// In-memory locks of one node.
+    Local,
+    /// Redlock over `--cache-redis-addrs`.
+    Redis,
+    /// PostgreSQL advisory locks on one session per node.
+    Postgres,
+    /// MySQL/MariaDB `GET_LOCK` on one session per node.
+    Mysql,
+}
+
+fn database_url(s: &str) -> Result<DatabaseUrl, String> {
+    parse_database_url(s).map_err(|e| format!("{e:#}"))
+}
+
+fn upstream(s: &str) -> Result<UpstreamUrl, String> {
+    parse_upstream(s).map_err(|e| format!("{e:#}"))
+}
+
+fn public_key(s: &str) -> Result<String, String> {
+    parse_public_key(s).map_err(|e| format!("{e:#}"))
+}
+
+/// Flags of `ncps-edge serve` (ncps's names where ncps has the setting).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Path to a config.yaml with ncps's keys.
+    #[arg(long, env = "CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Address to listen on.
+    #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
+    pub server_addr: String,
+    /// Hostname of this cache; names the generated signing key.
+    #[arg(long, env = "CACHE_HOSTNAME")]
+    pub cache_hostname: String,
+    /// Local data directory: NAR files, and the SQLite database by default.
+    #[arg(long, env = "CACHE_STORAGE_LOCAL", default_value = "./ncps-edge-data")]
+    pub cache_storage_local: PathBuf,
+    /// S3 bucket for NAR files (instead of the local folder).
+    #[arg(long, env = "CACHE_STORAGE_S3_BUCKET")]
+    pub cache_storage_s3_bucket: Option<String>,
+    /// S3 endpoint URL with scheme (default: AWS).
+    #[arg(long, env = "CACHE_STORAGE_S3_ENDPOINT")]
+    pub cache_storage_s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "CACHE_STORAGE_S3_REGION", default_value = "us-east-1")]
+    pub cache_storage_s3_region: String,
+    /// S3 access key id.
+    #[arg(long, env = "CACHE_STORAGE_S3_ACCESS_KEY_ID", default_value = "")]
+    pub cache_storage_s3_access_key_id: String,
+    /// S3 secret access key.
+    #[arg(long, env = "CACHE_STORAGE_S3_SECRET_ACCESS_KEY", default_value = "")]
+    pub cache_storage_s3_secret_access_key: String,
+    /// Path-style S3 addressing (MinIO and most S3-compatible servers).
+    #[arg(long, env = "CACHE_STORAGE_S3_FORCE_PATH_STYLE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_storage_s3_force_path_style: bool,
+    /// Metadata database URL: sqlite:<path>, postgresql://… or mysql://… (default `sqlite:<storage>/db/db.sqlite`).
+    #[arg(long, env = "CACHE_DATABASE_URL", value_parser = database_url)]
+    pub cache_database_url: Option<DatabaseUrl>,
+    /// Nix secret key file; default: a key generated once and kept in the database.
+    #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
+    pub cache_secret_key_path: Option<PathBuf>,
+    /// Add this cache's signature to narinfos.
+    #[arg(long, env = "CACHE_SIGN_NARINFO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cache_sign_narinfo: bool,
+    /// `Priority:` served in /nix-cache-info (lower is preferred by Nix).
+    #[arg(long, env = "CACHE_PRIORITY", default_value_t = 10)]
+    pub cache_priority: u32,
+    /// Upstream cache URL (repeatable; `?priority=N` sets its priority).
+    #[arg(long = "cache-upstream-url", env = "CACHE_UPSTREAM_URLS", value_delimiter = ',', value_parser = upstream)]
+    pub cache_upstream_url: Vec<UpstreamUrl>,
+    /// Trusted upstream public key `name:base64` (repeatable).
+    #[arg(long = "cache-upstream-public-key", env = "CACHE_UPSTREAM_PUBLIC_KEYS", value_delimiter = ',', value_parser = public_key)]
+    pub cache_upstream_public_key: Vec<String>,
+    /// Time to wait for an upstream's response headers.
+    #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub cache_upstream_response_header_timeout: Duration,
+    /// Time to establish a connection to an upstream.
+    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub cache_upstream_dialer_timeout: Duration,
+    /// Accept PUT uploads of narinfos and NARs.
+    #[arg(long, env = "CACHE_ALLOW_PUT_VERB", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_allow_put_verb: bool,
+    /// Accept DELETE of narinfos and NARs.
+    #[arg(long, env = "CACHE_ALLOW_DELETE_VERB", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_allow_delete_verb: bool,
+    /// Require this token (bearer, or basic-auth password) on reads; /healthz and /metrics are exempt.
+    #[arg(long, env = "CACHE_GET_TOKEN")]
+    pub cache_get_token: Option<String>,
+    /// Lock backend (default: redis when --cache-redis-addrs is given, else local).
+    #[arg(long, env = "CACHE_LOCK_BACKEND", value_enum)]
+    pub cache_lock_backend: Option<LockBackendKind>,
+    /// Prefix of every Redis lock key.
+    #[arg(long, env = "CACHE_LOCK_REDIS_KEY_PREFIX", default_value = "ncps:lock:")]
+    pub cache_lock_redis_key_prefix: String,
+    /// Prefix of every PostgreSQL advisory lock key (hashed into the lock id).
+    #[arg(long, env = "CACHE_LOCK_POSTGRES_KEY_PREFIX", default_value = "ncps:lock:")]
+    pub cache_lock_postgres_key_prefix: String,
+    /// Prefix of every MySQL lock name (hashed into the name).
+    #[arg(long, env = "CACHE_LOCK_MYSQL_KEY_PREFIX", default_value = "ncps:lock:")]
+    pub cache_lock_mysql_key_prefix: String,
+    /// Fall back to local locks while the lock backend is unreachable (breaks HA guarantees).
+    #[arg(long, env = "CACHE_LOCK_ALLOW_DEGRADED_MODE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_lock_allow_degraded_mode: bool,
+    /// Redis masters, `host:port` (repeatable or comma-separated); several are independent Redlock masters.
+    #[arg(long = "cache-redis-addrs", env = "CACHE_REDIS_ADDRS", value_delimiter = ',')]
+    pub cache_redis_addrs: Vec<String>,
+    /// Redis ACL user name.
+    #[arg(long, env = "CACHE_REDIS_USERNAME")]
+    pub cache_redis_username: Option<String>,
+    /// Redis password.
+    #[arg(long, env = "CACHE_REDIS_PASSWORD")]
+    pub cache_redis_password: Option<String>,
+    /// Redis database number.
+    #[arg(long, env = "CACHE_REDIS_DB", default_value_t = 0)]
+    pub cache_redis_db: i64,
+    /// Connect to Redis with TLS.
+    #[arg(long, env = "CACHE_REDIS_USE_TLS", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_redis_use_tls: bool,
+    /// Accepted for ncps compatibility: each master uses one multiplexed connection.
+    #[arg(long, env = "CACHE_REDIS_POOL_SIZE", default_value_t = 10)]
+    pub cache_redis_pool_size: u32,
+    /// Connections of the PostgreSQL metadata pool.
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 25)]
+    pub cache_database_pool_max_open_conns: usize,
+    /// TTL of per-hash download locks.
+    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub cache_lock_download_ttl: Duration,
+    /// TTL of the LRU lock.
+    #[arg(long, env = "CACHE_LOCK_LRU_TTL", default_value = "30m", value_parser = parse_duration)]
+    pub cache_lock_lru_ttl: Duration,
+    /// Retries of a lock acquisition.
+    #[arg(long, env = "CACHE_LOCK_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub cache_lock_retry_max_attempts: usize,
+    /// First retry delay.
+    #[arg(long, env = "CACHE_LOCK_RETRY_INITIAL_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    pub cache_lock_retry_initial_delay: Duration,
+    /// Cap of the exponential retry delay.
+    #[arg(long, env = "CACHE_LOCK_RETRY_MAX_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub cache_lock_retry_max_delay: Duration,
+    /// Random jitter on retry delays.
+    #[arg(long, env = "CACHE_LOCK_RETRY_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cache_lock_retry_jitter: bool,
+    /// Largest narinfo accepted from upstream or by PUT, bytes.
+    #[arg(long, env = "CACHE_NARINFO_MAX_SIZE", default_value_t = 1 << 20)]
+    pub cache_narinfo_max_size: u64,
+    /// Largest store size before the LRU pass evicts (units B, K, M, G, T; 1024-based).
+    #[arg(long, env = "CACHE_MAX_SIZE", value_parser = parse_size)]
+    pub cache_max_size: Option<u64>,
+    /// Cron schedule of LRU passes when --cache-max-size is set.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE", default_value = "0 * * * *")]
+    pub cache_lru_schedule: String,
+    /// Time zone of --cache-lru-schedule (IANA name, e.g. Europe/Berlin).
+    #[arg(long, env = "CACHE_LRU_TIMEZONE", default_value = "UTC")]
+    pub cache_lru_timezone: String,
+    /// Interval of upstream health checks.
+    #[arg(long, env = "CACHE_UPSTREAM_HEALTH_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub cache_upstream_health_interval: Duration,
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(long, env = "PROMETHEUS_ENABLED", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prometheus_enabled: bool,
+    /// Bearer token of the /admin/… routes (off when unset).
+    #[arg(long, env = "ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Handler instances alive at once (requests served concurrently).
+    #[arg(long, env = "WASM_MAX_INSTANCES", default_value_t = 1000)]
+    pub wasm_max_instances: u32,
+    /// Linear-memory cap per handler instance, bytes.
+    #[arg(long, env = "WASM_MEMORY_LIMIT", default_value_t = 64 << 20)]
+    pub wasm_memory_limit: usize,
+    /// Deadline of one request's instance (long NAR downloads included).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Cache of compiled handler code (default `<storage>/wasm-cache`).
+    #[arg(long, env = "WASM_CACHE_DIR")]
+    pub wasm_cache_dir: Option<PathBuf>,
+}
+
+/// The command line after `--config` was folded in.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The typed command line.
+    pub cli: Cli,
+    /// Where every `serve` setting came from and its raw value (for
+    /// `config check`); `None` for other subcommands.
+    pub matches: Option<clap::ArgMatches>,
+    /// ncps keys set in the config file that have no effect here.
+    pub without_effect: Vec<String>,
+}
+
+/// The `serve` arguments of `matches`, wherever they sit (`serve`, `config check`).
+fn serve_matches(matches: &clap::ArgMatches) -> Option<&clap::ArgMatches> {
+    match matches.subcommand() {
+        Some(("serve", m)) => Some(m),
+        Some(("config", m)) => m.subcommand_matches("check"),
+        _ => None,
+    }
+}
+
+/// Parse `argv` (program name first), folding in `--config` when given.
+pub fn parse_cli(argv: Vec<String>) -> anyhow::Result<Parsed> {
+    use anyhow::Context as _;
+    use clap::{CommandFactory, FromArgMatches};
+    // First pass: find `--config` and where each value came from; required
+    // flags may still be missing until the file is folded in.
+    let first = Cli::command().ignore_errors(true).try_get_matches_from(&argv)?;
+    let mut argv = argv;
+    let mut without_effect = Vec::new();
+    if let Some(serve) = serve_matches(&first) {
+        if let Some(path) = serve.get_one::<PathBuf>("config") {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let yaml: serde_yaml::Value =
+                serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let folded = super::yaml::fold(&yaml, serve).with_context(|| format!("in {}", path.display()))?;
+            argv.extend(folded.flags);
+            without_effect = folded.without_effect;
+        }
+    }
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let serve = serve_matches(&matches).cloned();
+    Ok(Parsed { cli, matches: serve, without_effect })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = ["ncps-edge", "serve"].iter().chain(args).map(|s| s.to_string()).collect();
+        match parse_cli(argv).unwrap().cli.command {
+            Command::Serve(s) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_ncps() {
+        let s = serve(&["--cache-hostname=h"]);
+        assert_eq!(s.server_addr, ":8501");
+        assert_eq!(s.cache_lock_download_ttl, Duration::from_secs(300));
+        assert_eq!(s.cache_lock_lru_ttl, Duration::from_secs(1800));
+        assert_eq!(s.cache_lock_retry_max_attempts, 3);
+        assert_eq!(s.cache_lock_retry_initial_delay, Duration::from_millis(100));
+        assert_eq!(s.cache_lock_retry_max_delay, Duration::from_secs(2));
+        assert!(s.cache_lock_retry_jitter && s.cache_sign_narinfo);
+        assert_eq!(s.cache_lock_redis_key_prefix, "ncps:lock:");
+        assert!(!s.cache_allow_put_verb);
+    }
+
+    #[test]
+    fn config_yaml_fills_what_flags_do_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "cache:\n  hostname: from-yaml\n  allow-put-verb: true\n  upstream:\n    urls:\n      - https://a.example\n      - http://b.example?priority=5\n  lock:\n    download-lock-ttl: 90s\nserver:\n  addr: \":9000\"\n",
+        )
+        .unwrap();
+        let s = serve(&[&format!("--config={}", path.display()), "--server-addr=127.0.0.1:1"]);
+        assert_eq!(s.cache_hostname, "from-yaml");
+        assert!(s.cache_allow_put_verb);
+        let urls: Vec<_> = s.cache_upstream_url.iter().map(|u| (u.url.as_str(), u.priority)).collect();
+        assert_eq!(urls, vec![("https://a.example", None), ("http://b.example", Some(5))]);
+        assert_eq!(s.cache_lock_download_ttl, Duration::from_secs(90));
+        assert_eq!(s.server_addr, "127.0.0.1:1", "a flag beats the file");
+    }
+}

@@ -1,0 +1,196 @@
+//! One checked configuration: the command line ([`cli`]: flags and
+//! environment variables with ncps's names), the config file ([`yaml`]:
+//! ncps's keys), single values ([`values`]), and [`Config`], where every
+//! setting is validated and resolved in one place before anything touches
+//! a database.
+
+pub mod cli;
+pub mod values;
+pub mod yaml;
+
+mod check;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use ncps_edge_host_services::locks::redis::RedisOptions;
+use ncps_edge_host_services::locks::RetryPolicy;
+use ncps_edge_host_services::storage::s3::S3Options;
+
+pub use check::effective;
+pub use cli::{parse_cli, Cli, Command, ConfigCommand, LockBackendKind, Parsed, ServeArgs};
+pub use values::{listen_addr, DatabaseUrl, UpstreamUrl};
+
+/// Where NARs are stored.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// Under the data folder.
+    Local(PathBuf),
+    /// An S3 bucket.
+    S3(S3Options),
+}
+
+/// When LRU passes run.
+#[derive(Debug, Clone)]
+pub struct LruSchedule {
+    /// The cron expression.
+    pub cron: croner::Cron,
+    /// Its time zone.
+    pub timezone: chrono_tz::Tz,
+}
+
+/// A node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The typed command line (after the config file and environment).
+    pub args: ServeArgs,
+    /// The data folder, absolute.
+    pub data_dir: PathBuf,
+    /// The metadata database (an SQLite path is absolute).
+    pub database: DatabaseUrl,
+    /// The lock backend.
+    pub lock_backend: LockBackendKind,
+    /// The key prefix of that backend.
+    pub lock_prefix: String,
+    /// Redis connection settings (with the Redis lock backend).
+    pub redis: Option<RedisOptions>,
+    /// Lock retry policy.
+    pub retry: RetryPolicy,
+    /// NAR storage.
+    pub storage: StorageConfig,
+    /// The signing key file, absolute, when one is given.
+    pub secret_key_path: Option<PathBuf>,
+    /// Compiled-code cache, absolute.
+    pub wasm_cache_dir: PathBuf,
+    /// LRU passes, with `--cache-max-size`.
+    pub lru: Option<LruSchedule>,
+    /// ncps keys of the config file that have no effect here.
+    pub without_effect: Vec<String>,
+}
+
+/// `path` against the working directory at start.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+impl Config {
+    /// Validate and resolve `args`.
+    pub fn from_args(args: ServeArgs, without_effect: Vec<String>) -> anyhow::Result<Self> {
+        if args.cache_hostname.trim().is_empty() {
+            bail!("--cache-hostname is empty");
+        }
+        tracing_subscriber::EnvFilter::try_new(&args.log_level)
+            .with_context(|| format!("--log-level {:?}", args.log_level))?;
+        let data_dir = absolute(&args.cache_storage_local)?;
+        let database = match args.cache_database_url.clone() {
+            None => DatabaseUrl::Sqlite(data_dir.join("db").join("db.sqlite")),
+            Some(DatabaseUrl::Sqlite(path)) => DatabaseUrl::Sqlite(absolute(&path)?),
+            Some(other) => other,
+        };
+        let lock_backend = match args.cache_lock_backend {
+            Some(b) => b,
+            None if !args.cache_redis_addrs.is_empty() => LockBackendKind::Redis,
+            None => LockBackendKind::Local,
+        };
+        let lock_prefix = match (lock_backend, &database) {
+            (LockBackendKind::Local, _) => args.cache_lock_redis_key_prefix.clone(),
+            (_, DatabaseUrl::Sqlite(_)) => bail!(
+                "SQLite is not supported in HA mode (--cache-lock-backend={}): use --cache-database-url postgresql://… or mysql://…",
+                lock_name(lock_backend)
+            ),
+            (LockBackendKind::Redis, _) if args.cache_redis_addrs.is_empty() => {
+                bail!("--cache-lock-backend=redis needs --cache-redis-addrs")
+            }
+            (LockBackendKind::Redis, _) => args.cache_lock_redis_key_prefix.clone(),
+            (LockBackendKind::Postgres, DatabaseUrl::Postgres(_)) => args.cache_lock_postgres_key_prefix.clone(),
+            (LockBackendKind::Mysql, DatabaseUrl::Mysql(_)) => args.cache_lock_mysql_key_prefix.clone(),
+            (other, _) => {
+                bail!("--cache-lock-backend={} needs a --cache-database-url of the same kind", lock_name(other))
+            }
+        };
+        let redis = (lock_backend == LockBackendKind::Redis).then(|| RedisOptions {
+            addrs: args.cache_redis_addrs.clone(),
+            username: args.cache_redis_username.clone().filter(|u| !u.is_empty()),
+            password: args.cache_redis_password.clone().filter(|p| !p.is_empty()),
+            db: args.cache_redis_db,
+            use_tls: args.cache_redis_use_tls,
+        });
+        if args.cache_lock_retry_initial_delay > args.cache_lock_retry_max_delay {
+            bail!("--cache-lock-retry-initial-delay is longer than --cache-lock-retry-max-delay");
+        }
+        let retry = RetryPolicy {
+            max_attempts: args.cache_lock_retry_max_attempts,
+            initial_delay: args.cache_lock_retry_initial_delay,
+            max_delay: args.cache_lock_retry_max_delay,
+            jitter: args.cache_lock_retry_jitter,
+        };
+        let storage = match args.cache_storage_s3_bucket.clone().filter(|b| !b.is_empty()) {
+            None => StorageConfig::Local(data_dir.clone()),
+            Some(bucket) => {
+                if args.cache_storage_s3_access_key_id.is_empty() || args.cache_storage_s3_secret_access_key.is_empty()
+                {
+                    bail!("S3 storage needs --cache-storage-s3-access-key-id and --cache-storage-s3-secret-access-key");
+                }
+                if let Some(endpoint) = args.cache_storage_s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+                    let u = url::Url::parse(endpoint)
+                        .with_context(|| format!("--cache-storage-s3-endpoint {endpoint:?}"))?;
+                    if !matches!(u.scheme(), "http" | "https") {
+                        bail!("--cache-storage-s3-endpoint {endpoint:?} must be http:// or https://");
+                    }
+                }
+                StorageConfig::S3(S3Options {
+                    bucket,
+                    endpoint: args.cache_storage_s3_endpoint.clone().filter(|e| !e.is_empty()),
+                    region: args.cache_storage_s3_region.clone(),
+                    access_key_id: args.cache_storage_s3_access_key_id.clone(),
+                    secret_access_key: args.cache_storage_s3_secret_access_key.clone(),
+                    force_path_style: args.cache_storage_s3_force_path_style,
+                })
+            }
+        };
+        let secret_key_path = args.cache_secret_key_path.as_deref().map(absolute).transpose()?;
+        if let Some(path) = &secret_key_path {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--cache-secret-key-path {}", path.display()))?;
+            ncps_edge_host_services::signer::Signer::parse(&text)
+                .with_context(|| format!("--cache-secret-key-path {}", path.display()))?;
+        }
+        let wasm_cache_dir = match &args.wasm_cache_dir {
+            Some(dir) => absolute(dir)?,
+            None => data_dir.join("wasm-cache"),
+        };
+        let timezone: chrono_tz::Tz = args
+            .cache_lru_timezone
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--cache-lru-timezone {:?}: {e}", args.cache_lru_timezone))?;
+        let cron: croner::Cron = args
+            .cache_lru_schedule
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--cache-lru-schedule {:?}: {e}", args.cache_lru_schedule))?;
+        let lru = args.cache_max_size.map(|_| LruSchedule { cron, timezone });
+        Ok(Self {
+            args,
+            data_dir,
+            database,
+            lock_backend,
+            lock_prefix,
+            redis,
+            retry,
+            storage,
+            secret_key_path,
+            wasm_cache_dir,
+            lru,
+            without_effect,
+        })
+    }
+}
+
+/// The flag value naming a lock backend.
+pub fn lock_name(kind: LockBackendKind) -> &'static str {
+    match kind {
+        LockBackendKind::Local => "local",
+        LockBackendKind::Redis => "redis",
+        LockBackendKind::Postgres => "postgres",
+        LockBackendKind::Mysql => "mysql",
+    }
+}
