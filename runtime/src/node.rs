@@ -71,16 +71,18 @@ fn upstreams(config: &Config) -> Vec<Upstream> {
         .iter()
         .enumerate()
         .map(|(i, up)| {
-            if args.cache_upstream_public_key.is_empty() {
-                tracing::warn!(
+            let allow_unsigned = args.cache_upstream_public_key.is_empty() && args.cache_upstream_allow_unsigned;
+            if allow_unsigned {
+                tracing::error!(
                     upstream = up.url,
-                    "no --cache-upstream-public-key: narinfos from this upstream are not verified"
+                    "--cache-upstream-allow-unsigned: narinfos from this upstream are NOT verified and are signed with this cache's key"
                 );
             }
             Upstream {
                 url: up.url.clone(),
                 priority: up.priority.unwrap_or(DEFAULT_UPSTREAM_PRIORITY + i as u32),
                 public_keys: args.cache_upstream_public_key.clone(),
+                allow_unsigned,
                 healthy: true,
             }
         })

@@ -40,6 +40,7 @@ fn bad_flags_are_refused_before_serving() {
         (vec!["--cache-lock-backend=postgres"], "SQLite is not supported in HA mode"),
         (vec!["--cache-database-url=oracle://x"], "use sqlite:<path>"),
         (vec!["--cache-max-size=12Q"], "unit must be"),
+        (vec!["--cache-upstream-url=http://127.0.0.1:1"], "--cache-upstream-allow-unsigned"),
     ] {
         let mut all = vec!["serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0", storage.as_str()];
         all.extend(args.iter());

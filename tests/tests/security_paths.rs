@@ -72,3 +72,29 @@ async fn hostile_upstream_narinfos_are_not_adopted() {
     let resp = c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsigned_narinfos_need_an_explicit_choice() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(fx.cache("none").join(format!("{}.narinfo", hash_of(&fx.leaf)))).unwrap();
+    let unsigned: String = good.lines().filter(|l| !l.starts_with("Sig:")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))), unsigned).unwrap();
+    let c = reqwest::Client::new();
+    // With a trusted key configured, an unsigned narinfo is refused.
+    let (_up, node) = node_for_cache(dir.path(), &fx.public_key, &[]).await;
+    let url = |n: &ncps_edge_tests::node::TestNode| format!("{}/{}.narinfo", n.url(), hash_of(&fx.leaf));
+    assert_eq!(c.get(url(&node)).send().await.unwrap().status(), 404);
+    // Only --cache-upstream-allow-unsigned (and no keys) accepts it.
+    let up = FakeUpstream::start(dir.path().to_path_buf()).await;
+    let open = ncps_edge_tests::node::start_node(&[
+        format!("--cache-upstream-url={}", up.url()),
+        "--cache-upstream-allow-unsigned".into(),
+    ])
+    .await;
+    let resp = c.get(url(&open)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let sigs: Vec<&str> = body.lines().filter(|l| l.starts_with("Sig:")).collect();
+    assert!(sigs.len() == 1 && sigs[0].starts_with("Sig: test-cache-1:"), "only our signature: {body}");
+}

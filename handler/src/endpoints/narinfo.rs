@@ -13,7 +13,7 @@ use crate::cache::narinfos::{lookup, normalise_and_sign, record};
 use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;
 use crate::host::time::Instant;
-use crate::host::upstream;
+use crate::host::upstream::{self, Trust};
 use crate::protocol::hash::is_nix32;
 use crate::protocol::narinfo::{compression_extension, NarInfo};
 use crate::protocol::route::NarPath;
@@ -128,8 +128,11 @@ fn take(
     if info.hash() != hash {
         return Err(Refusal::Rejected(format!("narinfo is for another store path, {}", info.store_path)));
     }
-    if !up.keys.is_empty() && !verify_any(&info.fingerprint(), &info.sigs, &up.keys) {
-        return Err(Refusal::Rejected("no valid signature from a trusted key".into()));
+    match &up.trust {
+        Trust::Keys(keys) if verify_any(&info.fingerprint(), &info.sigs, keys) => {}
+        Trust::Keys(_) => return Err(Refusal::Rejected("no valid signature from a trusted key".into())),
+        Trust::Unsigned => {}
+        Trust::Refuse(why) => return Err(Refusal::Rejected(why.clone())),
     }
     adopt(settings, info, &up.url).ok_or_else(|| Refusal::Rejected("unusable URL or compression".into()))
 }

@@ -11,12 +11,38 @@ use crate::bindings::wasi::http::types::{
 };
 use crate::protocol::signature::PublicKey;
 
+/// How an upstream's narinfos are checked.
+pub enum Trust {
+    /// A valid signature by one of these keys is required.
+    Keys(Vec<PublicKey>),
+    /// Accepted unverified (`--cache-upstream-allow-unsigned`, no keys).
+    Unsigned,
+    /// Refused: a configured key does not parse, or there are no keys and
+    /// unsigned narinfos are not allowed. Never turns into "unverified".
+    Refuse(String),
+}
+
 /// An upstream cache as the guest uses it.
 pub struct Upstream {
     /// Base URL without trailing slash.
     pub url: String,
-    /// Keys trusted for its narinfos (empty: unverified).
-    pub keys: Vec<PublicKey>,
+    /// How its narinfos are checked.
+    pub trust: Trust,
+}
+
+fn trust(keys: &[String], allow_unsigned: bool) -> Trust {
+    let mut parsed = Vec::with_capacity(keys.len());
+    for k in keys {
+        match PublicKey::parse(k) {
+            Some(key) => parsed.push(key),
+            None => return Trust::Refuse(format!("trusted key {k:?} is not a valid ed25519 key")),
+        }
+    }
+    match (parsed.is_empty(), allow_unsigned) {
+        (false, _) => Trust::Keys(parsed),
+        (true, true) => Trust::Unsigned,
+        (true, false) => Trust::Refuse("no trusted keys, and unsigned narinfos are not allowed".into()),
+    }
 }
 
 /// Healthy upstreams by priority (all of them when none is healthy: a
@@ -29,7 +55,7 @@ pub fn ordered() -> Vec<Upstream> {
         .filter(|u| u.healthy || !any_healthy)
         .map(|u| Upstream {
             url: u.url.trim_end_matches('/').to_owned(),
-            keys: u.public_keys.iter().filter_map(|k| PublicKey::parse(k)).collect(),
+            trust: trust(&u.public_keys, u.allow_unsigned),
         })
         .collect()
 }
@@ -116,4 +142,29 @@ pub fn get(url: &str, settings: &Settings) -> Result<UpstreamResponse, FetchErro
 /// logs and metric labels.
 pub fn base_of(nar_url: &str) -> &str {
     nar_url.rsplit_once("/nar/").map_or(nar_url, |(base, _)| base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{trust, Trust};
+
+    const GOOD: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+    /// A one-character typo of `GOOD` that is base64 of 32 bytes but no
+    /// ed25519 point.
+    fn typo() -> String {
+        (GOOD.find(':').unwrap() + 1..GOOD.len() - 1)
+            .flat_map(|i| ["A", "B", "C", "D"].map(move |c| format!("{}{c}{}", &GOOD[..i], &GOOD[i + 1..])))
+            .find(|k| k != GOOD && super::PublicKey::parse(k).is_none() && k.len() == GOOD.len())
+            .expect("an invalid typo")
+    }
+
+    #[test]
+    fn a_key_that_does_not_parse_refuses_instead_of_failing_open() {
+        assert!(matches!(trust(&[GOOD.into()], false), Trust::Keys(k) if k.len() == 1));
+        assert!(matches!(trust(&[GOOD.into(), typo()], false), Trust::Refuse(_)));
+        assert!(matches!(trust(&[typo()], true), Trust::Refuse(_)), "allow-unsigned never covers a broken key");
+        assert!(matches!(trust(&[], false), Trust::Refuse(_)));
+        assert!(matches!(trust(&[], true), Trust::Unsigned));
+    }
 }

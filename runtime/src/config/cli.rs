@@ -135,6 +135,10 @@ pub struct ServeArgs {
     /// Trusted upstream public key `name:base64` (repeatable).
     #[arg(long = "cache-upstream-public-key", env = "CACHE_UPSTREAM_PUBLIC_KEYS", value_delimiter = ',', value_parser = public_key)]
     pub cache_upstream_public_key: Vec<String>,
+    /// Accept narinfos from upstreams without verifying them (only when no
+    /// --cache-upstream-public-key is given; logged loudly at start).
+    #[arg(long, env = "CACHE_UPSTREAM_ALLOW_UNSIGNED", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_upstream_allow_unsigned: bool,
     /// Time to wait for an upstream's response headers.
     #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_upstream_response_header_timeout: Duration,

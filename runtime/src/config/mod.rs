@@ -81,6 +81,14 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&args.log_level)
             .with_context(|| format!("--log-level {:?}", args.log_level))?;
+        if !args.cache_upstream_url.is_empty()
+            && args.cache_upstream_public_key.is_empty()
+            && !args.cache_upstream_allow_unsigned
+        {
+            bail!(
+                "no --cache-upstream-public-key: give the upstreams' keys, or --cache-upstream-allow-unsigned to accept their narinfos unverified"
+            );
+        }
         let data_dir = absolute(&args.cache_storage_local)?;
         let database = match args.cache_database_url.clone() {
             None => DatabaseUrl::Sqlite(data_dir.join("db").join("db.sqlite")),

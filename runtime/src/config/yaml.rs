@@ -35,6 +35,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.narinfo-max-size", "cache_narinfo_max_size"),
     ("cache.upstream.urls", "cache_upstream_url"),
     ("cache.upstream.public-keys", "cache_upstream_public_key"),
+    ("cache.upstream.allow-unsigned", "cache_upstream_allow_unsigned"),
     ("cache.upstream.response-header-timeout", "cache_upstream_response_header_timeout"),
     ("cache.upstream.dialer-timeout", "cache_upstream_dialer_timeout"),
     ("cache.upstream.health-interval", "cache_upstream_health_interval"),
