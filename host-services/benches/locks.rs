@@ -19,6 +19,12 @@ use ncps_edge_test_support as support;
 
 const ROUNDS: usize = 2000;
 const TTL: Duration = Duration::from_secs(60);
+/// Server-side idle timeout of a database lock session.
+const IDLE: Duration = Duration::from_secs(15);
+/// Deadline of one lock-session call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the session is pinged.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0
@@ -78,11 +84,11 @@ async fn redis(addr: &str) -> Arc<dyn LockBackend> {
 
 async fn postgres(url: &str, app: &str) -> Arc<dyn LockBackend> {
     let url = format!("{url}?application_name={app}");
-    Arc::new(SessionLocks::new(PgSession::connect(&url).await.expect("PostgreSQL")))
+    Arc::new(SessionLocks::new(PgSession::connect(&url, IDLE).await.expect("PostgreSQL"), CALL_TIMEOUT, HEARTBEAT))
 }
 
 async fn mysql(url: &str) -> Arc<dyn LockBackend> {
-    Arc::new(SessionLocks::new(MySqlSession::connect(url).await.expect("MariaDB")))
+    Arc::new(SessionLocks::new(MySqlSession::connect(url, IDLE).await.expect("MariaDB"), CALL_TIMEOUT, HEARTBEAT))
 }
 
 #[tokio::main]

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod bindings;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod locks;

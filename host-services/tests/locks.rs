@@ -19,6 +19,12 @@ use ncps_edge_host_services::Error;
 use wasmtime::component::ResourceTable;
 
 const TTL: Duration = Duration::from_secs(30);
+/// Server-side idle timeout of a database lock session.
+const IDLE: Duration = Duration::from_secs(15);
+/// Deadline of one lock-session call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the session is pinged.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 use ncps_edge_test_support as support;
 
@@ -42,11 +48,19 @@ async fn redis() -> Arc<dyn LockBackend> {
 
 async fn postgres(app: &str) -> Arc<dyn LockBackend> {
     let url = format!("{}?application_name={app}", postgres_url());
-    Arc::new(SessionLocks::new(PgSession::connect(&url).await.expect("PostgreSQL must be reachable")))
+    Arc::new(SessionLocks::new(
+        PgSession::connect(&url, IDLE).await.expect("PostgreSQL must be reachable"),
+        CALL_TIMEOUT,
+        HEARTBEAT,
+    ))
 }
 
 async fn mysql() -> Arc<dyn LockBackend> {
-    Arc::new(SessionLocks::new(MySqlSession::connect(&mysql_url()).await.expect("MariaDB must be reachable")))
+    Arc::new(SessionLocks::new(
+        MySqlSession::connect(&mysql_url(), IDLE).await.expect("MariaDB must be reachable"),
+        CALL_TIMEOUT,
+        HEARTBEAT,
+    ))
 }
 
 async fn backends() -> Vec<Nodes> {
@@ -260,4 +274,65 @@ async fn postgres_session_death_loses_leases() {
     }
     // The node reconnects for its next lock.
     assert!(a.try_acquire("other", Mode::Exclusive, TTL).await.unwrap().is_some());
+}
+
+/// A kept-alive lease outlives its expiry while its handle lives, stops at
+/// its ceiling, and its key frees within the expiry once dropped or past
+/// the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_renews_until_the_ceiling() {
+    for n in backends().await {
+        let (a, b) = pair(&n);
+        let (a, name) = (a.with_heartbeat(Duration::from_millis(100)), n.name);
+        let expiry = Duration::from_millis(400);
+        let mut lease = a.try_acquire("k", Mode::Exclusive, expiry).await.unwrap().expect(name);
+        lease.keep_alive(expiry, Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(lease.is_held(), "{name}: renewed past its expiry");
+        assert!(b.try_acquire("k", Mode::Exclusive, TTL).await.unwrap().is_none(), "{name}: still held");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!lease.is_held(), "{name}: renewed past its ceiling");
+        assert!(eventually(&b, "k", Mode::Exclusive).await.is_some(), "{name}: the key frees after the ceiling");
+    }
+}
+
+/// Behind the circuit breaker, a stalled Redis costs one deadline per call
+/// until the breaker opens; after the cool-down exactly one call probes it
+/// while every other call fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_breaker_lets_one_probe_through() {
+    use ncps_edge_host_services::locks::guard::Guarded;
+    let proxy = support::StallProxy::start(&support::redis_addr()).await;
+    let opts = RedisOptions { addrs: vec![proxy.addr()], ..Default::default() };
+    let redis = RedisLocks::connect(&opts).await.expect("Redis must be reachable");
+    let deadline = Duration::from_millis(300);
+    let guarded: Arc<dyn LockBackend> =
+        Arc::new(Guarded::new(Box::new(redis), "Redis", false, deadline, Duration::from_millis(500)));
+    let key = format!("test:{}:k", unique());
+    assert!(guarded.try_acquire(&key, Mode::Exclusive, TTL).await.unwrap().is_some());
+    proxy.stall();
+    for _ in 0..ncps_edge_host_services::breaker::TRIP_AFTER {
+        let started = Instant::now();
+        let e = guarded.try_acquire(&key, Mode::Exclusive, TTL).await.err().expect("stalled Redis granted a lock");
+        assert!(e.is_outage(), "{e:?}");
+        assert!(started.elapsed() < deadline * 3, "a call took {:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    assert!(guarded.try_acquire(&key, Mode::Exclusive, TTL).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(50), "open breaker did not fail fast");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let calls = (0..8).map(|_| {
+        let (g, key) = (guarded.clone(), key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = g.try_acquire(&key, Mode::Exclusive, TTL).await;
+            (r.is_err(), started.elapsed())
+        })
+    });
+    let results: Vec<(bool, Duration)> =
+        futures_util::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    assert!(results.iter().all(|(failed, _)| *failed), "{results:?}");
+    let probes = results.iter().filter(|(_, took)| *took >= deadline / 2).count();
+    assert_eq!(probes, 1, "exactly one call may wait on the stalled backend: {results:?}");
+    proxy.resume();
 }

@@ -12,50 +12,88 @@ use ncps_edge_host_services::locks::postgres::PgSession;
 use ncps_edge_host_services::locks::redis::RedisLocks;
 use ncps_edge_host_services::locks::session::SessionLocks;
 use ncps_edge_host_services::locks::LockBackend;
+use ncps_edge_host_services::metadata::guarded::GuardedMetadata;
 use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::Database;
+use ncps_edge_host_services::storage::guarded::GuardedStore;
 use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::storage::s3::S3Store;
 use ncps_edge_host_services::storage::BlobStore;
 
 use crate::config::{Config, DatabaseUrl, LockBackendKind, StorageConfig};
 
-/// Cool-down of an open circuit breaker.
-const BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
+/// Cool-down of an open circuit breaker: how long a backend found down is
+/// not asked again (then one probe goes out).
+const BREAKER_COOL_DOWN: Duration = Duration::from_secs(2);
 
-/// Open the metadata database (migrations applied).
-pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
-    Ok(match &config.database {
-        DatabaseUrl::Sqlite(path) => Arc::new(SqliteMetadata::open(path)?),
-        DatabaseUrl::Postgres(url) => Arc::new(
-            PgMetadata::connect(url, config.args.cache_database_pool_max_open_conns)
-                .await
-                .context("PostgreSQL metadata")?,
-        ),
-        DatabaseUrl::Mysql(url) => Arc::new(MySqlMetadata::connect(url).await.context("MySQL metadata")?),
-    })
+/// Connecting (and migrating) at start may take this many deadlines.
+const CONNECT_DEADLINES: u32 = 10;
+
+/// Run `connect` under `config`'s backend deadline (times [`CONNECT_DEADLINES`]).
+async fn connecting<T>(
+    config: &Config,
+    what: &str,
+    connect: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let limit = config.args.cache_backend_timeout * CONNECT_DEADLINES;
+    tokio::time::timeout(limit, connect).await.map_err(|_| anyhow::anyhow!("{what}: no answer within {limit:?}"))?
 }
 
-/// The lock backend, behind a circuit breaker when it is distributed.
+/// Open the metadata database (migrations applied), behind its deadline.
+pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
+    let timeout = config.args.cache_backend_timeout;
+    let (db, name): (Arc<dyn Database>, &'static str) = match &config.database {
+        DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite"),
+        DatabaseUrl::Postgres(url) => {
+            let pool = config.args.cache_database_pool_max_open_conns;
+            let db = connecting(config, "PostgreSQL metadata", async {
+                PgMetadata::connect(url, pool).await.context("PostgreSQL metadata")
+            })
+            .await?;
+            (Arc::new(db), "postgres")
+        }
+        DatabaseUrl::Mysql(url) => {
+            let db = connecting(config, "MySQL metadata", async {
+                MySqlMetadata::connect(url).await.context("MySQL metadata")
+            })
+            .await?;
+            (Arc::new(db), "mysql")
+        }
+    };
+    Ok(Arc::new(GuardedMetadata::new(db, name, timeout, BREAKER_COOL_DOWN)))
+}
+
+/// The lock backend, behind a deadline and a circuit breaker when it is
+/// distributed.
 pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
-    let degraded = config.args.cache_lock_allow_degraded_mode;
+    let args = &config.args;
+    let (timeout, lease, heartbeat) =
+        (args.cache_backend_timeout, args.cache_lock_download_lease, args.cache_lock_heartbeat_interval);
     let guard = |backend: Box<dyn LockBackend>, label| -> Arc<dyn LockBackend> {
-        Arc::new(Guarded::new(backend, label, degraded, BREAKER_COOL_DOWN))
+        Arc::new(Guarded::new(backend, label, args.cache_lock_allow_degraded_mode, timeout, BREAKER_COOL_DOWN))
     };
     Ok(match (config.lock_backend, &config.database, &config.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => {
-            let redis = RedisLocks::connect(opts).await.context("connecting to Redis")?;
+            let redis =
+                connecting(config, "Redis", async { RedisLocks::connect(opts).await.context("connecting to Redis") })
+                    .await?;
             guard(Box::new(redis), "Redis")
         }
         (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => {
-            let session = PgSession::connect(url).await.context("PostgreSQL lock session")?;
-            guard(Box::new(SessionLocks::new(session)), "PostgreSQL")
+            let session = connecting(config, "PostgreSQL lock session", async {
+                PgSession::connect(url, lease).await.context("PostgreSQL lock session")
+            })
+            .await?;
+            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "PostgreSQL")
         }
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
-            let session = MySqlSession::connect(url).await.context("MySQL lock session")?;
-            guard(Box::new(SessionLocks::new(session)), "MySQL")
+            let session = connecting(config, "MySQL lock session", async {
+                MySqlSession::connect(url, lease).await.context("MySQL lock session")
+            })
+            .await?;
+            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "MySQL")
         }
         _ => {
             tracing::info!("using local locks");
@@ -64,10 +102,17 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
     })
 }
 
-/// NAR storage: the S3 bucket when one is given, else the local folder.
+/// NAR storage: the S3 bucket when one is given, else the local folder;
+/// behind its deadline.
 pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
-    Ok(match &config.storage {
-        StorageConfig::Local(dir) => Arc::new(LocalStore::open(dir).await?),
-        StorageConfig::S3(opts) => Arc::new(S3Store::connect(opts).await.context("S3 storage")?),
-    })
+    let timeout = config.args.cache_backend_timeout;
+    let (store, name): (Arc<dyn BlobStore>, &'static str) = match &config.storage {
+        StorageConfig::Local(dir) => (Arc::new(LocalStore::open(dir).await?), "disk"),
+        StorageConfig::S3(opts) => {
+            let s3 =
+                connecting(config, "S3 storage", async { S3Store::connect(opts).await.context("S3 storage") }).await?;
+            (Arc::new(s3), "s3")
+        }
+    };
+    Ok(Arc::new(GuardedStore::new(store, name, timeout, BREAKER_COOL_DOWN)))
 }

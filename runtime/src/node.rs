@@ -112,6 +112,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
         get_token: args.cache_get_token.clone().filter(|t| !t.is_empty()),
         upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
         upstream_connect_timeout_ms: args.cache_upstream_dialer_timeout.as_millis() as u64,
+        download_lease_ms: args.cache_lock_download_lease.as_millis() as u64,
         download_lock_ttl_ms: args.cache_lock_download_ttl.as_millis() as u64,
         max_narinfo_size: args.cache_narinfo_max_size,
         max_size: args.cache_max_size,
@@ -120,7 +121,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
     };
     let metrics = Arc::new(Metrics::new());
     let services = Arc::new(Services {
-        locks: Locks::new(lock_backend, config.lock_prefix.clone(), config.retry.clone(), metrics.clone()),
+        locks: Locks::new(lock_backend, config.lock_prefix.clone(), config.retry.clone(), metrics.clone())
+            .with_heartbeat(args.cache_lock_heartbeat_interval),
         storage,
         metadata: Metadata::new(database),
         signer,

@@ -14,7 +14,7 @@ use ncps_edge_tests::process::NodeProcess;
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
 
-async fn kill_the_downloader(backend: &str, ttl: &str) {
+async fn kill_the_downloader(backend: &str, lease: &str) {
     let fx = fixture();
     let cache = fx.cache("none");
     let up = FakeUpstream::start(cache.clone()).await;
@@ -28,7 +28,8 @@ async fn kill_the_downloader(backend: &str, ttl: &str) {
         "--cache-hostname=failover".to_string(),
         format!("--cache-database-url={db}"),
         format!("--cache-storage-local={}", storage.display()),
-        format!("--cache-lock-download-ttl={ttl}"),
+        format!("--cache-lock-download-lease={lease}"),
+        "--cache-lock-heartbeat-interval=1s".to_string(),
         format!("--cache-lock-redis-key-prefix=test:{}:", db.rsplit('/').next().unwrap()),
         format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()),
     ]);
@@ -92,5 +93,5 @@ async fn redis_lock_expires_and_another_node_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_session_dies_and_another_node_takes_over_at_once() {
-    kill_the_downloader("postgres", "10m").await;
+    kill_the_downloader("postgres", "15s").await;
 }

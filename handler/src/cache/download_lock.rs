@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::locks::{self, Lease, Mode};
 use crate::bindings::ncps::edge::types::Error as HostError;
 use crate::host::logging;
@@ -26,16 +27,19 @@ pub enum Wait<T> {
     Unavailable,
 }
 
-/// Take `download:<kind>:<hash>` (held `ttl_ms` at a time), or wait up to
-/// `patience` for whoever holds it, checking `done()` for the result before
-/// taking the lock and between rounds.
+/// Take `download:<kind>:<hash>`, or wait up to `patience` for whoever
+/// holds it, checking `done()` for the result before taking the lock and
+/// between rounds. A lease taken here expires `download-lease-ms` ahead and
+/// is kept alive by the host's heartbeat for at most `download-lock-ttl-ms`,
+/// so a holder that dies or freezes is taken over within the lease.
 pub fn acquire_or_wait<T>(
     kind: &str,
     hash: &str,
-    ttl_ms: u64,
+    settings: &Settings,
     patience: Duration,
     mut done: impl FnMut() -> Option<T>,
 ) -> Wait<T> {
+    let ttl_ms = settings.download_lease_ms;
     let key = format!("download:{kind}:{hash}");
     let lock_type = format!("download:{kind}");
     let started = Instant::now();
@@ -50,6 +54,7 @@ pub fn acquire_or_wait<T>(
                     "acquired download lock",
                     &[("hash", hash), ("lock_type", &lock_type), ("lock_key", &key)],
                 );
+                lease.keep_alive(settings.download_lease_ms, settings.download_lock_ttl_ms);
                 return Wait::Acquired(lease);
             }
             Err(HostError::Timeout(_) | HostError::Conflict(_)) => {

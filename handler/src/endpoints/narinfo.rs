@@ -28,14 +28,12 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     // trip; wait that long for another instance's fetch, then fetch too
     // (fetching twice is harmless).
     let patience = Duration::from_millis(settings.upstream_timeout_ms.saturating_mul(3));
-    let _lease =
-        match download_lock::acquire_or_wait("narinfo", hash, settings.download_lock_ttl_ms, patience, || lookup(hash))
-        {
-            Wait::Done(info) => return respond(out, &info, CacheResult::Hit, head),
-            Wait::Acquired(lease) => Some(lease),
-            Wait::GaveUp => None,
-            Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
-        };
+    let _lease = match download_lock::acquire_or_wait("narinfo", hash, settings, patience, || lookup(hash)) {
+        Wait::Done(info) => return respond(out, &info, CacheResult::Hit, head),
+        Wait::Acquired(lease) => Some(lease),
+        Wait::GaveUp => None,
+        Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
+    };
     match fetch(settings, hash) {
         Some(info) => respond(out, &info, CacheResult::Miss, head),
         None => text(out, 404, "not found\n", head),

@@ -93,19 +93,24 @@ impl RetryPolicy {
 }
 
 /// A held lease as the guest sees it: the backend's lease plus its key.
-/// Dropping it releases the lease and records how long it was held.
+/// Dropping it releases the lease (and stops its heartbeat) and records
+/// how long it was held.
 pub struct LeaseHandle {
     key: String,
     mode: Mode,
-    lease: Box<dyn Lease>,
+    lease: Arc<dyn Lease>,
     acquired: std::time::Instant,
-    metrics: Arc<Metrics>,
+    locks: Locks,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for LeaseHandle {
     fn drop(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
         let labels = LockModeLabels { r#type: lock_type(&self.key).to_owned(), mode: self.mode.as_str().to_owned() };
-        self.metrics.lock_hold.get_or_create(&labels).observe(self.acquired.elapsed().as_secs_f64());
+        self.locks.metrics.lock_hold.get_or_create(&labels).observe(self.acquired.elapsed().as_secs_f64());
     }
 }
 
@@ -114,15 +119,63 @@ impl LeaseHandle {
     pub fn key(&self) -> &str {
         &self.key
     }
-    /// See [`Lease::extend`].
+
+    /// See [`Lease::extend`]; a lease found lost is counted and logged.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        self.lease.extend(ttl).await
+        let result = self.lease.extend(ttl).await;
+        if let Err(e) = &result {
+            lost(&self.locks, &self.key, self.mode, e);
+        }
+        result
     }
-    /// See [`Lease::is_held`].
+
+    /// See [`Lease::is_held`]: answered from the lease's own expiry, without
+    /// a backend call.
     pub fn is_held(&self) -> bool {
         self.lease.is_held()
     }
+
+    /// Renew the lease from the host to now + `expiry` every heartbeat
+    /// interval while this handle lives, for at most `ceiling` from now.
+    /// If the node dies or stalls, the renewals stop and the lease expires
+    /// within `expiry`; a renewal that fails marks the lease lost.
+    pub fn keep_alive(&mut self, expiry: Duration, ceiling: Duration) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+        let interval = self.locks.heartbeat.min(expiry / 3).max(Duration::from_millis(10));
+        let (lease, locks, key, mode) = (self.lease.clone(), self.locks.clone(), self.key.clone(), self.mode);
+        let until = tokio::time::Instant::now() + ceiling;
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if tokio::time::Instant::now() >= until {
+                    tracing::warn!(
+                        lock_key = key,
+                        holder = &*locks.node_id,
+                        "lock held past its ceiling; letting it expire"
+                    );
+                    return;
+                }
+                if let Err(e) = lease.extend(expiry).await {
+                    lost(&locks, &key, mode, &e);
+                    return;
+                }
+            }
+        }));
+    }
 }
+
+/// Count and log a lease that could not be renewed.
+fn lost(locks: &Locks, key: &str, mode: Mode, e: &Error) {
+    let labels =
+        LockFailureLabels { r#type: lock_type(key).to_owned(), reason: "lost".into(), mode: mode.as_str().into() };
+    locks.metrics.lock_failures.get_or_create(&labels).inc();
+    tracing::warn!(lock_key = key, holder = &*locks.node_id, error = %e, "lease lost");
+}
+
+/// How often held leases are renewed by default (see [`LeaseHandle::keep_alive`]).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The lock service of a node: a backend, the key prefix and the retry policy.
 #[derive(Clone)]
@@ -131,6 +184,8 @@ pub struct Locks {
     prefix: String,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    heartbeat: Duration,
+    node_id: Arc<str>,
 }
 
 /// Longest key the guest may ask for (before the prefix).
@@ -144,7 +199,20 @@ impl Locks {
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { backend, prefix: prefix.into(), retry, metrics }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+        let node_id = format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>());
+        Self { backend, prefix: prefix.into(), retry, metrics, heartbeat: DEFAULT_HEARTBEAT, node_id: node_id.into() }
+    }
+
+    /// Renew kept-alive leases every `interval` (`--cache-lock-heartbeat-interval`).
+    pub fn with_heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// This node's name in lock logs.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -182,9 +250,10 @@ impl Locks {
         Ok(lease.map(|lease| LeaseHandle {
             key: key.to_owned(),
             mode,
-            lease,
+            lease: Arc::from(lease),
             acquired: std::time::Instant::now(),
-            metrics: self.metrics.clone(),
+            locks: self.clone(),
+            heartbeat: None,
         }))
     }
 

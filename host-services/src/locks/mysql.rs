@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
@@ -30,9 +31,11 @@ struct State {
     slots: HashMap<String, usize>,
 }
 
-/// The node's lock session.
+/// The node's lock session. MySQL connections take one query at a time, so
+/// the node's lock calls take turns on it; each has the backend deadline.
 pub struct MySqlSession {
     opts: Opts,
+    idle_timeout: Duration,
     state: Mutex<State>,
     generation: AtomicU64,
 }
@@ -50,11 +53,13 @@ fn unavailable(e: impl Into<crate::error::Cause>) -> Error {
 }
 
 impl MySqlSession {
-    /// A session to `url` (`mysql://user:pass@host:port/db`), connected now.
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// A session to `url` (`mysql://user:pass@host:port/db`), connected now;
+    /// the server ends it after `idle_timeout` (whole seconds) without a query.
+    pub async fn connect(url: &str, idle_timeout: Duration) -> Result<Self> {
         let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
         let session = Self {
             opts,
+            idle_timeout,
             state: Mutex::new(State { conn: None, slots: HashMap::new() }),
             generation: AtomicU64::new(0),
         };
@@ -65,7 +70,10 @@ impl MySqlSession {
     async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
         let mut state = self.state.lock().await;
         if state.conn.is_none() {
-            state.conn = Some(Conn::new(self.opts.clone()).await.map_err(unavailable)?);
+            let mut conn = Conn::new(self.opts.clone()).await.map_err(unavailable)?;
+            let seconds = self.idle_timeout.as_secs().max(1);
+            conn.query_drop(format!("SET SESSION wait_timeout = {seconds}")).await.map_err(unavailable)?;
+            state.conn = Some(conn);
             state.slots.clear();
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -167,6 +175,18 @@ impl LockSession for MySqlSession {
             })
         })
         .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.with_conn(|conn, _| Box::pin(async move { conn.ping().await })).await
+    }
+
+    async fn reset(&self) {
+        let mut state = self.state.lock().await;
+        if state.conn.take().is_some() {
+            state.slots.clear();
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn generation(&self) -> u64 {

@@ -1,7 +1,12 @@
 //! PostgreSQL advisory locks on one dedicated session per node
 //! (`--cache-lock-backend=postgres`): any number of locks, one connection.
+//! Queries on the session run concurrently (tokio-postgres pipelines them);
+//! the session is opened with `idle_session_timeout`, so the server ends it
+//! — and frees its locks — when the node stops sending its heartbeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
@@ -12,42 +17,48 @@ use crate::{Error, Result};
 
 /// The node's lock session.
 pub struct PgSession {
-    url: String,
-    client: Mutex<Option<Client>>,
-    generation: AtomicU64,
+    config: tokio_postgres::Config,
+    client: Mutex<Option<Arc<Client>>>,
+    generation: Arc<AtomicU64>,
 }
 
 impl PgSession {
-    /// A session to `url`, connected now.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let session = Self { url: url.to_owned(), client: Mutex::default(), generation: AtomicU64::new(0) };
-        drop(session.client().await?);
+    /// A session to `url`, connected now; the server ends it after
+    /// `idle_timeout` without a query.
+    pub async fn connect(url: &str, idle_timeout: Duration) -> Result<Self> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| Error::invalid(format!("postgres URL: {e}")))?;
+        config.options(format!("-c idle_session_timeout={}", idle_timeout.as_millis().max(1)));
+        config.connect_timeout(Duration::from_secs(5));
+        let session = Self { config, client: Mutex::default(), generation: Arc::new(AtomicU64::new(0)) };
+        session.client().await?;
         Ok(session)
     }
 
     /// The live client, reconnecting (as a new generation) when the last one died.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
+    async fn client(&self) -> Result<Arc<Client>> {
         let mut guard = self.client.lock().await;
-        if guard.as_ref().is_some_and(|c| c.is_closed()) {
-            *guard = None;
+        if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
         }
-        if guard.is_none() {
-            let (client, conn) =
-                tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| Error::unavailable("postgres", e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "postgres lock session ended; its leases are lost");
-                }
-            });
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            *guard = Some(client);
-        }
-        Ok(guard)
+        let (client, conn) = self.config.connect(NoTls).await.map_err(|e| Error::unavailable("postgres", e))?;
+        let generation = self.generation.clone();
+        let current = generation.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres lock session ended; its leases are lost");
+            }
+            // Whatever ended it, its locks are gone: leases of this
+            // generation are lost from now on.
+            let _ = generation.compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst);
+        });
+        let client = Arc::new(client);
+        *guard = Some(client.clone());
+        Ok(client)
     }
 
     async fn call(&self, sql: &str, key: &str) -> Result<Option<bool>> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().ok_or_else(|| Error::unavailable("postgres", "no session"))?;
+        let client = self.client().await?;
         match client.query_one(sql, &[&key_id(key)]).await {
             Ok(row) => Ok(row.try_get::<_, Option<bool>>(0).ok().flatten()),
             Err(e) => Err(Error::unavailable("postgres", e)),
@@ -73,9 +84,20 @@ impl LockSession for PgSession {
         self.call(sql, key).await.map(|_| ())
     }
 
+    async fn ping(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.simple_query("").await.map(|_| ()).map_err(|e| Error::unavailable("postgres", e))
+    }
+
+    async fn reset(&self) {
+        // Dropping the client closes the connection; the server drops every
+        // advisory lock of the session.
+        if self.client.lock().await.take().is_some() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     fn generation(&self) -> u64 {
-        let closed = self.client.try_lock().map(|c| c.as_ref().is_none_or(|c| c.is_closed())).unwrap_or(false);
-        // A closed session counts as the next generation at once.
-        self.generation.load(Ordering::SeqCst) + u64::from(closed)
+        self.generation.load(Ordering::SeqCst)
     }
 }

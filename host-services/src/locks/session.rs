@@ -2,15 +2,22 @@
 //! advisory locks, MySQL `GET_LOCK`). Session-level locks are re-entrant, so
 //! this node-local layer decides between the node's own requests and takes
 //! the database lock once per key: the first holder takes it, the last one
-//! to leave gives it back. TTLs are enforced here, on the holder side, by a
-//! reaper; when the session dies its locks vanish with it, and every lease
-//! taken on it reports itself lost.
+//! to leave gives it back.
+//!
+//! - Only requests for the same key wait for each other: each key has its
+//!   own slot, and no node-wide lock is held across a database round trip.
+//! - Every session call has a deadline. A call that misses it ends the
+//!   session (its locks go with it, every lease on it reports itself lost)
+//!   rather than leaving the node unsure what the server did.
+//! - TTLs are enforced here, on the holder side: every lease carries its own
+//!   expiry (so `is_held` needs no call), and a reaper gives expired ones
+//!   back. A heartbeat keeps the session busy while the node lives; the
+//!   session is opened with a server-side idle timeout, so the locks of a
+//!   node that stops (killed, or frozen) are freed within that timeout.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-use tokio::sync::Mutex;
 
 use super::{Lease, LockBackend, Mode};
 use crate::{Error, Result};
@@ -22,38 +29,118 @@ pub trait LockSession: Send + Sync + 'static {
     async fn try_lock(&self, key: &str, mode: Mode) -> Result<bool>;
     /// Give `key` back.
     async fn unlock(&self, key: &str, mode: Mode) -> Result<()>;
+    /// A cheap round trip that keeps the session from idling out.
+    async fn ping(&self) -> Result<()>;
+    /// End the session (the server drops its locks); the next call opens a
+    /// new one.
+    async fn reset(&self);
     /// Changes whenever the session is replaced (the old one died, and its
     /// locks with it).
     fn generation(&self) -> u64;
 }
 
-struct Entry {
+/// How long a lease is valid, shared between the lease and the node's table.
+type Clock = Arc<Mutex<Instant>>;
+
+fn read(clock: &Clock) -> Instant {
+    *clock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the node holds on one key.
+struct Held {
     mode: Mode,
     generation: u64,
-    holders: HashMap<u64, Instant>,
+    holders: HashMap<u64, Clock>,
 }
+
+/// One key's state; requests for the key take turns on it.
+#[derive(Default)]
+struct Slot(tokio::sync::Mutex<Option<Held>>);
 
 struct Inner<S> {
     session: S,
-    table: Mutex<HashMap<String, Entry>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    timeout: Duration,
 }
 
 impl<S: LockSession> Inner<S> {
-    /// Drop expired holders of `key` (and the database lock when none is
-    /// left); entries of a dead session are dropped without a call.
-    async fn purge(&self, table: &mut HashMap<String, Entry>, key: &str, now: Instant) {
-        let Some(entry) = table.get_mut(key) else { return };
-        if entry.generation != self.session.generation() {
-            table.remove(key);
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Forget `key`'s slot when it is empty and nobody else is waiting on it.
+    fn tidy(&self, key: &str, slot: &Arc<Slot>, empty: bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Two references: the table's and ours. Nobody else can pick it up
+        // while we hold the table.
+        if empty && Arc::strong_count(slot) == 2 && slots.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(key);
+        }
+    }
+
+    /// A session call under the deadline; a missed deadline ends the session.
+    async fn call<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    operation = what,
+                    "lock session did not answer in time; ending it (its leases are lost)"
+                );
+                self.session.reset().await;
+                Err(Error::timeout("lock session", format!("{what}: no answer within {:?}", self.timeout)))
+            }
+        }
+    }
+
+    /// Drop expired holders (and the database lock when none is left);
+    /// entries of a dead session are dropped without a call.
+    async fn purge(&self, held: &mut Option<Held>, key: &str, now: Instant) {
+        let Some(h) = held else { return };
+        if h.generation != self.session.generation() {
+            *held = None;
             return;
         }
-        entry.holders.retain(|_, exp| *exp > now);
-        if entry.holders.is_empty() {
-            let mode = entry.mode;
-            table.remove(key);
-            if let Err(e) = self.session.unlock(key, mode).await {
+        h.holders.retain(|_, clock| read(clock) > now);
+        if h.holders.is_empty() {
+            let mode = h.mode;
+            *held = None;
+            if let Err(e) = self.call("unlock", self.session.unlock(key, mode)).await {
                 tracing::warn!(lock_key = key, error = %e, "failed to release a database lock");
             }
+        }
+    }
+
+    /// Remove holder `token` of `key` (a dropped lease).
+    async fn release(&self, key: &str, token: u64, generation: u64) {
+        let slot = self.slot(key);
+        let empty = {
+            let mut held = slot.0.lock().await;
+            if let Some(h) = held.as_mut().filter(|h| h.generation == generation) {
+                h.holders.remove(&token);
+                if h.holders.is_empty() {
+                    self.purge(&mut held, key, Instant::now()).await;
+                }
+            }
+            held.is_none()
+        };
+        self.tidy(key, &slot, empty);
+    }
+
+    /// One reaper round: expired leases of every key not busy right now.
+    async fn reap(&self) {
+        let slots: Vec<(String, Arc<Slot>)> =
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        let now = Instant::now();
+        for (key, slot) in slots {
+            let empty = match slot.0.try_lock() {
+                Ok(mut held) => {
+                    self.purge(&mut held, &key, now).await;
+                    held.is_none()
+                }
+                Err(_) => continue,
+            };
+            self.tidy(&key, &slot, empty);
         }
     }
 }
@@ -61,12 +148,14 @@ impl<S: LockSession> Inner<S> {
 /// A lock backend over one [`LockSession`].
 pub struct SessionLocks<S> {
     inner: Arc<Inner<S>>,
-    _reaper: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl<S> Drop for SessionLocks<S> {
     fn drop(&mut self) {
-        self._reaper.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -74,49 +163,66 @@ impl<S> Drop for SessionLocks<S> {
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
 
 impl<S: LockSession> SessionLocks<S> {
-    /// Locks on `session`; a reaper releases expired leases.
-    pub fn new(session: S) -> Self {
-        let inner = Arc::new(Inner { session, table: Mutex::default() });
+    /// Locks on `session`; every session call must answer within `timeout`,
+    /// and the session is pinged every `heartbeat`.
+    pub fn new(session: S, timeout: Duration, heartbeat: Duration) -> Self {
+        let inner = Arc::new(Inner { session, slots: Mutex::default(), timeout });
         let weak: Weak<Inner<S>> = Arc::downgrade(&inner);
         let reaper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(REAP_INTERVAL).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let mut table = inner.table.lock().await;
-                let now = Instant::now();
-                let keys: Vec<String> = table.keys().cloned().collect();
-                for key in keys {
-                    inner.purge(&mut table, &key, now).await;
+                inner.reap().await;
+            }
+        });
+        let weak: Weak<Inner<S>> = Arc::downgrade(&inner);
+        let pinger = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.call("ping", inner.session.ping()).await {
+                    tracing::warn!(error = %e, "lock session heartbeat failed");
                 }
             }
         });
-        Self { inner, _reaper: reaper }
+        Self { inner, tasks: vec![reaper, pinger] }
     }
 }
 
 #[async_trait::async_trait]
 impl<S: LockSession> LockBackend for SessionLocks<S> {
     async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        let now = Instant::now();
+        let inner = &self.inner;
+        let slot = inner.slot(key);
         let token: u64 = rand::random();
-        let mut table = self.inner.table.lock().await;
-        self.inner.purge(&mut table, key, now).await;
-        let generation = self.inner.session.generation();
-        match table.get_mut(key) {
-            Some(entry) if entry.mode == Mode::Shared && mode == Mode::Shared => {
-                entry.holders.insert(token, now + ttl);
-            }
-            Some(_) => return Ok(None),
-            None => {
-                if !self.inner.session.try_lock(key, mode).await? {
-                    return Ok(None);
+        let clock: Clock = Arc::new(Mutex::new(Instant::now() + ttl));
+        let result = {
+            let mut held = slot.0.lock().await;
+            inner.purge(&mut held, key, Instant::now()).await;
+            let got = match held.as_mut() {
+                Some(h) if h.mode == Mode::Shared && mode == Mode::Shared => {
+                    h.holders.insert(token, clock.clone());
+                    Ok(Some(h.generation))
                 }
-                let generation = self.inner.session.generation();
-                table.insert(key.to_owned(), Entry { mode, generation, holders: HashMap::from([(token, now + ttl)]) });
-            }
-        }
-        drop(table);
-        Ok(Some(Box::new(SessionLease { inner: self.inner.clone(), key: key.to_owned(), token, generation })))
+                Some(_) => Ok(None),
+                None => match inner.call("lock", inner.session.try_lock(key, mode)).await {
+                    Ok(true) => {
+                        let generation = inner.session.generation();
+                        *held = Some(Held { mode, generation, holders: HashMap::from([(token, clock.clone())]) });
+                        Ok(Some(generation))
+                    }
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            };
+            (got, held.is_none())
+        };
+        let (got, empty) = result;
+        inner.tidy(key, &slot, empty);
+        Ok(got?.map(|generation| {
+            Box::new(SessionLease { inner: inner.clone(), key: key.to_owned(), token, generation, clock })
+                as Box<dyn Lease>
+        }))
     }
 }
 
@@ -125,37 +231,23 @@ struct SessionLease<S: LockSession> {
     key: String,
     token: u64,
     generation: u64,
-}
-
-impl<S: LockSession> SessionLease<S> {
-    fn alive<'a>(&self, entry: Option<&'a mut Entry>) -> Option<&'a mut Instant> {
-        let entry = entry.filter(|e| e.generation == self.generation)?;
-        if self.inner.session.generation() != self.generation {
-            return None;
-        }
-        entry.holders.get_mut(&self.token).filter(|exp| **exp > Instant::now())
-    }
+    clock: Clock,
 }
 
 #[async_trait::async_trait]
 impl<S: LockSession> Lease for SessionLease<S> {
     async fn extend(&self, ttl: Duration) -> Result<()> {
-        let mut table = self.inner.table.lock().await;
-        match self.alive(table.get_mut(&self.key)) {
-            Some(exp) => {
-                *exp = Instant::now() + ttl;
-                Ok(())
-            }
-            None => Err(Error::conflict(format!("lease on {} was lost", self.key))),
+        let mut expiry = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if self.inner.session.generation() != self.generation || *expiry <= now {
+            return Err(Error::conflict(format!("lease on {} was lost", self.key)));
         }
+        *expiry = now + ttl;
+        Ok(())
     }
 
     fn is_held(&self) -> bool {
-        match self.inner.table.try_lock() {
-            Ok(mut table) => self.alive(table.get_mut(&self.key)).is_some(),
-            // Busy table: answer from the session alone.
-            Err(_) => self.inner.session.generation() == self.generation,
-        }
+        self.inner.session.generation() == self.generation && read(&self.clock) > Instant::now()
     }
 }
 
@@ -163,16 +255,7 @@ impl<S: LockSession> Drop for SessionLease<S> {
     fn drop(&mut self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (inner, key, token, generation) = (self.inner.clone(), self.key.clone(), self.token, self.generation);
-        rt.spawn(async move {
-            let mut table = inner.table.lock().await;
-            if let Some(entry) = table.get_mut(&key).filter(|e| e.generation == generation) {
-                entry.holders.remove(&token);
-                if entry.holders.is_empty() {
-                    let now = Instant::now();
-                    inner.purge(&mut table, &key, now).await;
-                }
-            }
-        });
+        rt.spawn(async move { inner.release(&key, token, generation).await });
     }
 }
 

@@ -55,6 +55,16 @@ impl locks::HostLease for LocksView<'_> {
         Ok(self.table.get(&this)?.is_held())
     }
 
+    async fn keep_alive(
+        &mut self,
+        this: Resource<LeaseHandle>,
+        expiry_ms: u64,
+        ceiling_ms: u64,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&this)?.keep_alive(Duration::from_millis(expiry_ms), Duration::from_millis(ceiling_ms));
+        Ok(())
+    }
+
     async fn drop(&mut self, this: Resource<LeaseHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())

@@ -3,6 +3,7 @@
 //! node's own configuration values (the signing key).
 
 pub mod access;
+pub mod guarded;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;

@@ -36,7 +36,8 @@ pub struct LockModeLabels {
 pub struct LockFailureLabels {
     /// Lock type.
     pub r#type: String,
-    /// `timeout`, `contended` or `backend`.
+    /// `timeout`, `contended`, `backend`, or `lost` (a held lease expired or
+    /// its session died before it was released).
     pub reason: String,
     /// `exclusive` or `shared`.
     pub mode: String,
@@ -161,7 +162,7 @@ impl Metrics {
                         mode: mode.into(),
                     });
                 }
-                for reason in ["timeout", "contended", "backend"] {
+                for reason in ["timeout", "contended", "backend", "lost"] {
                     let _ = m.lock_failures.get_or_create(&LockFailureLabels {
                         r#type: t.to_string(),
                         reason: reason.into(),

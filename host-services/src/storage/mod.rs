@@ -1,5 +1,6 @@
 //! Blob storage for NAR files: the contract and key validation.
 
+pub mod guarded;
 pub mod local;
 pub mod s3;
 pub mod wit;

@@ -187,12 +187,24 @@ pub struct ServeArgs {
     /// Accepted for ncps compatibility: each master uses one multiplexed connection.
     #[arg(long, env = "CACHE_REDIS_POOL_SIZE", default_value_t = 10)]
     pub cache_redis_pool_size: u32,
+    /// Deadline of every call to the database, the lock service and the
+    /// object store; a stalled backend answers "timeout" within it.
+    #[arg(long, env = "CACHE_BACKEND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub cache_backend_timeout: Duration,
     /// Connections of the PostgreSQL metadata pool.
     #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 25)]
     pub cache_database_pool_max_open_conns: usize,
-    /// TTL of per-hash download locks.
+    /// Longest one download may hold its lock (the ceiling of its renewals).
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,
+    /// How far ahead a download lease expires; the holder renews it every
+    /// --cache-lock-heartbeat-interval while it lives, so a dead or frozen
+    /// holder's download is taken over within this time.
+    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub cache_lock_download_lease: Duration,
+    /// How often held leases are renewed (and database lock sessions pinged).
+    #[arg(long, env = "CACHE_LOCK_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub cache_lock_heartbeat_interval: Duration,
     /// TTL of the LRU lock.
     #[arg(long, env = "CACHE_LOCK_LRU_TTL", default_value = "30m", value_parser = parse_duration)]
     pub cache_lock_lru_ttl: Duration,

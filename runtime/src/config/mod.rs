@@ -126,6 +126,15 @@ impl Config {
         if args.cache_lock_retry_initial_delay > args.cache_lock_retry_max_delay {
             bail!("--cache-lock-retry-initial-delay is longer than --cache-lock-retry-max-delay");
         }
+        if args.cache_lock_heartbeat_interval * 2 > args.cache_lock_download_lease {
+            bail!("--cache-lock-heartbeat-interval must be at most half of --cache-lock-download-lease");
+        }
+        if args.cache_lock_download_lease > args.cache_lock_download_ttl {
+            bail!("--cache-lock-download-lease is longer than --cache-lock-download-ttl, its ceiling");
+        }
+        if args.cache_backend_timeout.is_zero() {
+            bail!("--cache-backend-timeout must be more than 0");
+        }
         let retry = RetryPolicy {
             max_attempts: args.cache_lock_retry_max_attempts,
             initial_delay: args.cache_lock_retry_initial_delay,

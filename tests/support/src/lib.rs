@@ -8,9 +8,11 @@
 //! `CI=true` nothing is ever skipped.
 #![deny(missing_docs)]
 
+mod proxy;
 mod redis;
 mod s3;
 
+pub use proxy::StallProxy;
 pub use redis::PrivateRedis;
 pub use s3::{fresh_bucket, S3Bucket};
 
@@ -62,6 +64,25 @@ pub async fn fresh_mysql() -> String {
     admin.query_drop(format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
     let _ = admin.disconnect().await;
     format!("{server}/{name}")
+}
+
+/// `url` with its `host:port` replaced by `addr` (to route a client
+/// through a [`StallProxy`]).
+pub fn via(url: &str, addr: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (auth, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
+    format!("{scheme}://{user}{addr}{tail}")
+}
+
+/// `host:port` of a URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let auth = rest.split('/').next().unwrap_or(rest);
+    auth.rsplit_once('@').map_or(auth, |(_, hp)| hp).to_owned()
 }
 
 /// A free TCP port on loopback.

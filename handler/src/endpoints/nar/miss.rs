@@ -3,8 +3,6 @@
 //! is held back from the client until the hash is checked, so a client never
 //! receives a complete-looking corrupt NAR.
 
-use std::time::Duration;
-
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use super::CONTENT_TYPE;
@@ -90,8 +88,6 @@ struct Transfer<'a> {
     total: u64,
     held: Vec<u8>,
     lease: Option<Lease>,
-    ttl_ms: u64,
-    last_extend: Instant,
 }
 
 impl Transfer<'_> {
@@ -114,17 +110,13 @@ impl Transfer<'_> {
         self.keep_lease();
     }
 
-    /// Extend the download lock every third of its TTL; when it is lost,
-    /// another node may be downloading: stop caching (keep serving).
+    /// The host keeps the lease alive; when it is lost (this node stalled
+    /// past its expiry, or its session died) another node may be
+    /// downloading: stop caching (keep serving).
     fn keep_lease(&mut self) {
-        let Some(lease) = &self.lease else { return };
-        if self.last_extend.elapsed() <= Duration::from_millis(self.ttl_ms / 3) {
-            return;
-        }
-        self.last_extend = Instant::now();
-        if let Err(e) = lease.extend(self.ttl_ms) {
+        if self.lease.as_ref().is_some_and(|l| !l.is_held()) {
             self.lease = None;
-            self.stop_caching("download lock lost; serving without caching", &format!("{e:?}"));
+            self.stop_caching("download lock lost; serving without caching", "lease expired");
         }
     }
 
@@ -193,8 +185,6 @@ pub(super) fn download(
         total: 0,
         held: Vec::new(),
         lease,
-        ttl_ms: settings.download_lock_ttl_ms,
-        last_extend: Instant::now(),
     };
     loop {
         match body.next_chunk() {

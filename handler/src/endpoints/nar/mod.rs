@@ -40,7 +40,7 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
     // Wait for a download in progress elsewhere rather than answering 5xx;
     // a download may hold the lock for up to its TTL.
     let patience = Duration::from_millis(settings.download_lock_ttl_ms) + Duration::from_secs(5);
-    match download_lock::acquire_or_wait("nar", &path.hash, settings.download_lock_ttl_ms, patience, || stat(&key)) {
+    match download_lock::acquire_or_wait("nar", &path.hash, settings, patience, || stat(&key)) {
         Wait::Done(size) => hit::serve(req, &key, size, out, head),
         Wait::Acquired(lease) => miss::download(settings, path, record, Some(lease), out),
         Wait::GaveUp => {
