@@ -52,6 +52,10 @@ impl maintenance_export::Guest for Handler {
         maintenance::lru::run(&bindings::ncps::edge::config::get_settings())
     }
 
+    fn reconcile(dry_run: bool) -> Result<maintenance_export::ReconcileReport, HostError> {
+        maintenance::reconcile::run(&bindings::ncps::edge::config::get_settings(), dry_run)
+    }
+
     fn check_upstreams() -> Vec<maintenance_export::UpstreamHealth> {
         maintenance::upstream_health::check()
     }

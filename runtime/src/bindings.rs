@@ -24,4 +24,4 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
-pub use exports::ncps::edge::maintenance::{LruReport, UpstreamHealth};
+pub use exports::ncps::edge::maintenance::{LruReport, ReconcileReport, UpstreamHealth};

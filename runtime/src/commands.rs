@@ -1,4 +1,4 @@
-//! The subcommands besides `serve`: `config check` and `keygen`.
+//! The subcommands besides `serve`: `config check`, `keygen` and `fsck`.
 
 use std::io::Write as _;
 
@@ -48,5 +48,23 @@ pub fn keygen(args: &KeygenArgs, out: &mut impl std::io::Write) -> anyhow::Resul
             .with_context(|| format!("writing {}", path.display()))?;
     }
     writeln!(out, "{}", key.public_key())?;
+    Ok(())
+}
+
+/// `ncps-edge fsck`: one reconcile pass with the node's settings; prints
+/// the report as JSON. Another node holding the LRU lock is an error.
+pub async fn fsck(config: &Config, dry_run: bool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let server = crate::node::build(config).await?;
+    let _ticker = crate::engine::start_epoch_ticker(server.engine());
+    let r = server.reconcile(dry_run).await?;
+    if !r.ran {
+        anyhow::bail!("another node holds the LRU lock; try again later");
+    }
+    let report = serde_json::json!({
+        "objects": r.objects, "records": r.records, "orphans": r.orphans, "adopted": r.adopted,
+        "phantoms": r.phantoms, "incomplete": r.incomplete, "busy": r.busy, "dryRun": dry_run,
+    });
+    writeln!(out, "{report}")?;
+    server.services().metadata.flush_accesses().await?;
     Ok(())
 }

@@ -30,5 +30,10 @@ async fn main() -> anyhow::Result<()> {
             ncps_edge::commands::config_check(*args, &matches, parsed.without_effect, &mut std::io::stdout())
         }
         Command::Keygen(args) => ncps_edge::commands::keygen(&args, &mut std::io::stdout()),
+        Command::Fsck(args) => {
+            ncps_edge::logs::init(&args.serve.log_level, std::io::stderr);
+            let config = Config::from_args(args.serve, parsed.without_effect)?;
+            ncps_edge::commands::fsck(&config, args.dry_run, &mut std::io::stdout()).await
+        }
     }
 }

@@ -89,8 +89,9 @@ fn upstreams(config: &Config) -> Vec<Upstream> {
         .collect()
 }
 
-/// Build the services and start serving.
-pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
+/// Connect the backends, load the signing key and compile the handler: a
+/// node's services and its request server, not yet listening.
+pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     let args = &config.args;
     for key in &config.without_effect {
         tracing::warn!(key, "ncps setting has no effect in ncps-edge");
@@ -134,12 +135,20 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
         memory_limit: args.wasm_memory_limit,
         cache_dir: Some(config.wasm_cache_dir.clone()),
     })?;
-    let ticker = engine::start_epoch_ticker(handler.pre.engine());
+    let server = Server::new(handler, services, config.args.request_timeout, config.args.prometheus_enabled);
+    Ok(Arc::new(server))
+}
+
+/// Build the services and start serving.
+pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
+    let args = &config.args;
+    let handle = build(config).await?;
+    let services = handle.services().clone();
+    let ticker = engine::start_epoch_ticker(handle.engine());
     let addr = listen_addr(&args.server_addr);
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let handle = Arc::new(Server::new(handler, services.clone(), args.request_timeout, args.prometheus_enabled));
     let server = tokio::spawn(handle.clone().serve(listener, async {
         let _ = stopped.await;
     }));

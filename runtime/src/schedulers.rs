@@ -1,5 +1,6 @@
 //! Background work the host schedules and the guest decides: upstream health
-//! checks (at start, then every interval) and LRU passes (on a cron schedule).
+//! checks (at start, then every interval) and LRU passes followed by a
+//! reconcile pass (on a cron schedule).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +70,13 @@ pub fn spawn_lru(server: Arc<Server>, schedule: LruSchedule) -> tokio::task::Joi
                     total_after = r.total_after,
                     "scheduled LRU pass done"
                 ),
-                Ok(_) => {}
+                Ok(_) => continue,
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "scheduled LRU pass failed"),
+            }
+            // Whatever a crash or a failed step left behind is mended after
+            // each pass.
+            if let Err(e) = server.reconcile(false).await {
+                tracing::warn!(error = format!("{e:#}"), "scheduled reconcile pass failed");
             }
         }
     })

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::bindings::{CacheNode, LruReport, UpstreamHealth};
+use crate::bindings::{CacheNode, LruReport, ReconcileReport, UpstreamHealth};
 use crate::engine::{Handler, EPOCH_TICK};
 use crate::state::RequestState;
 
@@ -36,6 +36,16 @@ impl Server {
     /// interrupted after `request_timeout`; `/metrics` is served when `prometheus`.
     pub fn new(handler: Handler, services: Arc<Services>, request_timeout: Duration, prometheus: bool) -> Self {
         Self { handler, services, request_timeout, prometheus }
+    }
+
+    /// The node's services.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The wasmtime engine (for its epoch ticker).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.handler.pre.engine()
     }
 
     /// Accept connections on `listener` until `shutdown` resolves.
@@ -181,6 +191,14 @@ impl Server {
         let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
         let report = node.ncps_edge_maintenance().call_run_lru(&mut store).await?;
         report.map_err(|e| anyhow::anyhow!("LRU pass failed: {e:?}"))
+    }
+
+    /// Run the guest's reconcile pass in a fresh instance.
+    pub async fn reconcile(&self, dry_run: bool) -> anyhow::Result<ReconcileReport> {
+        let mut store = self.new_store();
+        let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
+        let report = node.ncps_edge_maintenance().call_reconcile(&mut store, dry_run).await?;
+        report.map_err(|e| anyhow::anyhow!("reconcile pass failed: {e:?}"))
     }
 
     /// Run the guest's upstream health check in a fresh instance.

@@ -88,3 +88,29 @@ fn serve_works_from_an_empty_folder_with_relative_defaults() {
     assert!(dir.path().join("ncps-edge-data/db/db.sqlite").exists());
     assert!(dir.path().join("ncps-edge-data/wasm-cache").is_dir());
 }
+
+/// `ncps-edge fsck` with a node's settings: a dry run reports an orphaned
+/// object, a real run deletes it, the next run finds nothing.
+#[test]
+fn fsck_reports_then_mends_an_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = format!("{}.nar.xz", "1".repeat(52));
+    let orphan = data.join("store/nar/1/11").join(&file);
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"nothing accounts for this").unwrap();
+    let storage = format!("--cache-storage-local={}", data.display());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["fsck", "--cache-hostname=h", storage.as_str()];
+        args.extend_from_slice(extra);
+        let out = ncps_edge(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        report
+    };
+    assert_eq!(run(&["--dry-run"])["orphans"], 1);
+    assert!(orphan.exists(), "a dry run deleted it");
+    assert_eq!(run(&[])["orphans"], 1);
+    assert!(!orphan.exists(), "the orphan is still there");
+    assert_eq!(run(&[])["orphans"], 0);
+}

@@ -114,8 +114,8 @@ async fn put_and_delete_need_their_flags() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn get_token_protects_everything_but_healthz() {
-    let node = start_node(&["--cache-get-token=s3cret".into()]).await;
+async fn get_token_protects_reads_but_not_healthz_and_metrics() {
+    let node = start_node(&["--cache-get-token=s3cret".into(), "--prometheus-enabled".into()]).await;
     let c = reqwest::Client::new();
     let info = format!("{}/nix-cache-info", node.url());
     assert_eq!(c.get(&info).send().await.unwrap().status(), 401);
@@ -123,6 +123,10 @@ async fn get_token_protects_everything_but_healthz() {
     assert_eq!(c.get(&info).bearer_auth("s3cret").send().await.unwrap().status(), 200);
     assert_eq!(c.get(&info).basic_auth("nix", Some("s3cret")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{}/healthz", node.url())).send().await.unwrap().status(), 200);
+    // As in ncps, the scrape endpoint needs no read token.
+    let metrics = c.get(format!("{}/metrics", node.url())).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("ncps_narinfo_served_total"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -253,3 +253,109 @@ async fn redlock_needs_a_quorum_of_independent_masters() {
     assert!(held.extend(ttl).await.is_err(), "a lease without a quorum is lost");
     assert!(!held.is_held());
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
+fn tls_files(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ncps-edge test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_with_a_password_that_is_not_url_safe() {
+    let fx = fixture();
+    let up = FakeUpstream::start(fx.cache("none")).await;
+    let dir = tempfile::tempdir().unwrap();
+    tls_files(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let password = "p@ss:w/rd#1?";
+    let path = |name: &str| dir.path().join(name);
+    let redis = PrivateRedis::start_tls(
+        &path("server.crt"),
+        &path("server.key"),
+        &path("ca.crt"),
+        &["--requirepass", password],
+    );
+    let db = fresh_postgres().await;
+    let node_flags = |extra: &[String]| {
+        let mut f = upstream_flags(&up.url(), &fx.public_key);
+        f.extend([
+            format!("--cache-database-url={db}"),
+            format!("--cache-redis-addrs={}", redis.addr()),
+            "--cache-redis-use-tls".into(),
+            format!("--cache-redis-password={password}"),
+            "--cache-backend-timeout=500ms".into(),
+        ]);
+        f.extend_from_slice(extra);
+        f
+    };
+    let start = |flags: Vec<String>| async move {
+        let parsed = ncps_edge::config::parse_cli(
+            ["ncps-edge", "serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(flags)
+                .collect(),
+        )
+        .unwrap();
+        let ncps_edge::config::Command::Serve(args) = parsed.cli.command else { panic!() };
+        let config = ncps_edge::config::Config::from_args(*args, vec![]).unwrap();
+        ncps_edge::node::start(&config).await
+    };
+    // The server's CA is not a public one: without it the node cannot connect.
+    assert!(start(node_flags(&[])).await.is_err(), "connected to a TLS Redis without trusting its CA");
+    let node = start_node(&node_flags(&[format!("--cache-redis-ca-cert={}", file("ca.crt"))])).await;
+    let c = reqwest::Client::new();
+    // A miss needs the lock (no degraded mode): it works over TLS with the password.
+    let resp = c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let wrong =
+        node_flags(&[format!("--cache-redis-ca-cert={}", file("ca.crt")), "--cache-redis-password=wrong".into()]);
+    assert!(start(wrong).await.is_err(), "connected with a wrong password");
+}

@@ -179,3 +179,110 @@ async fn lru_skips_a_nar_while_it_is_being_published() {
     assert_eq!(report.evicted, 1, "leaf goes once nobody publishes it: {report:?}");
     assert_eq!(c.head(format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).send().await.unwrap().status(), 404);
 }
+
+fn nar_path_on_disk(data: &std::path::Path, file: &str) -> std::path::PathBuf {
+    data.join("store/nar").join(&file[..1]).join(&file[..2]).join(file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcile_mends_orphans_phantoms_and_leftovers() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend(["--admin-token=adm".into(), "--cache-lock-download-ttl=1m".into()]);
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    for p in [&fx.leaf, &fx.mid, &fx.top] {
+        warm(&c, &node, &cache, p).await;
+    }
+    let data = node.data.path();
+    let db = node.node.services().metadata.store().clone();
+    let before = db.total_size().await.unwrap();
+    // An orphan: an object nothing accounts for.
+    let orphan = format!("{}.nar", "1".repeat(52));
+    let orphan_path = nar_path_on_disk(data, &orphan);
+    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+    std::fs::write(&orphan_path, b"left behind").unwrap();
+    // A phantom: mid's object is gone, its record still counts it.
+    let mid_file = nar_url(&cache, &fx.mid)[5..].to_owned();
+    let mid_size = std::fs::metadata(nar_path_on_disk(data, &mid_file)).unwrap().len();
+    std::fs::remove_file(nar_path_on_disk(data, &mid_file)).unwrap();
+    // top's record lost its stored size, but its narinfo points at it.
+    let top_key = nar_url(&cache, &fx.top)[1..].to_owned();
+    let mut top = db.get_nar(&top_key).await.unwrap().unwrap();
+    let top_size = top.stored_size.take().unwrap();
+    db.put_nar(top).await.unwrap();
+    // A temporary file of a write that never finished, an hour old.
+    let tmp = data.join("store/tmp/0123456789abcdef.part");
+    let old = std::fs::File::create(&tmp).unwrap();
+    old.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+
+    let fsck = |dry: bool| {
+        let (c, url) = (c.clone(), format!("{}/admin/fsck{}", node.url(), if dry { "?dry-run=1" } else { "" }));
+        async move {
+            let resp = c.post(url).bearer_auth("adm").send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            serde_json::from_slice::<serde_json::Value>(&resp.bytes().await.unwrap()).unwrap()
+        }
+    };
+    let dry = fsck(true).await;
+    assert_eq!(
+        (dry["orphans"].as_u64(), dry["phantoms"].as_u64(), dry["adopted"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{dry}"
+    );
+    assert!(orphan_path.exists() && tmp.exists(), "a dry run changed something");
+    let done = fsck(false).await;
+    assert_eq!(
+        (done["orphans"].as_u64(), done["phantoms"].as_u64(), done["adopted"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{done}"
+    );
+    assert_eq!(done["incomplete"], 1, "{done}");
+    assert!(!orphan_path.exists(), "orphan left");
+    assert!(!tmp.exists(), "temporary file left");
+    assert_eq!(db.get_nar(&top_key).await.unwrap().unwrap().stored_size, Some(top_size), "top adopted");
+    assert_eq!(db.total_size().await.unwrap(), before - mid_size, "accounting matches storage");
+    // The phantom is fetched again on the next request.
+    let resp = c.get(format!("{}{}", node.url(), nar_url(&cache, &fx.mid))).send().await.unwrap();
+    assert_eq!(resp.headers()["x-cache"], "MISS");
+    resp.bytes().await.unwrap();
+    let again = fsck(false).await;
+    for field in ["orphans", "phantoms", "adopted", "incomplete", "busy"] {
+        assert_eq!(again[field], 0, "second pass found {field}: {again}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_lru_pass_cut_by_a_stalled_store_loses_no_accounting() {
+    use ncps_edge_test_support::{fresh_bucket, host_port, via, StallProxy};
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let bucket = fresh_bucket().await;
+    let proxy = StallProxy::start(&host_port(&bucket.endpoint)).await;
+    let mut routed = bucket.clone();
+    routed.endpoint = via(&bucket.endpoint, &proxy.addr());
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend(routed.flags());
+    flags.extend(["--cache-max-size=1".into(), "--cache-backend-timeout=1s".into()]);
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    for p in [&fx.leaf, &fx.mid] {
+        warm(&c, &node, &cache, p).await;
+    }
+    let db = node.node.services().metadata.store().clone();
+    let before = db.total_size().await.unwrap();
+    proxy.stall();
+    assert!(node.node.server().run_lru().await.is_err(), "the pass cannot delete while S3 is stalled");
+    assert_eq!(db.total_size().await.unwrap(), before, "nothing forgotten that is still stored");
+    proxy.resume();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = node.node.server().run_lru().await.unwrap();
+    assert_eq!((report.evicted, report.total_after), (2, 0), "{report:?}");
+    let listed = bucket.client().list_objects_v2().bucket(&bucket.bucket).send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(0), "objects left after the pass: {listed:?}");
+    let mended = node.node.server().reconcile(false).await.unwrap();
+    assert_eq!((mended.orphans, mended.phantoms), (0, 0), "{mended:?}");
+}

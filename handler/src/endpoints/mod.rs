@@ -25,8 +25,8 @@ pub fn handle(req: Request, out: ResponseOutparam) {
         }
         Err(RouteError::NotFound) => return text(out, 404, "not found\n", false),
     };
-    if route == Route::AdminLru {
-        return admin::lru(&req, &settings, out);
+    if matches!(route, Route::AdminLru | Route::AdminFsck) {
+        return admin::handle(&req, &route, &settings, out);
     }
     if route != Route::Healthz && !authorized(&req, &settings) {
         return Response::new(401).header("www-authenticate", "Basic realm=\"ncps-edge\"").send(

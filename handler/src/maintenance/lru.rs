@@ -1,9 +1,11 @@
 //! The LRU pass: under the `lru` lock, evict least-recently-used NARs (with
 //! their narinfos) until the store is under `--cache-max-size`. Each NAR is
 //! evicted under its publish lock taken exclusively (skipped while anybody
-//! publishes it); metadata is committed first, then the storage objects are
-//! deleted in batches. Storage deletes never break a read in progress (the
-//! storage contract), so a hit needs no lock.
+//! publishes it); a batch's storage objects are deleted first, then its
+//! records, so a failure at any step leaves at worst records without
+//! objects, which requests fetch again and the reconcile pass unmarks.
+//! Storage deletes never break a read in progress (the storage contract),
+//! so a hit needs no lock.
 
 use crate::bindings::exports::ncps::edge::maintenance::LruReport;
 use crate::bindings::ncps::edge::config::Settings;
@@ -48,23 +50,35 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
         if candidates.len() <= busy as usize {
             break;
         }
-        let mut keys = Vec::new();
+        // Objects go first: if their deletion fails nothing is forgotten in
+        // metadata; if forgetting fails after it, the records are phantoms
+        // that a request fetches again and the reconcile pass unmarks.
+        let (mut keys, mut evicting) = (Vec::new(), Vec::new());
+        let mut expected = report.total_after;
         for nar in candidates {
-            if report.total_after <= max {
+            if expected <= max {
                 break;
             }
-            let Some(_evicting) = lock_for_eviction(&nar.key)? else {
+            let Some(lock) = lock_for_eviction(&nar.key)? else {
                 busy += 1;
                 logging::debug("NAR is being published; not evicting it now", &[("url", &nar.key)]);
                 continue;
             };
-            let freed = metadata::evict(&nar.key)?;
+            expected = expected.saturating_sub(nar.stored_size.unwrap_or(0));
+            evicting.push(lock);
+            keys.push(nar.key);
+        }
+        if keys.is_empty() {
+            break;
+        }
+        storage::delete_many(&keys)?;
+        for key in &keys {
+            let freed = metadata::evict(key)?;
             report.total_after = report.total_after.saturating_sub(freed);
             report.bytes_freed += freed;
             report.evicted += 1;
-            keys.push(nar.key);
         }
-        storage::delete_many(&keys)?;
+        drop(evicting);
         if lease.extend(settings.lru_lock_ttl_ms).is_err() {
             logging::warn("LRU lock lost; stopping the pass", &[("lock_type", "lru")]);
             break;

@@ -22,6 +22,8 @@ pub enum Route {
     Nar(NarPath),
     /// `/admin/lru`: run an LRU pass now.
     AdminLru,
+    /// `/admin/fsck`: run a reconcile pass now.
+    AdminFsck,
 }
 
 /// A NAR file name: `<hash>.nar<ext>`.
@@ -68,6 +70,7 @@ pub fn parse(path_with_query: &str) -> Result<Route, RouteError> {
         "/pubkey" => return Ok(Route::PubKey),
         "/healthz" => return Ok(Route::Healthz),
         "/admin/lru" => return Ok(Route::AdminLru),
+        "/admin/fsck" => return Ok(Route::AdminFsck),
         _ => {}
     }
     if let Some(file) = path.strip_prefix("/nar/") {

@@ -71,20 +71,51 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Database number.
     pub db: i64,
-    /// Connect with TLS (`rediss://`).
+    /// Connect with TLS.
     pub use_tls: bool,
+    /// PEM file of the CA that signed the servers' certificates (default:
+    /// the public web roots).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl RedisOptions {
-    fn url(&self, addr: &str) -> String {
-        let scheme = if self.use_tls { "rediss" } else { "redis" };
-        let auth = match (&self.username, &self.password) {
-            (Some(u), Some(p)) => format!("{u}:{p}@"),
-            (None, Some(p)) => format!(":{p}@"),
-            (Some(u), None) => format!("{u}@"),
-            (None, None) => String::new(),
+    /// A client for the master at `addr`. Credentials are passed as they
+    /// are, never pasted into a URL (where `@`, `:` or `/` in a password
+    /// would change its meaning).
+    fn client(&self, addr: &str) -> Result<redis::Client> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::invalid(format!("redis address {addr:?} is not host:port")))?;
+        let target = if self.use_tls {
+            redis::ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None }
+        } else {
+            redis::ConnectionAddr::Tcp(host.to_owned(), port)
         };
-        format!("{scheme}://{auth}{addr}/{}", self.db)
+        let mut settings = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(target)
+            .map_err(|e| Error::invalid(format!("redis {addr}: {e}")))?
+            .set_redis_settings(settings);
+        if self.use_tls {
+            // Several crates of the node bring rustls; name its crypto once.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let client = match (&self.ca_cert, self.use_tls) {
+            (Some(path), true) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::invalid(format!("reading Redis CA certificate {}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(info, certs)
+            }
+            _ => redis::Client::open(info),
+        };
+        client.map_err(|e| Error::invalid(format!("redis {addr}: {e}")))
     }
 }
 
@@ -162,8 +193,7 @@ impl RedisLocks {
         }
         let mut conns = Vec::new();
         for addr in &opts.addrs {
-            let client =
-                redis::Client::open(opts.url(addr)).map_err(|e| Error::invalid(format!("redis {addr}: {e}")))?;
+            let client = opts.client(addr)?;
             let conn = ConnectionManager::new(client)
                 .await
                 .map_err(|e| Error::unavailable("redis", format!("{addr}: {e}")))?;

@@ -53,6 +53,12 @@ impl MetadataStore for GuardedMetadata {
     async fn lru_candidates(&self, limit: u32) -> Result<Vec<NarRecord>> {
         self.guard.call(self.db.lru_candidates(limit)).await
     }
+    async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>> {
+        self.guard.call(self.db.nars_after(after, limit)).await
+    }
+    async fn is_referenced(&self, key: &str) -> Result<bool> {
+        self.guard.call(self.db.is_referenced(key)).await
+    }
     async fn evict(&self, key: &str) -> Result<u64> {
         self.guard.call(self.db.evict(key)).await
     }

@@ -51,6 +51,10 @@ pub trait MetadataStore: Send + Sync {
     async fn record_accesses(&self, accesses: Vec<(String, i64)>) -> Result<()>;
     /// `lru-candidates`: stored NARs, least recently used first.
     async fn lru_candidates(&self, limit: u32) -> Result<Vec<NarRecord>>;
+    /// `nars-after`: NAR records in key order after `after`, at most `limit`.
+    async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>>;
+    /// `is-referenced`: whether any narinfo points at NAR `key`.
+    async fn is_referenced(&self, key: &str) -> Result<bool>;
     /// `evict`: delete a NAR record and every narinfo pointing at it in one
     /// transaction; returns the stored size it accounted for.
     async fn evict(&self, key: &str) -> Result<u64>;

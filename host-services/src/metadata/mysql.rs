@@ -246,6 +246,25 @@ impl MetadataStore for MySqlMetadata {
         rows.iter().map(nar).collect()
     }
 
+    async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>> {
+        let mut c = self.conn().await?;
+        let rows: Vec<Row> = c
+            .exec(
+                "SELECT `key`, upstream_url, file_hash, file_size, stored_size FROM nars WHERE `key` > ? ORDER BY `key` LIMIT ?",
+                (after.unwrap_or_default(), limit),
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(nar).collect()
+    }
+
+    async fn is_referenced(&self, key: &str) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let found: Option<i64> =
+            c.exec_first("SELECT 1 FROM narinfos WHERE url = ? LIMIT 1", (key,)).await.map_err(db)?;
+        Ok(found.is_some())
+    }
+
     async fn evict(&self, key: &str) -> Result<u64> {
         let mut c = self.conn().await?;
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(db)?;

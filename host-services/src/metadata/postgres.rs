@@ -235,6 +235,23 @@ impl MetadataStore for PgMetadata {
         Ok(rows.iter().map(nar).collect())
     }
 
+    async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT key, upstream_url, file_hash, file_size, stored_size FROM nars WHERE key > $1 ORDER BY key LIMIT $2",
+                &[&after.unwrap_or_default(), &i64::from(limit)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(nar).collect())
+    }
+
+    async fn is_referenced(&self, key: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(c.query_opt("SELECT 1 FROM narinfos WHERE url = $1 LIMIT 1", &[&key]).await.map_err(db)?.is_some())
+    }
+
     async fn evict(&self, key: &str) -> Result<u64> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;

@@ -10,7 +10,8 @@ use super::{split, to_u64, ConfigStore, MetadataStore, NarRecord, NarinfoRecord}
 use crate::{Error, Result};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE narinfos (
     hash TEXT PRIMARY KEY,
     store_path TEXT NOT NULL,
@@ -42,7 +43,11 @@ CREATE TABLE config (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX nars_lru ON nars (last_accessed_at) WHERE stored_size IS NOT NULL;
+"#,
+];
 
 /// SQLite metadata store (`--cache-database-url sqlite:<path>`).
 #[derive(Clone)]
@@ -244,6 +249,23 @@ impl MetadataStore for SqliteMetadata {
             .collect()
         })
         .await
+    }
+
+    async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>> {
+        let after = after.unwrap_or_default().to_owned();
+        self.with_conn(move |c| {
+            c.prepare_cached(
+                "SELECT key, upstream_url, file_hash, file_size, stored_size FROM nars WHERE key > ?1 ORDER BY key LIMIT ?2",
+            )?
+            .query_map(params![after, limit], nar_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn is_referenced(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.with_conn(move |c| c.prepare_cached("SELECT 1 FROM narinfos WHERE url = ?1 LIMIT 1")?.exists([key])).await
     }
 
     async fn evict(&self, key: &str) -> Result<u64> {

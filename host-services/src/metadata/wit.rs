@@ -43,6 +43,12 @@ impl metadata::Host for MetadataView<'_> {
     async fn lru_candidates(&mut self, limit: u32) -> HostResult<Vec<NarRecord>> {
         Ok(self.0.lru_candidates(limit).await?)
     }
+    async fn nars_after(&mut self, after: Option<String>, limit: u32) -> HostResult<Vec<NarRecord>> {
+        Ok(self.0.store().nars_after(after.as_deref(), limit).await?)
+    }
+    async fn is_referenced(&mut self, key: String) -> HostResult<bool> {
+        Ok(self.0.store().is_referenced(&key).await?)
+    }
     async fn evict(&mut self, key: String) -> HostResult<u64> {
         Ok(self.0.store().evict(&key).await?)
     }

@@ -11,7 +11,7 @@ use std::future::Future as _;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
 use crate::breaker::Guard;
 use crate::Result;
 
@@ -49,6 +49,14 @@ impl BlobStore for GuardedStore {
 
     async fn delete(&self, key: &StorageKey) -> Result<bool> {
         self.guard.call(self.store.delete(key)).await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>> {
+        self.guard.call_within(self.guard.timeout() * COMMIT_FACTOR, self.store.list(after, limit)).await
+    }
+
+    async fn sweep_incomplete(&self, older_than: Duration) -> Result<u32> {
+        self.guard.call_within(self.guard.timeout() * COMMIT_FACTOR, self.store.sweep_incomplete(older_than)).await
     }
 }
 

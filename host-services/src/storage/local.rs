@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::fs::{self, File};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
 use crate::{Error, Result};
 
 /// Local-disk blob store rooted at a data directory.
@@ -76,6 +76,44 @@ impl BlobStore for LocalStore {
 
     async fn delete(&self, key: &StorageKey) -> Result<bool> {
         Ok(absent_is_none(fs::remove_file(self.path_of(key)).await)?.is_some())
+    }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>> {
+        let nar = self.root.join("nar");
+        let after = after.unwrap_or_default().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for entry in walkdir::WalkDir::new(&nar).min_depth(3).max_depth(3) {
+                let entry = entry.map_err(|e| Error::unavailable("disk", e))?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let key = format!("nar/{}", entry.file_name().to_string_lossy());
+                if key.as_str() > after.as_str() {
+                    let size = entry.metadata().map_err(|e| Error::unavailable("disk", e))?.len();
+                    found.push(ObjectEntry { key, size });
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            found.truncate(limit as usize);
+            Ok(found)
+        })
+        .await
+        .map_err(|e| Error::internal("disk", e))?
+    }
+
+    async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32> {
+        let tmp = self.root.join("tmp");
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut removed = 0;
+        let mut dir = fs::read_dir(&tmp).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            let modified = entry.metadata().await?.modified()?;
+            if modified <= cutoff && absent_is_none(fs::remove_file(entry.path()).await)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -59,6 +59,15 @@ pub struct ByteRange {
     pub length: Option<u64>,
 }
 
+/// One stored object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    /// Its key, `nar/<file>`.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
 /// A streamed object body.
 pub type Body = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -87,6 +96,12 @@ pub trait BlobStore: Send + Sync {
     /// Delete the object: `true` when something was deleted. A read already
     /// in progress must not be broken by it.
     async fn delete(&self, key: &StorageKey) -> Result<bool>;
+
+    /// Stored objects under `nar/` in key order, after `after`, at most `limit`.
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>>;
+
+    /// Remove leftovers of unfinished writes older than `older_than`; how many.
+    async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32>;
 
     /// Delete many objects, [`DELETE_PARALLELISM`] at a time; how many existed.
     async fn delete_many(&self, keys: &[StorageKey]) -> Result<u32> {

@@ -9,13 +9,14 @@
 //! a GET that has started (and the filesystem-backed test server reads
 //! from an open file).
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
 use crate::{Error, Result};
 
 /// Bytes buffered per multipart part (S3's minimum is 5 MiB).
@@ -51,13 +52,16 @@ fn client(opts: &S3Options) -> Client {
     Client::from_conf(config.build())
 }
 
-fn s3_error<E, R>(e: SdkError<E, R>) -> Error
+fn s3_error<E>(e: SdkError<E, HttpResponse>) -> Error
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
 {
     match &e {
         SdkError::ServiceError(s) if s.err().code() == Some("PreconditionFailed") => Error::conflict("object exists"),
+        // 500, 503 and the like are outages worth a retry.
+        SdkError::ServiceError(s) if s.raw().status().is_server_error() => {
+            Error::unavailable("s3", DisplayErrorContext(&e).to_string())
+        }
         SdkError::ServiceError(_) => Error::internal("s3", DisplayErrorContext(&e).to_string()),
         SdkError::TimeoutError(_) => Error::timeout("s3", DisplayErrorContext(&e).to_string()),
         _ => Error::unavailable("s3", DisplayErrorContext(&e).to_string()),
@@ -147,7 +151,65 @@ impl BlobStore for S3Store {
         self.client.delete_object().bucket(&self.bucket).key(&object).send().await.map_err(s3_error)?;
         Ok(true)
     }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>> {
+        // The layout `store/nar/<h0>/<h0h1>/<file>` sorts like the file names.
+        let mut req = self.client.list_objects_v2().bucket(&self.bucket).prefix(NAR_PREFIX).max_keys(limit as i32);
+        if let Some(after) = after {
+            req = req.start_after(StorageKey::parse(after)?.layout());
+        }
+        let out = req.send().await.map_err(s3_error)?;
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let file = o.key()?.rsplit('/').next()?;
+                Some(ObjectEntry { key: format!("nar/{file}"), size: o.size().unwrap_or(0).max(0) as u64 })
+            })
+            .collect())
+    }
+
+    async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32> {
+        let cutoff = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now() - older_than);
+        let (mut key_marker, mut id_marker, mut aborted) = (None::<String>, None::<String>, 0);
+        loop {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix("store/")
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // Some S3-compatible servers cannot list uploads: nothing to sweep.
+                Err(SdkError::ServiceError(e)) if e.err().code() == Some("NotImplemented") => {
+                    tracing::debug!("the S3 server cannot list multipart uploads; none swept");
+                    return Ok(aborted);
+                }
+                Err(e) => return Err(s3_error(e)),
+            };
+            for upload in out.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                if upload.initiated().is_some_and(|t| t.secs() <= cutoff.secs()) {
+                    let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id);
+                    req.send().await.map_err(s3_error)?;
+                    aborted += 1;
+                }
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            id_marker = out.next_upload_id_marker().map(str::to_owned);
+        }
+    }
 }
+
+/// Where NAR objects live in the bucket.
+const NAR_PREFIX: &str = "store/nar/";
 
 struct S3Writer {
     store: S3Store,

@@ -52,6 +52,15 @@ impl storage::Host for StorageView<'_> {
         Ok(self.store.delete(&StorageKey::parse(&key)?).await?)
     }
 
+    async fn list_objects(&mut self, after: Option<String>, limit: u32) -> HostResult<Vec<storage::ObjectEntry>> {
+        let entries = self.store.list(after.as_deref(), limit).await?;
+        Ok(entries.into_iter().map(|e| storage::ObjectEntry { key: e.key, size: e.size }).collect())
+    }
+
+    async fn sweep_incomplete(&mut self, older_than_ms: u64) -> HostResult<u32> {
+        Ok(self.store.sweep_incomplete(std::time::Duration::from_millis(older_than_ms)).await?)
+    }
+
     async fn delete_many(&mut self, keys: Vec<String>) -> HostResult<u32> {
         let keys = keys.iter().map(|k| StorageKey::parse(k)).collect::<Result<Vec<_>>>()?;
         Ok(self.store.delete_many(&keys).await?)

@@ -32,6 +32,22 @@ pub enum Command {
     Config(ConfigCommand),
     /// Generate a Nix-compatible signing key pair.
     Keygen(KeygenArgs),
+    /// Compare storage with metadata both ways and mend what a crash or a
+    /// failed step left behind (orphaned objects, records of missing ones,
+    /// leftovers of unfinished uploads). Takes the same settings as `serve`.
+    #[command(args_override_self = true)]
+    Fsck(Box<FsckArgs>),
+}
+
+/// `ncps-edge fsck`.
+#[derive(Debug, Clone, Args)]
+pub struct FsckArgs {
+    /// Report only; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The node's settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `ncps-edge config …`.
@@ -184,6 +200,10 @@ pub struct ServeArgs {
     /// Connect to Redis with TLS.
     #[arg(long, env = "CACHE_REDIS_USE_TLS", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_redis_use_tls: bool,
+    /// PEM file of the CA that signed the Redis servers' certificates (with
+    /// --cache-redis-use-tls; default: the public web roots).
+    #[arg(long, env = "CACHE_REDIS_CA_CERT")]
+    pub cache_redis_ca_cert: Option<PathBuf>,
     /// Accepted for ncps compatibility: each master uses one multiplexed connection.
     #[arg(long, env = "CACHE_REDIS_POOL_SIZE", default_value_t = 10)]
     pub cache_redis_pool_size: u32,
@@ -270,7 +290,7 @@ pub struct Parsed {
 /// The `serve` arguments of `matches`, wherever they sit (`serve`, `config check`).
 fn serve_matches(matches: &clap::ArgMatches) -> Option<&clap::ArgMatches> {
     match matches.subcommand() {
-        Some(("serve", m)) => Some(m),
+        Some(("serve" | "fsck", m)) => Some(m),
         Some(("config", m)) => m.subcommand_matches("check"),
         _ => None,
     }

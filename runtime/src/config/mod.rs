@@ -122,7 +122,11 @@ impl Config {
             password: args.cache_redis_password.clone().filter(|p| !p.is_empty()),
             db: args.cache_redis_db,
             use_tls: args.cache_redis_use_tls,
+            ca_cert: args.cache_redis_ca_cert.as_deref().map(absolute).transpose().ok().flatten(),
         });
+        if let Some(ca) = redis.as_ref().and_then(|r| r.ca_cert.as_ref()) {
+            std::fs::metadata(ca).with_context(|| format!("--cache-redis-ca-cert {}", ca.display()))?;
+        }
         if args.cache_lock_retry_initial_delay > args.cache_lock_retry_max_delay {
             bail!("--cache-lock-retry-initial-delay is longer than --cache-lock-retry-max-delay");
         }

@@ -61,6 +61,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.redis.password", "cache_redis_password"),
     ("cache.redis.db", "cache_redis_db"),
     ("cache.redis.use-tls", "cache_redis_use_tls"),
+    ("cache.redis.ca-cert", "cache_redis_ca_cert"),
     ("cache.redis.pool-size", "cache_redis_pool_size"),
     ("cache.max-size", "cache_max_size"),
     ("cache.lru.schedule", "cache_lru_schedule"),

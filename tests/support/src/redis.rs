@@ -25,6 +25,22 @@ impl PrivateRedis {
         r
     }
 
+    /// Start one that speaks only TLS on its port, with `cert`/`key` signed
+    /// by `ca` (clients need no certificate of their own), and `extra`
+    /// `redis-server` arguments.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path, extra: &[&str]) -> Self {
+        let port = crate::free_port();
+        let mut args: Vec<String> = vec!["--port".into(), "0".into(), "--tls-port".into(), port.to_string()];
+        for (flag, path) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+            args.extend([flag.to_owned(), path.display().to_string()]);
+        }
+        args.extend(["--tls-auth-clients".into(), "no".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut r = Self { port, extra: args, child: None };
+        r.restart();
+        r
+    }
+
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
