@@ -96,6 +96,11 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     for key in &config.without_effect {
         tracing::warn!(key, "ncps setting has no effect in ncps-edge");
     }
+    let anonymous = (args.cache_allow_put_verb && args.cache_put_token.as_deref().is_none_or(str::is_empty))
+        || (args.cache_allow_delete_verb && args.cache_delete_token.as_deref().is_none_or(str::is_empty));
+    if anonymous {
+        tracing::error!("--cache-allow-anonymous-writes: anyone who can reach this node can upload or delete, and uploads are signed with the cache's key");
+    }
     let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let lock_backend = backends::locks(config).await?;
@@ -111,6 +116,11 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         allow_put: args.cache_allow_put_verb,
         allow_delete: args.cache_allow_delete_verb,
         get_token: args.cache_get_token.clone().filter(|t| !t.is_empty()),
+        put_token: args.cache_put_token.clone().filter(|t| !t.is_empty()),
+        delete_token: args.cache_delete_token.clone().filter(|t| !t.is_empty()),
+        upload_trusted_keys: args.cache_upload_trusted_key.clone(),
+        require_trusted_upload: args.cache_require_trusted_signature,
+        max_upload_size: args.cache_max_upload_size,
         upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
         upstream_connect_timeout_ms: args.cache_upstream_dialer_timeout.as_millis() as u64,
         download_lease_ms: args.cache_lock_download_lease.as_millis() as u64,

@@ -89,7 +89,7 @@ impl Server {
         let response = if self.prometheus && path == "/metrics" {
             self.metrics_response().await
         } else {
-            match self.run_request(req).await {
+            match self.run_request(with_peer(req, peer)).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
@@ -207,6 +207,22 @@ impl Server {
         let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
         Ok(node.ncps_edge_maintenance().call_check_upstreams(&mut store).await?)
     }
+}
+
+/// Header that tells the handler the client's address (see the handler's
+/// write audit); whatever a client sent under that name is replaced.
+pub const PEER_HEADER: &str = "ncps-edge-peer";
+
+fn with_peer(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> hyper::Request<hyper::body::Incoming> {
+    let headers = req.headers_mut();
+    headers.remove(PEER_HEADER);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&peer.to_string()) {
+        headers.insert(PEER_HEADER, v);
+    }
+    req
 }
 
 fn full_body(bytes: Bytes) -> HyperOutgoingBody {

@@ -41,6 +41,11 @@ fn bad_flags_are_refused_before_serving() {
         (vec!["--cache-database-url=oracle://x"], "use sqlite:<path>"),
         (vec!["--cache-max-size=12Q"], "unit must be"),
         (vec!["--cache-upstream-url=http://127.0.0.1:1"], "--cache-upstream-allow-unsigned"),
+        (vec!["--cache-allow-put-verb"], "--cache-allow-put-verb without --cache-put-token"),
+        (
+            vec!["--cache-allow-delete-verb", "--cache-put-token=x"],
+            "--cache-allow-delete-verb without --cache-delete-token",
+        ),
     ] {
         let mut all = vec!["serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0", storage.as_str()];
         all.extend(args.iter());

@@ -93,12 +93,22 @@ async fn put_and_delete_need_their_flags() {
     let node = start_node(&[]).await;
     let c = reqwest::Client::new();
     let narinfo = std::fs::read(fx.cache("none").join(format!("{}.narinfo", hash_of(&fx.leaf)))).unwrap();
+    let nar_path = nar_url(&fx.cache("none"), &fx.leaf);
+    let nar = std::fs::read(nar_file(&fx.cache("none"), &fx.leaf)).unwrap();
     let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
     assert_eq!(c.put(&url).body(narinfo.clone()).send().await.unwrap().status(), 405);
     assert_eq!(c.delete(&url).send().await.unwrap().status(), 405);
 
-    let node = start_node(&["--cache-allow-put-verb".into(), "--cache-allow-delete-verb".into()]).await;
+    let node = start_node(&[
+        "--cache-allow-put-verb".into(),
+        "--cache-allow-delete-verb".into(),
+        "--cache-allow-anonymous-writes".into(),
+    ])
+    .await;
     let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
+    assert_eq!(c.put(&url).body(narinfo.clone()).send().await.unwrap().status(), 400, "NAR not uploaded yet");
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 404, "nothing recorded");
+    assert_eq!(c.put(format!("{}{nar_path}", node.url())).body(nar).send().await.unwrap().status(), 204);
     assert_eq!(c.put(&url).body(narinfo).send().await.unwrap().status(), 204);
     let stored = c.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(stored.contains("Sig: test-cache-1:"), "uploaded narinfo is signed by us: {stored}");
@@ -108,9 +118,9 @@ async fn put_and_delete_need_their_flags() {
     let wrong = std::fs::read(fx.cache("none").join(format!("{}.narinfo", hash_of(&fx.leaf)))).unwrap();
     assert_eq!(c.put(&other).body(wrong).send().await.unwrap().status(), 400, "narinfo for another path");
     assert_eq!(c.put(&other).body("garbage").send().await.unwrap().status(), 400);
-    let nar = format!("{}/nar/{}.nar", node.url(), "1".repeat(52));
-    assert_eq!(c.put(&nar).body("not what the name says").send().await.unwrap().status(), 400, "NAR hash mismatch");
-    assert_eq!(c.head(&nar).send().await.unwrap().status(), 404, "mismatched upload not stored");
+    let bad = format!("{}/nar/{}.nar", node.url(), "1".repeat(52));
+    assert_eq!(c.put(&bad).body("not what the name says").send().await.unwrap().status(), 400, "NAR hash mismatch");
+    assert_eq!(c.head(&bad).send().await.unwrap().status(), 404, "mismatched upload not stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -66,6 +66,7 @@ async fn guest_trap_gives_500_and_the_next_request_succeeds() {
     // A 4 MiB instance cannot buffer a 3 MB upload: its allocation traps.
     let node = start_node(&[
         "--cache-allow-put-verb".into(),
+        "--cache-allow-anonymous-writes".into(),
         "--wasm-memory-limit=4194304".into(),
         "--cache-narinfo-max-size=8000000".into(),
     ])

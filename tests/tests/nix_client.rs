@@ -86,7 +86,7 @@ async fn nix_store_realises_through_the_substituter_option() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_copy_uploads_with_put_enabled() {
     let fx = fixture();
-    let node = start_node(&["--cache-allow-put-verb".into()]).await;
+    let node = start_node(&["--cache-allow-put-verb".into(), "--cache-allow-anonymous-writes".into()]).await;
     let (url, key, top, src) = (node.url(), node.public_key(), fx.top.clone(), fx.store.display().to_string());
     let (up_ok, up_err, down_ok, down_err, env) = blocking(move || {
         let env = NixEnv::new();

@@ -7,9 +7,12 @@ use std::time::Duration;
 use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metadata;
 use crate::bindings::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
+use crate::bindings::ncps::edge::storage;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
 use crate::cache::narinfos::{lookup, normalise_and_sign, record};
+use crate::cache::nars::lock_for_publish;
+use crate::endpoints::writes::Written;
 use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;
 use crate::host::time::Instant;
@@ -17,7 +20,7 @@ use crate::host::upstream::{self, Trust};
 use crate::protocol::hash::is_nix32;
 use crate::protocol::narinfo::{compression_extension, NarInfo};
 use crate::protocol::route::NarPath;
-use crate::protocol::signature::verify_any;
+use crate::protocol::signature::{verify_any, PublicKey};
 
 /// `GET|HEAD /<hash>.narinfo`.
 pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
@@ -161,44 +164,77 @@ fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<N
     Some(info)
 }
 
-/// `PUT /<hash>.narinfo` (with `--cache-allow-put-verb`).
-pub fn put(settings: &Settings, req: &Request, hash: &str, out: ResponseOutparam) {
+/// `PUT /<hash>.narinfo` (with `--cache-allow-put-verb`): parsed, checked
+/// (for this hash, URL named by its file hash, signed by a trusted upload
+/// key when those are configured, its NAR stored with the announced size),
+/// signed by us and recorded, all under the NAR's publish lock so an LRU
+/// pass cannot evict the NAR in between. Nothing is recorded when a check
+/// fails.
+pub fn put(settings: &Settings, req: &Request, hash: &str) -> Written {
+    let target = format!("{hash}.narinfo");
     let body = match req.body().map(|b| b.read_to_end(settings.max_narinfo_size)) {
         Some(Ok(b)) => b,
-        Some(Err(BodyError::TooLarge(n))) => return text(out, 413, &format!("narinfo larger than {n} bytes\n"), false),
-        _ => return text(out, 400, "unreadable body\n", false),
+        Some(Err(BodyError::TooLarge(n))) => {
+            return Written::rejected(413, format!("narinfo larger than {n} bytes\n"), target)
+        }
+        _ => return Written::rejected(400, "unreadable body\n", target),
     };
     let mut info = match std::str::from_utf8(&body)
         .map_err(|e| e.to_string())
         .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
     {
         Ok(info) => info,
-        Err(e) => return text(out, 400, &format!("invalid narinfo: {e}\n"), false),
+        Err(e) => return Written::rejected(400, format!("invalid narinfo: {e}\n"), target),
     };
+    let target = info.store_path.clone();
     if info.hash() != hash {
-        return text(out, 400, "narinfo is for another store path\n", false);
+        return Written::rejected(400, "narinfo is for another store path\n", target);
     }
-    let url_ok = info.url.strip_prefix("nar/").and_then(NarPath::parse).is_some_and(|p| p.key() == info.url);
-    if !url_ok {
-        return text(out, 400, "narinfo URL must be nar/<hash>.nar[.ext]\n", false);
+    let Some(path) = info.url.strip_prefix("nar/").and_then(NarPath::parse).filter(|p| p.key() == info.url) else {
+        return Written::rejected(400, "narinfo URL must be nar/<hash>.nar[.ext]\n", target);
+    };
+    if info.compression == "none" && info.file_hash.is_none() {
+        info.file_hash = Some(info.nar_hash);
+    }
+    // The NAR is named by its file hash, which its upload checked.
+    if info.file_hash.map(|h| h.to_nix32()).as_deref() != Some(path.hash.as_str()) {
+        return Written::rejected(400, "narinfo URL must be named by its FileHash\n", target);
+    }
+    if settings.require_trusted_upload || !settings.upload_trusted_keys.is_empty() {
+        let keys: Vec<PublicKey> = settings.upload_trusted_keys.iter().filter_map(|k| PublicKey::parse(k)).collect();
+        if keys.len() != settings.upload_trusted_keys.len() || !verify_any(&info.fingerprint(), &info.sigs, &keys) {
+            logging::warn("uploaded narinfo lacks a trusted signature", &[("hash", hash)]);
+            return Written::rejected(403, "narinfo lacks a signature by a trusted upload key\n", target);
+        }
+    }
+    let _publishing = match lock_for_publish(&info.url) {
+        Ok(lease) => lease,
+        Err(e) => return Written::failed(format!("lock service unavailable: {e:?}\n"), target),
+    };
+    match storage::stat(&info.url) {
+        Ok(Some(o)) if info.file_size.is_none_or(|size| size == o.size) => {}
+        Ok(Some(_)) => return Written::rejected(400, "stored NAR size differs from FileSize\n", target),
+        Ok(None) => return Written::rejected(400, "upload the NAR before its narinfo\n", target),
+        Err(e) => return Written::failed(format!("storage unavailable: {e:?}\n"), target),
     }
     normalise_and_sign(settings, &mut info);
     if let Err(e) = record(&info, None) {
         logging::warn("failed to record uploaded narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
-        return text(out, 503, "metadata unavailable\n", false);
+        return Written::failed("metadata unavailable\n", target);
     }
     logging::info("stored uploaded narinfo", &[("hash", hash)]);
-    Response::new(204).send(out, b"", false);
+    Written::accepted(target)
 }
 
 /// `DELETE /<hash>.narinfo` (with `--cache-allow-delete-verb`).
-pub fn delete(hash: &str, out: ResponseOutparam) {
+pub fn delete(hash: &str) -> Written {
+    let target = format!("{hash}.narinfo");
     match metadata::delete_narinfo(hash) {
-        Ok(true) => Response::new(204).send(out, b"", false),
-        Ok(false) => text(out, 404, "not found\n", false),
+        Ok(true) => Written::accepted(target),
+        Ok(false) => Written::rejected(404, "not found\n", target),
         Err(e) => {
             logging::warn("failed to delete narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
-            text(out, 503, "metadata unavailable\n", false)
+            Written::failed("metadata unavailable\n", target)
         }
     }
 }

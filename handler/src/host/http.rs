@@ -15,6 +15,8 @@ pub struct Request {
     pub method: Method,
     /// Path and query.
     pub path: String,
+    /// The authority the client asked for (`host:port`).
+    pub authority: String,
     headers: Vec<(String, Vec<u8>)>,
     inner: IncomingRequest,
 }
@@ -25,6 +27,7 @@ impl Request {
         Self {
             method: inner.method(),
             path: inner.path_with_query().unwrap_or_default(),
+            authority: inner.authority().unwrap_or_default(),
             headers: inner.headers().entries(),
             inner,
         }

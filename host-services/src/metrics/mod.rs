@@ -68,6 +68,15 @@ pub struct UpstreamLabels {
     pub outcome: String,
 }
 
+/// A write request and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `PUT` or `DELETE`.
+    pub method: String,
+    /// `accepted`, `unauthorized`, `forbidden`, `rejected` or `failed`.
+    pub outcome: String,
+}
+
 /// Every metric of a node.
 pub struct Metrics {
     registry: Registry,
@@ -99,11 +108,16 @@ pub struct Metrics {
     pub instantiation: Histogram,
     /// `ncps_guest_traps_total`.
     pub guest_traps: Counter,
+    /// `ncps_writes_total{method,outcome}`.
+    pub writes: Family<WriteLabels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
+
+/// How a write can end, for zero-valued series at start.
+pub const WRITE_OUTCOMES: &[&str] = &["accepted", "unauthorized", "forbidden", "rejected", "failed"];
 
 /// The lock types this node uses, for zero-valued series at start.
 pub const LOCK_TYPES: &[&str] = &["download:nar", "download:narinfo", "publish:nar", "lru"];
@@ -133,6 +147,7 @@ impl Metrics {
             lru_evicted: Counter::default(),
             instantiation: seconds_histogram(),
             guest_traps: Counter::default(),
+            writes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("ncps_lock_acquisitions", "Lock acquisitions", m.lock_acquisitions.clone());
@@ -153,6 +168,12 @@ impl Metrics {
             m.instantiation.clone(),
         );
         registry.register("ncps_guest_traps", "Handler instances that trapped", m.guest_traps.clone());
+        registry.register("ncps_writes", "PUT and DELETE requests by outcome", m.writes.clone());
+        for method in ["PUT", "DELETE"] {
+            for outcome in WRITE_OUTCOMES {
+                let _ = m.writes.get_or_create(&WriteLabels { method: method.into(), outcome: (*outcome).into() });
+            }
+        }
         for t in LOCK_TYPES {
             for mode in ["exclusive", "shared"] {
                 for result in ["success", "failure"] {

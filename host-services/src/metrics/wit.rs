@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Metrics, ResultLabels, UpstreamLabels};
-use crate::bindings::metrics::{self, CacheResult, FetchOutcome, LruOutcome, ObjectKind};
+use super::{Metrics, ResultLabels, UpstreamLabels, WriteLabels};
+use crate::bindings::metrics::{self, CacheResult, FetchOutcome, LruOutcome, ObjectKind, WriteMethod, WriteOutcome};
 use crate::NcpsEdgeView;
 
 struct MetricsView<'a>(&'a Arc<Metrics>);
@@ -47,6 +47,22 @@ impl metrics::Host for MetricsView<'_> {
 
     async fn served(&mut self, k: ObjectKind, result: CacheResult) -> wasmtime::Result<()> {
         self.0.served(k == ObjectKind::Narinfo, result == CacheResult::Hit);
+        Ok(())
+    }
+
+    async fn write(&mut self, method: WriteMethod, o: WriteOutcome) -> wasmtime::Result<()> {
+        let method = match method {
+            WriteMethod::Put => "PUT",
+            WriteMethod::Delete => "DELETE",
+        };
+        let outcome = match o {
+            WriteOutcome::Accepted => "accepted",
+            WriteOutcome::Unauthorized => "unauthorized",
+            WriteOutcome::Forbidden => "forbidden",
+            WriteOutcome::Rejected => "rejected",
+            WriteOutcome::Failed => "failed",
+        };
+        self.0.writes.get_or_create(&WriteLabels { method: method.into(), outcome: outcome.into() }).inc();
         Ok(())
     }
 

@@ -11,8 +11,14 @@ use super::yaml::KEYS;
 use super::{lock_name, Config, DatabaseUrl, StorageConfig};
 
 /// Settings whose values are secrets.
-const SECRETS: &[&str] =
-    &["cache_get_token", "cache_redis_password", "cache_storage_s3_secret_access_key", "admin_token"];
+const SECRETS: &[&str] = &[
+    "cache_get_token",
+    "cache_put_token",
+    "cache_delete_token",
+    "cache_redis_password",
+    "cache_storage_s3_secret_access_key",
+    "admin_token",
+];
 
 /// Settings that may carry a password inside a URL.
 const URLS: &[&str] = &["cache_database_url"];

@@ -170,6 +170,27 @@ pub struct ServeArgs {
     /// Require this token (bearer, or basic-auth password) on reads; /healthz and /metrics are exempt.
     #[arg(long, env = "CACHE_GET_TOKEN")]
     pub cache_get_token: Option<String>,
+    /// Token that uploads (PUT) must present (bearer, or basic-auth password).
+    #[arg(long, env = "CACHE_PUT_TOKEN")]
+    pub cache_put_token: Option<String>,
+    /// Token that deletes (DELETE) must present.
+    #[arg(long, env = "CACHE_DELETE_TOKEN")]
+    pub cache_delete_token: Option<String>,
+    /// Allow PUT/DELETE without a write token (anyone who can reach the node
+    /// can then make it sign store paths; logged loudly at start).
+    #[arg(long, env = "CACHE_ALLOW_ANONYMOUS_WRITES", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_allow_anonymous_writes: bool,
+    /// Key `name:base64` one of which must have signed an uploaded narinfo
+    /// before the cache adds its own signature (repeatable).
+    #[arg(long = "cache-upload-trusted-key", env = "CACHE_UPLOAD_TRUSTED_KEYS", value_delimiter = ',', value_parser = public_key)]
+    pub cache_upload_trusted_key: Vec<String>,
+    /// Refuse uploaded narinfos without a signature by an upload-trusted key
+    /// (with none configured: refuse them all).
+    #[arg(long, env = "CACHE_REQUIRE_TRUSTED_SIGNATURE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_require_trusted_signature: bool,
+    /// Largest PUT body accepted (units B, K, M, G, T).
+    #[arg(long, env = "CACHE_MAX_UPLOAD_SIZE", default_value = "8G", value_parser = parse_size)]
+    pub cache_max_upload_size: u64,
     /// Lock backend (default: redis when --cache-redis-addrs is given, else local).
     #[arg(long, env = "CACHE_LOCK_BACKEND", value_enum)]
     pub cache_lock_backend: Option<LockBackendKind>,

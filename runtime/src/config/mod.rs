@@ -89,6 +89,20 @@ impl Config {
                 "no --cache-upstream-public-key: give the upstreams' keys, or --cache-upstream-allow-unsigned to accept their narinfos unverified"
             );
         }
+        let token = |t: &Option<String>| t.as_deref().is_some_and(|t| !t.is_empty());
+        for (enabled, has_token, verb, flag) in [
+            (args.cache_allow_put_verb, token(&args.cache_put_token), "--cache-allow-put-verb", "--cache-put-token"),
+            (
+                args.cache_allow_delete_verb,
+                token(&args.cache_delete_token),
+                "--cache-allow-delete-verb",
+                "--cache-delete-token",
+            ),
+        ] {
+            if enabled && !has_token && !args.cache_allow_anonymous_writes {
+                bail!("{verb} without {flag}: anyone could write; set {flag}, or --cache-allow-anonymous-writes");
+            }
+        }
         let data_dir = absolute(&args.cache_storage_local)?;
         let database = match args.cache_database_url.clone() {
             None => DatabaseUrl::Sqlite(data_dir.join("db").join("db.sqlite")),

@@ -14,7 +14,8 @@ use crate::bindings::ncps::edge::storage;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
 use crate::cache::nars::stat;
-use crate::host::http::{text, Request, Response};
+use crate::endpoints::writes::Written;
+use crate::host::http::{text, Request};
 use crate::host::logging;
 use crate::protocol::route::NarPath;
 
@@ -54,16 +55,16 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
 }
 
 /// `DELETE /nar/<hash>.nar<ext>` (with `--cache-allow-delete-verb`).
-pub fn delete(path: &NarPath, out: ResponseOutparam) {
+pub fn delete(path: &NarPath) -> Written {
     let key = path.key();
     let deleted = storage::delete(&key);
     let _ = metadata::delete_nar(&key);
     match deleted {
-        Ok(true) => Response::new(204).send(out, b"", false),
-        Ok(false) => text(out, 404, "not found\n", false),
+        Ok(true) => Written::accepted(key),
+        Ok(false) => Written::rejected(404, "not found\n", key),
         Err(e) => {
             logging::warn("failed to delete NAR", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
-            text(out, 503, "storage unavailable\n", false)
+            Written::failed("storage unavailable\n", key)
         }
     }
 }
