@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            tracing::info!("shutting down");
-            node.stop().await;
+            tracing::info!("shutting down: no new connections; requests in flight may finish");
+            node.stop(config.args.shutdown_timeout).await;
             Ok(())
         }
         Command::Config(ConfigCommand::Check(args)) => {

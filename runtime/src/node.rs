@@ -18,7 +18,7 @@ use crate::backends;
 use crate::config::{listen_addr, Config};
 use crate::engine::{self, EngineOptions};
 use crate::schedulers;
-use crate::server::Server;
+use crate::server::{Server, ServerOptions};
 
 /// How often batched last-access times are written.
 const ACCESS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -51,17 +51,23 @@ impl RunningNode {
     pub fn server(&self) -> &Arc<Server> {
         &self.handle
     }
-    /// Stop accepting connections, stop background work, write pending access times.
-    pub async fn stop(self) {
+    /// Stop accepting connections, stop background work, write pending
+    /// access times; requests in flight get up to `deadline` to finish.
+    pub async fn stop(self, deadline: std::time::Duration) {
         let _ = self.shutdown.send(());
         let _ = self.server.await;
-        self.ticker.abort();
         for task in &self.background {
             task.abort();
         }
+        self.handle.drain(deadline).await;
+        self.ticker.abort();
         if let Err(e) = self.services.metadata.flush_accesses().await {
             tracing::warn!(error = %e, "failed to write access times at shutdown");
         }
+        // Leases dropped with the last instances are released by tasks of
+        // their own: give them a moment before the process exits.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tracing::info!("stopped");
     }
 }
 
@@ -145,7 +151,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         memory_limit: args.wasm_memory_limit,
         cache_dir: Some(config.wasm_cache_dir.clone()),
     })?;
-    let server = Server::new(handler, services, config.args.request_timeout, config.args.prometheus_enabled);
+    let options = ServerOptions {
+        request_timeout: args.request_timeout,
+        prometheus: args.prometheus_enabled,
+        read_header_timeout: args.server_read_header_timeout,
+        max_connections: args.server_max_connections,
+        max_header_size: args.server_max_header_size.min(usize::MAX as u64) as usize,
+    };
+    let server = Server::new(handler, services, options);
     Ok(Arc::new(server))
 }
 

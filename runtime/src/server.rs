@@ -11,8 +11,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper_util::rt::TokioTimer;
 use ncps_edge_host_services::Services;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wasmtime::Store;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -23,19 +26,59 @@ use crate::bindings::{CacheNode, LruReport, ReconcileReport, UpstreamHealth};
 use crate::engine::{Handler, EPOCH_TICK};
 use crate::state::RequestState;
 
+/// Limits of the HTTP front door.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Deadline of one request's instance.
+    pub request_timeout: Duration,
+    /// Serve `/metrics`.
+    pub prometheus: bool,
+    /// A request head must arrive within this; an idle keep-alive
+    /// connection is closed after it too.
+    pub read_header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest request head, bytes.
+    pub max_header_size: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(3600),
+            prometheus: false,
+            read_header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_header_size: 64 << 10,
+        }
+    }
+}
+
 /// A node's request handling: the handler and the services it may use.
 pub struct Server {
     handler: Handler,
     services: Arc<Services>,
-    request_timeout: Duration,
-    prometheus: bool,
+    options: ServerOptions,
+    /// Every connection and every instance task, to wait for at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled when the shutdown deadline passes: instances still running
+    /// are dropped (their leases released, their writes discarded).
+    cut: CancellationToken,
+    /// Tells open connections to finish their current request and close.
+    draining: CancellationToken,
 }
 
 impl Server {
-    /// A server running `handler` against `services`; a request's instance is
-    /// interrupted after `request_timeout`; `/metrics` is served when `prometheus`.
-    pub fn new(handler: Handler, services: Arc<Services>, request_timeout: Duration, prometheus: bool) -> Self {
-        Self { handler, services, request_timeout, prometheus }
+    /// A server running `handler` against `services` within `options`.
+    pub fn new(handler: Handler, services: Arc<Services>, options: ServerOptions) -> Self {
+        Self {
+            handler,
+            services,
+            options,
+            tasks: TaskTracker::new(),
+            cut: CancellationToken::new(),
+            draining: CancellationToken::new(),
+        }
     }
 
     /// The node's services.
@@ -48,10 +91,19 @@ impl Server {
         self.handler.pre.engine()
     }
 
-    /// Accept connections on `listener` until `shutdown` resolves.
+    /// Accept connections on `listener` until `shutdown` resolves; then stop
+    /// accepting (see [`Server::drain`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
         loop {
+            let slot = tokio::select! {
+                _ = &mut shutdown => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
             let (conn, peer) = tokio::select! {
                 _ = &mut shutdown => return,
                 accepted = listener.accept() => match accepted {
@@ -65,17 +117,48 @@ impl Server {
             };
             let _ = conn.set_nodelay(true);
             let server = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
+            self.tasks.spawn(async move {
+                let _slot = slot;
+                let draining = server.draining.clone();
+                let service = {
                     let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-                });
-                if let Err(e) =
-                    http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), service).await
-                {
+                    service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+                    })
+                };
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(server.options.read_header_timeout)
+                    .max_buf_size(server.options.max_header_size)
+                    .serve_connection(TokioIo::new(conn), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = draining.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
+        }
+    }
+
+    /// After [`Server::serve`] stopped accepting: let open connections finish
+    /// their requests (keep-alive connections close after their current one)
+    /// for up to `deadline`, then cut the instances still running. A download
+    /// cut this way publishes nothing and its lock is released at once.
+    pub async fn drain(&self, deadline: Duration) {
+        self.draining.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
+            tracing::warn!(open = self.tasks.len(), "shutdown deadline passed; cutting requests still running");
+            self.cut.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         }
     }
 
@@ -86,7 +169,7 @@ impl Server {
     ) -> hyper::Response<HyperOutgoingBody> {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let response = if self.prometheus && path == "/metrics" {
+        let response = if self.options.prometheus && path == "/metrics" {
             self.metrics_response().await
         } else {
             match self.run_request(with_peer(req, peer)).await {
@@ -135,7 +218,7 @@ impl Server {
         let mut store =
             Store::new(self.handler.pre.engine(), RequestState::new(self.services.clone(), self.handler.memory_limit));
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline((self.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        store.set_epoch_deadline((self.options.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
         store
     }
 
@@ -162,15 +245,23 @@ impl Server {
         // The instance runs in its own task so it can keep streaming the body
         // after the head is sent; its store (and every lease, writer and
         // stream it holds) is dropped when the task ends.
-        let task = tokio::spawn(async move {
-            let result = async {
+        let cut = self.cut.clone();
+        let task = self.tasks.spawn(async move {
+            let run = async {
                 let node = Self::instantiate(&pre, &mut store, &services).await?;
                 node.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
-            }
-            .await;
-            if let Err(e) = &result {
-                services.metrics.guest_traps.inc();
-                tracing::error!(error = format!("{e:#}"), "handler instance trapped");
+            };
+            let result = tokio::select! {
+                r = run => r,
+                _ = cut.cancelled() => Err(wasmtime::Error::msg("cut by the shutdown deadline")),
+            };
+            match &result {
+                Err(_) if cut.is_cancelled() => tracing::warn!("request cut by the shutdown deadline"),
+                Err(e) => {
+                    services.metrics.guest_traps.inc();
+                    tracing::error!(error = format!("{e:#}"), "handler instance trapped");
+                }
+                Ok(()) => {}
             }
             result
         });

@@ -95,3 +95,75 @@ async fn redis_lock_expires_and_another_node_completes() {
 async fn postgres_session_dies_and_another_node_takes_over_at_once() {
     kill_the_downloader("postgres", "15s").await;
 }
+
+/// SIGTERM: the node stops accepting, finishes the hits in flight, cuts the
+/// slow download at the deadline (nothing published, the client's transfer
+/// broken) and frees its lock at once, so another node serves the NAR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_hits_and_hands_the_download_over() {
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let db = fresh_postgres().await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend([
+        "--cache-hostname=drain".to_string(),
+        format!("--cache-database-url={db}"),
+        format!("--cache-storage-local={}", storage.display()),
+        "--cache-lock-backend=postgres".into(),
+        "--shutdown-timeout=2s".into(),
+        format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()),
+    ]);
+    let mut a = NodeProcess::spawn(&flags, &dir.path().join("a.log"));
+    let b = NodeProcess::spawn(&flags, &dir.path().join("b.log"));
+    let c = reqwest::Client::new();
+    let digest = |p: &str| format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, p)).unwrap()));
+    for p in [&fx.leaf, &fx.mid, &fx.top, &fx.big] {
+        assert_eq!(c.get(format!("{}/{}.narinfo", a.url, hash_of(p))).send().await.unwrap().status(), 200);
+    }
+    for p in [&fx.leaf, &fx.mid, &fx.top] {
+        c.get(format!("{}{}", a.url, nar_url(&cache, p))).send().await.unwrap().bytes().await.unwrap();
+    }
+    up.faults().nar_chunk_delay_ms.store(10, Ordering::SeqCst);
+    let big = nar_url(&cache, &fx.big);
+    let download = c.get(format!("{}{big}", a.url)).send().await.unwrap();
+    let mut download = download.bytes_stream();
+    download.next().await.unwrap().unwrap();
+    // Hits in flight when the signal comes.
+    let hits: Vec<_> = (0..40)
+        .map(|i| {
+            let p = [&fx.leaf, &fx.mid, &fx.top][i % 3].clone();
+            let (c, url) = (c.clone(), format!("{}{}", a.url, nar_url(&cache, &p)));
+            tokio::spawn(async move {
+                let resp = c.get(&url).send().await.ok()?;
+                Some((p, resp.status().as_u16(), resp.bytes().await.map(|b| format!("{:x}", Sha256::digest(b)))))
+            })
+        })
+        .collect();
+    a.signal("TERM");
+    for hit in hits {
+        // Refused before it reached the node is fine; a started response must end well.
+        if let Some((p, status, body)) = hit.await.unwrap() {
+            assert_eq!(status, 200, "{p}");
+            assert_eq!(body.expect("a hit's transfer broke at shutdown"), digest(&p), "{p}");
+        }
+    }
+    let rest: Vec<_> = download.collect().await;
+    let full = std::fs::metadata(nar_file(&cache, &fx.big)).unwrap().len() as usize;
+    let got: usize = rest.iter().flatten().map(|b| b.len()).sum();
+    assert!(rest.iter().any(|r| r.is_err()) || got < full, "the cut download looked complete");
+    let status = tokio::task::block_in_place(|| a.wait_exit(Duration::from_secs(20))).expect("a did not exit");
+    assert!(status.success(), "a exited with {status}");
+    let file = &big[5..];
+    let published = storage.join("store/nar").join(&file[..1]).join(&file[..2]).join(file);
+    assert!(!published.exists(), "a partial NAR was published");
+    // b takes the download over at once: a's lock went with its session.
+    up.faults().nar_chunk_delay_ms.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    let resp = c.get(format!("{}{big}", b.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(format!("{:x}", Sha256::digest(resp.bytes().await.unwrap())), digest(&fx.big));
+    assert!(started.elapsed() < Duration::from_secs(10), "b waited {:?}", started.elapsed());
+}

@@ -109,6 +109,20 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
     pub server_addr: String,
+    /// A request head must arrive within this (slow clients are cut); idle
+    /// keep-alive connections are closed after it too.
+    #[arg(long, env = "SERVER_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub server_read_header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[arg(long, env = "SERVER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub server_max_connections: usize,
+    /// Largest request head (units B, K, M, G, T).
+    #[arg(long, env = "SERVER_MAX_HEADER_SIZE", default_value = "64K", value_parser = parse_size)]
+    pub server_max_header_size: u64,
+    /// On SIGTERM: how long requests in flight may take to finish before
+    /// they are cut.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Hostname of this cache; names the generated signing key.
     #[arg(long, env = "CACHE_HOSTNAME")]
     pub cache_hostname: String,

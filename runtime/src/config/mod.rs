@@ -150,6 +150,9 @@ impl Config {
         if args.cache_lock_download_lease > args.cache_lock_download_ttl {
             bail!("--cache-lock-download-lease is longer than --cache-lock-download-ttl, its ceiling");
         }
+        if args.server_max_connections == 0 || args.server_max_header_size < 1024 {
+            bail!("--server-max-connections must be at least 1 and --server-max-header-size at least 1K");
+        }
         if args.cache_backend_timeout.is_zero() {
             bail!("--cache-backend-timeout must be more than 0");
         }
