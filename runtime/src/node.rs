@@ -129,6 +129,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         max_upload_size: args.cache_max_upload_size,
         upstream_timeout_ms: args.cache_upstream_response_header_timeout.as_millis() as u64,
         upstream_connect_timeout_ms: args.cache_upstream_dialer_timeout.as_millis() as u64,
+        upstream_stall_timeout_ms: args.cache_upstream_stall_timeout.as_millis() as u64,
         download_lease_ms: args.cache_lock_download_lease.as_millis() as u64,
         download_lock_ttl_ms: args.cache_lock_download_ttl.as_millis() as u64,
         max_narinfo_size: args.cache_narinfo_max_size,

@@ -2,6 +2,7 @@
 //! upstream serving them, the real `nix` client, and in-process nodes.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod fixture;
 pub mod nix;
 pub mod node;

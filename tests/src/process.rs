@@ -7,8 +7,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `ncps-edge` binary next to this test executable.
+/// The `ncps-edge` binary: `NCPS_EDGE_BIN` when set, else the one next to
+/// this test executable.
 pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NCPS_EDGE_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
     let bin = profile_dir.join("ncps-edge");

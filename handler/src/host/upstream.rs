@@ -84,8 +84,19 @@ pub struct UpstreamResponse {
 /// A request in flight.
 pub struct Pending(FutureIncomingResponse);
 
-/// Start a GET of `url` with the node's timeouts.
+/// Start a GET of `url` with the node's timeouts (the response-header
+/// timeout also bounds the wait between body bytes).
 pub fn start_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> {
+    start_get_within(url, settings, settings.upstream_timeout_ms)
+}
+
+/// Start a GET of a NAR: the body may stall for the stall timeout (a NAR
+/// transfer is long; a short hiccup must not cut it).
+pub fn start_nar_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> {
+    start_get_within(url, settings, settings.upstream_stall_timeout_ms)
+}
+
+fn start_get_within(url: &str, settings: &Settings, between_bytes_ms: u64) -> Result<Pending, FetchError> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest),
         Some(("https", rest)) => (Scheme::Https, rest),
@@ -108,7 +119,7 @@ pub fn start_get(url: &str, settings: &Settings) -> Result<Pending, FetchError> 
     let connect = Duration::from_millis(settings.upstream_connect_timeout_ms);
     let _ = opts.set_connect_timeout(Some(connect.as_nanos() as u64));
     let _ = opts.set_first_byte_timeout(Some(timeout.as_nanos() as u64));
-    let _ = opts.set_between_bytes_timeout(Some(timeout.as_nanos() as u64));
+    let _ = opts.set_between_bytes_timeout(Some(Duration::from_millis(between_bytes_ms).as_nanos() as u64));
     outgoing_handler::handle(req, Some(opts)).map(Pending).map_err(|e| FetchError::Transport(format!("{e:?}")))
 }
 
@@ -133,9 +144,9 @@ impl Pending {
     }
 }
 
-/// GET `url` and wait for the head.
-pub fn get(url: &str, settings: &Settings) -> Result<UpstreamResponse, FetchError> {
-    start_get(url, settings)?.wait()
+/// GET the NAR at `url` and wait for the head.
+pub fn get_nar(url: &str, settings: &Settings) -> Result<UpstreamResponse, FetchError> {
+    start_nar_get(url, settings)?.wait()
 }
 
 /// The upstream cache a NAR URL belongs to (its URL up to `/nar/`), for

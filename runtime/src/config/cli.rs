@@ -172,6 +172,9 @@ pub struct ServeArgs {
     /// Time to wait for an upstream's response headers.
     #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_upstream_response_header_timeout: Duration,
+    /// How long a NAR transfer from an upstream may stall before it is given up.
+    #[arg(long, env = "CACHE_UPSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub cache_upstream_stall_timeout: Duration,
     /// Time to establish a connection to an upstream.
     #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_upstream_dialer_timeout: Duration,

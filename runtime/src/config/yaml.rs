@@ -42,6 +42,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.upstream.allow-unsigned", "cache_upstream_allow_unsigned"),
     ("cache.upstream.response-header-timeout", "cache_upstream_response_header_timeout"),
     ("cache.upstream.dialer-timeout", "cache_upstream_dialer_timeout"),
+    ("cache.upstream.stall-timeout", "cache_upstream_stall_timeout"),
     ("cache.upstream.health-interval", "cache_upstream_health_interval"),
     ("cache.allow-put-verb", "cache_allow_put_verb"),
     ("cache.allow-delete-verb", "cache_allow_delete_verb"),

@@ -58,7 +58,7 @@ fn find(
     for url in candidates {
         let asked = Instant::now();
         let base = upstream::base_of(&url);
-        match upstream::get(&url, settings) {
+        match upstream::get_nar(&url, settings) {
             Ok(resp) if resp.status == 200 => return Ok((url, resp)),
             Ok(resp) => {
                 metrics::upstream_fetch(ObjectKind::Nar, base, asked.elapsed().as_secs_f64(), FetchOutcome::NotFound);
