@@ -84,11 +84,19 @@ async fn redis(addr: &str) -> Arc<dyn LockBackend> {
 
 async fn postgres(url: &str, app: &str) -> Arc<dyn LockBackend> {
     let url = format!("{url}?application_name={app}");
-    Arc::new(SessionLocks::new(PgSession::connect(&url, IDLE).await.expect("PostgreSQL"), CALL_TIMEOUT, HEARTBEAT))
+    Arc::new(SessionLocks::new(
+        PgSession::connect(&url, IDLE, CALL_TIMEOUT).await.expect("PostgreSQL"),
+        CALL_TIMEOUT,
+        HEARTBEAT,
+    ))
 }
 
 async fn mysql(url: &str) -> Arc<dyn LockBackend> {
-    Arc::new(SessionLocks::new(MySqlSession::connect(url, IDLE).await.expect("MariaDB"), CALL_TIMEOUT, HEARTBEAT))
+    Arc::new(SessionLocks::new(
+        MySqlSession::connect(url, IDLE, CALL_TIMEOUT).await.expect("MariaDB"),
+        CALL_TIMEOUT,
+        HEARTBEAT,
+    ))
 }
 
 #[tokio::main]

@@ -49,7 +49,7 @@ async fn redis() -> Arc<dyn LockBackend> {
 async fn postgres(app: &str) -> Arc<dyn LockBackend> {
     let url = format!("{}?application_name={app}", postgres_url());
     Arc::new(SessionLocks::new(
-        PgSession::connect(&url, IDLE).await.expect("PostgreSQL must be reachable"),
+        PgSession::connect(&url, IDLE, CALL_TIMEOUT).await.expect("PostgreSQL must be reachable"),
         CALL_TIMEOUT,
         HEARTBEAT,
     ))
@@ -57,7 +57,7 @@ async fn postgres(app: &str) -> Arc<dyn LockBackend> {
 
 async fn mysql() -> Arc<dyn LockBackend> {
     Arc::new(SessionLocks::new(
-        MySqlSession::connect(&mysql_url(), IDLE).await.expect("MariaDB must be reachable"),
+        MySqlSession::connect(&mysql_url(), IDLE, CALL_TIMEOUT).await.expect("MariaDB must be reachable"),
         CALL_TIMEOUT,
         HEARTBEAT,
     ))

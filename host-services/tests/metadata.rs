@@ -13,7 +13,7 @@ async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn Database
     vec![
         ("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap())),
         ("postgres", Arc::new(PgMetadata::connect(&support::fresh_postgres().await, 4).await.unwrap())),
-        ("mysql", Arc::new(MySqlMetadata::connect(&support::fresh_mysql().await).await.unwrap())),
+        ("mysql", Arc::new(MySqlMetadata::connect(&support::fresh_mysql().await, 4).await.unwrap())),
     ]
 }
 

@@ -147,3 +147,21 @@ async fn large_objects_stream_in_parts_and_survive_deletes_mid_read() {
         assert_eq!(s.stat(&k).await.unwrap(), None, "{name}");
     }
 }
+
+/// A writer whose node died (no drop, no abort) leaves a temporary file or
+/// an unfinished multipart upload; sweeping removes it, once.
+#[tokio::test]
+async fn sweeping_removes_what_a_dead_writer_left() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, s) in backends(dir.path()).await {
+        let k = key("nar/1b8zpfdv1c2ghx7gzm1c6ig6zfqwc0xz5wvd6p1mb5d7w5qiw2jb.nar");
+        let mut w = s.create(&k).await.unwrap();
+        w.write(&vec![5u8; PART_SIZE + 1]).await.unwrap();
+        std::mem::forget(w);
+        let swept = s.sweep_incomplete(std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(swept, 1, "{name}: one leftover");
+        assert_eq!(s.sweep_incomplete(std::time::Duration::ZERO).await.unwrap(), 0, "{name}: swept twice");
+        assert_eq!(s.stat(&k).await.unwrap(), None, "{name}");
+        assert!(s.list(None, 10).await.unwrap().is_empty(), "{name}: a leftover is listed as an object");
+    }
+}

@@ -10,7 +10,7 @@ use ncps_edge_host_services::locks::local::LocalLocks;
 use ncps_edge_host_services::locks::mysql::MySqlSession;
 use ncps_edge_host_services::locks::postgres::PgSession;
 use ncps_edge_host_services::locks::redis::RedisLocks;
-use ncps_edge_host_services::locks::session::SessionLocks;
+use ncps_edge_host_services::locks::session::{SessionLocks, QUEUE_DEADLINES};
 use ncps_edge_host_services::locks::LockBackend;
 use ncps_edge_host_services::metadata::guarded::GuardedMetadata;
 use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
@@ -55,8 +55,9 @@ pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
             (Arc::new(db), "postgres")
         }
         DatabaseUrl::Mysql(url) => {
+            let pool = config.args.cache_database_pool_max_open_conns;
             let db = connecting(config, "MySQL metadata", async {
-                MySqlMetadata::connect(url).await.context("MySQL metadata")
+                MySqlMetadata::connect(url, pool).await.context("MySQL metadata")
             })
             .await?;
             (Arc::new(db), "mysql")
@@ -71,29 +72,31 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
     let args = &config.args;
     let (timeout, lease, heartbeat) =
         (args.cache_backend_timeout, args.cache_lock_download_lease, args.cache_lock_heartbeat_interval);
-    let guard = |backend: Box<dyn LockBackend>, label| -> Arc<dyn LockBackend> {
-        Arc::new(Guarded::new(backend, label, args.cache_lock_allow_degraded_mode, timeout, BREAKER_COOL_DOWN))
+    let guard = |backend: Box<dyn LockBackend>, label, limit| -> Arc<dyn LockBackend> {
+        Arc::new(Guarded::new(backend, label, args.cache_lock_allow_degraded_mode, limit, BREAKER_COOL_DOWN))
     };
+    // A database lock call may first wait for its turn on the node's session.
+    let session_limit = timeout * (QUEUE_DEADLINES + 1);
     Ok(match (config.lock_backend, &config.database, &config.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => {
             let redis =
                 connecting(config, "Redis", async { RedisLocks::connect(opts).await.context("connecting to Redis") })
                     .await?;
-            guard(Box::new(redis), "Redis")
+            guard(Box::new(redis), "Redis", timeout)
         }
         (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => {
             let session = connecting(config, "PostgreSQL lock session", async {
-                PgSession::connect(url, lease).await.context("PostgreSQL lock session")
+                PgSession::connect(url, lease, timeout).await.context("PostgreSQL lock session")
             })
             .await?;
-            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "PostgreSQL")
+            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "PostgreSQL", session_limit)
         }
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
             let session = connecting(config, "MySQL lock session", async {
-                MySqlSession::connect(url, lease).await.context("MySQL lock session")
+                MySqlSession::connect(url, lease, timeout).await.context("MySQL lock session")
             })
             .await?;
-            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "MySQL")
+            guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "MySQL", session_limit)
         }
         _ => {
             tracing::info!("using local locks");

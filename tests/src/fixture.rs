@@ -133,3 +133,48 @@ pub fn nar_url(cache: &std::path::Path, store_path: &str) -> String {
 pub fn nar_file(cache: &std::path::Path, store_path: &str) -> PathBuf {
     cache.join(&nar_url(cache, store_path)[1..])
 }
+
+/// Many store paths for the soak test, in one uncompressed cache signed by
+/// the fixture key: small ones, and a few larger than one S3 part.
+pub struct SoakFixture {
+    /// Store paths.
+    pub paths: Vec<String>,
+    /// The cache folder.
+    pub cache: PathBuf,
+}
+
+/// How many small paths the soak fixture has.
+pub const SOAK_SMALL: usize = 240;
+/// How many paths larger than one S3 multipart part (8 MiB).
+pub const SOAK_LARGE: usize = 3;
+
+/// The soak fixture, generated on first use (with `nix-store --add` and
+/// `nix copy`).
+pub fn soak_fixture() -> &'static SoakFixture {
+    static SOAK: OnceLock<SoakFixture> = OnceLock::new();
+    SOAK.get_or_init(|| {
+        let fx = fixture();
+        let files = fx.env.path("soak-files");
+        std::fs::create_dir_all(&files).unwrap();
+        let mut names = Vec::new();
+        for i in 0..SOAK_SMALL + SOAK_LARGE {
+            let size = if i < SOAK_SMALL { 512 + (i * 7919) % 48_000 } else { 9_000_000 + i };
+            let bytes: Vec<u8> = (0..size).map(|j| ((i * 131 + j * 7) % 251) as u8 ^ (j >> 8) as u8).collect();
+            let name = files.join(format!("soak-{i}"));
+            std::fs::write(&name, bytes).unwrap();
+            names.push(name.display().to_string());
+        }
+        let store = fx.env.path("soak-store").display().to_string();
+        let mut add = vec!["--store", store.as_str(), "--add"];
+        add.extend(names.iter().map(String::as_str));
+        let paths: Vec<String> = fx.env.run("nix-store", &add).lines().map(str::to_owned).collect();
+        assert_eq!(paths.len(), SOAK_SMALL + SOAK_LARGE);
+        let cache = fx.env.path("soak-cache");
+        let to =
+            format!("file://{}?compression=none&secret-key={}", cache.display(), fx.env.path("fixture-1.sk").display());
+        let mut copy = vec!["copy", "--store", store.as_str(), "--to", to.as_str()];
+        copy.extend(paths.iter().map(String::as_str));
+        fx.env.run("nix", &copy);
+        SoakFixture { paths, cache }
+    })
+}

@@ -25,30 +25,48 @@ pub struct NodeProcess {
     child: Child,
     /// `http://127.0.0.1:port`.
     pub url: String,
+    port: u16,
+    flags: Vec<String>,
+    log: std::path::PathBuf,
+}
+
+fn launch(port: u16, flags: &[String], log: &std::path::Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let child = Command::new(binary())
+        .arg("serve")
+        .arg(format!("--server-addr=127.0.0.1:{port}"))
+        .args(flags)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning ncps-edge");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "node did not start; see {}", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl NodeProcess {
     /// Start `ncps-edge serve` with `flags` on a free port; its JSON log
-    /// goes to `log`. Waits until /healthz answers.
+    /// goes to `log`. Waits until it accepts connections.
     pub fn spawn(flags: &[String], log: &std::path::Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = std::fs::File::create(log).unwrap();
-        let child = Command::new(binary())
-            .arg("serve")
-            .arg(format!("--server-addr=127.0.0.1:{port}"))
-            .args(flags)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawning ncps-edge");
-        let node = Self { child, url: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "node did not start; see {}", log.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        node
+        let child = launch(port, flags, log);
+        Self { child, url: format!("http://127.0.0.1:{port}"), port, flags: flags.to_vec(), log: log.to_owned() }
+    }
+
+    /// Start it again on the same port with the same flags (after a kill).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = launch(self.port, &self.flags, &self.log);
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Send `signal` (`TERM`, `STOP`, `CONT`, …) to the process.

@@ -34,6 +34,7 @@ pub struct Faults {
 struct State {
     root: PathBuf,
     hits: Mutex<HashMap<String, usize>>,
+    times: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     faults: Faults,
 }
 
@@ -63,7 +64,8 @@ impl FakeUpstream {
     pub async fn start(root: PathBuf) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State { root, hits: Mutex::default(), faults: Faults::default() });
+        let state =
+            Arc::new(State { root, hits: Mutex::default(), times: Mutex::default(), faults: Faults::default() });
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -98,6 +100,11 @@ impl FakeUpstream {
         self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 
+    /// When each request for `path` came.
+    pub fn hit_times(&self, path: &str) -> Vec<std::time::Instant> {
+        self.state.times.lock().unwrap().get(path).cloned().unwrap_or_default()
+    }
+
     /// Requests seen for paths starting with `prefix`.
     pub fn hits_with_prefix(&self, prefix: &str) -> usize {
         self.state.hits.lock().unwrap().iter().filter(|(p, _)| p.starts_with(prefix)).map(|(_, n)| n).sum()
@@ -107,6 +114,7 @@ impl FakeUpstream {
 async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
     let path = req.uri().path().to_owned();
     *s.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    s.times.lock().unwrap().entry(path.clone()).or_default().push(std::time::Instant::now());
     if s.faults.fail.load(Ordering::SeqCst) {
         return full(500, b"upstream broken".to_vec());
     }

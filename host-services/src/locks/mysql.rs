@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -32,10 +33,18 @@ struct State {
 }
 
 /// The node's lock session. MySQL connections take one query at a time, so
-/// the node's lock calls take turns on it; each has the backend deadline.
+/// the node's lock calls take turns on it. A query is not cancel-safe on a
+/// MySQL connection (a cancelled one leaves the connection out of step), so
+/// each call runs in a task of its own that finishes — or, past the
+/// deadline, ends the session — whatever happens to its caller.
 pub struct MySqlSession {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     opts: Opts,
     idle_timeout: Duration,
+    call_timeout: Duration,
     state: Mutex<State>,
     generation: AtomicU64,
 }
@@ -52,21 +61,40 @@ fn unavailable(e: impl Into<crate::error::Cause>) -> Error {
     Error::unavailable("mysql", e)
 }
 
+/// A query on the session's connection (with the node's reader slots).
+type Query<T> = Box<
+    dyn for<'c> FnOnce(
+            &'c mut Conn,
+            &'c mut HashMap<String, usize>,
+        ) -> futures_util::future::BoxFuture<'c, mysql_async::Result<T>>
+        + Send,
+>;
+
 impl MySqlSession {
     /// A session to `url` (`mysql://user:pass@host:port/db`), connected now;
-    /// the server ends it after `idle_timeout` (whole seconds) without a query.
-    pub async fn connect(url: &str, idle_timeout: Duration) -> Result<Self> {
+    /// the server ends it after `idle_timeout` (whole seconds) without a
+    /// query; a query that takes longer than `call_timeout` ends it too.
+    pub async fn connect(url: &str, idle_timeout: Duration, call_timeout: Duration) -> Result<Self> {
         let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
-        let session = Self {
+        let shared = Arc::new(Shared {
             opts,
             idle_timeout,
+            call_timeout,
             state: Mutex::new(State { conn: None, slots: HashMap::new() }),
             generation: AtomicU64::new(0),
-        };
-        drop(session.state().await?);
-        Ok(session)
+        });
+        drop(shared.state().await?);
+        Ok(Self { shared })
     }
 
+    /// Run `f` on the connection in a task of its own.
+    async fn with_conn<T: Send + 'static>(&self, f: Query<T>) -> Result<T> {
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.run(f).await }).await.map_err(|e| Error::internal("mysql", e))?
+    }
+}
+
+impl Shared {
     async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
         let mut state = self.state.lock().await;
         if state.conn.is_none() {
@@ -80,27 +108,24 @@ impl MySqlSession {
         Ok(state)
     }
 
-    /// Run `f` on the connection; a failure drops the session (its locks
-    /// are gone with it) and moves to a new generation.
-    async fn with_conn<T>(
-        &self,
-        f: impl for<'c> FnOnce(
-            &'c mut Conn,
-            &'c mut HashMap<String, usize>,
-        ) -> futures_util::future::BoxFuture<'c, mysql_async::Result<T>>,
-    ) -> Result<T> {
+    /// Run `f` on the connection; a failure or a missed deadline drops the
+    /// session (its locks are gone with it) and moves to a new generation.
+    async fn run<T>(&self, f: Query<T>) -> Result<T> {
         let mut guard = self.state().await?;
         let state = &mut *guard;
         let conn = state.conn.as_mut().ok_or_else(|| unavailable("no session"))?;
-        match f(conn, &mut state.slots).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                state.conn = None;
-                state.slots.clear();
-                self.generation.fetch_add(1, Ordering::SeqCst);
-                Err(unavailable(e))
-            }
-        }
+        // The deadline counts the server's time only, not the wait for the
+        // connection (the node's lock calls take turns on it).
+        let result = match tokio::time::timeout(self.call_timeout, f(conn, &mut state.slots)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => unavailable(e),
+            Err(_) => Error::timeout("mysql", format!("lock session: no answer within {:?}", self.call_timeout)),
+        };
+        tracing::warn!(error = %result, "mysql lock session failed; ending it (its leases are lost)");
+        state.conn = None;
+        state.slots.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Err(result)
     }
 }
 
@@ -113,8 +138,12 @@ async fn release_lock(conn: &mut Conn, name: &str) -> mysql_async::Result<()> {
     conn.exec_drop("SELECT RELEASE_LOCK(?)", (name,)).await
 }
 
-async fn in_use(conn: &mut Conn, name: &str) -> mysql_async::Result<bool> {
-    let holder: Option<Option<i64>> = conn.exec_first("SELECT IS_USED_LOCK(?)", (name,)).await?;
+/// Whether any reader slot of `key` is in use, in one round trip.
+async fn any_reader(conn: &mut Conn, key: &str) -> mysql_async::Result<bool> {
+    let checks = vec!["IS_USED_LOCK(?)"; READER_SLOTS].join(", ");
+    let names: Vec<String> = (0..READER_SLOTS).map(|slot| slot_name(key, slot)).collect();
+    let sql = format!("SELECT COALESCE({checks})");
+    let holder: Option<Option<i64>> = conn.exec_first(sql, names).await?;
     Ok(holder.flatten().is_some())
 }
 
@@ -122,7 +151,7 @@ async fn in_use(conn: &mut Conn, name: &str) -> mysql_async::Result<bool> {
 impl LockSession for MySqlSession {
     async fn try_lock(&self, key: &str, mode: Mode) -> Result<bool> {
         let key = key.to_owned();
-        self.with_conn(move |conn, slots| {
+        self.with_conn(Box::new(move |conn, slots| {
             Box::pin(async move {
                 let w = writer_name(&key);
                 if !get_lock(conn, &w).await? {
@@ -130,11 +159,9 @@ impl LockSession for MySqlSession {
                 }
                 match mode {
                     Mode::Exclusive => {
-                        for slot in 0..READER_SLOTS {
-                            if in_use(conn, &slot_name(&key, slot)).await? {
-                                release_lock(conn, &w).await?;
-                                return Ok(false);
-                            }
+                        if any_reader(conn, &key).await? {
+                            release_lock(conn, &w).await?;
+                            return Ok(false);
                         }
                         Ok(true)
                     }
@@ -157,13 +184,13 @@ impl LockSession for MySqlSession {
                     }
                 }
             })
-        })
+        }))
         .await
     }
 
     async fn unlock(&self, key: &str, mode: Mode) -> Result<()> {
         let key = key.to_owned();
-        self.with_conn(move |conn, slots| {
+        self.with_conn(Box::new(move |conn, slots| {
             Box::pin(async move {
                 match mode {
                     Mode::Exclusive => release_lock(conn, &writer_name(&key)).await,
@@ -173,23 +200,23 @@ impl LockSession for MySqlSession {
                     },
                 }
             })
-        })
+        }))
         .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.with_conn(|conn, _| Box::pin(async move { conn.ping().await })).await
+        self.with_conn(Box::new(|conn, _| Box::pin(async move { conn.ping().await }))).await
     }
 
     async fn reset(&self) {
-        let mut state = self.state.lock().await;
+        let mut state = self.shared.state.lock().await;
         if state.conn.take().is_some() {
             state.slots.clear();
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.shared.generation.load(Ordering::SeqCst)
     }
 }

@@ -18,19 +18,21 @@ use crate::{Error, Result};
 /// The node's lock session.
 pub struct PgSession {
     config: tokio_postgres::Config,
+    call_timeout: Duration,
     client: Mutex<Option<Arc<Client>>>,
     generation: Arc<AtomicU64>,
 }
 
 impl PgSession {
     /// A session to `url`, connected now; the server ends it after
-    /// `idle_timeout` without a query.
-    pub async fn connect(url: &str, idle_timeout: Duration) -> Result<Self> {
+    /// `idle_timeout` without a query; a query that takes longer than
+    /// `call_timeout` ends it too.
+    pub async fn connect(url: &str, idle_timeout: Duration, call_timeout: Duration) -> Result<Self> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| Error::invalid(format!("postgres URL: {e}")))?;
         config.options(format!("-c idle_session_timeout={}", idle_timeout.as_millis().max(1)));
         config.connect_timeout(Duration::from_secs(5));
-        let session = Self { config, client: Mutex::default(), generation: Arc::new(AtomicU64::new(0)) };
+        let session = Self { config, call_timeout, client: Mutex::default(), generation: Arc::new(AtomicU64::new(0)) };
         session.client().await?;
         Ok(session)
     }
@@ -59,10 +61,19 @@ impl PgSession {
 
     async fn call(&self, sql: &str, key: &str) -> Result<Option<bool>> {
         let client = self.client().await?;
-        match client.query_one(sql, &[&key_id(key)]).await {
-            Ok(row) => Ok(row.try_get::<_, Option<bool>>(0).ok().flatten()),
-            Err(e) => Err(Error::unavailable("postgres", e)),
+        match tokio::time::timeout(self.call_timeout, client.query_one(sql, &[&key_id(key)])).await {
+            Ok(Ok(row)) => Ok(row.try_get::<_, Option<bool>>(0).ok().flatten()),
+            Ok(Err(e)) => Err(Error::unavailable("postgres", e)),
+            Err(_) => Err(self.missed_deadline().await),
         }
+    }
+
+    /// A query that missed its deadline: the node cannot know what the
+    /// server did, so the session ends (the server drops its locks).
+    async fn missed_deadline(&self) -> Error {
+        tracing::warn!("postgres lock session did not answer in time; ending it (its leases are lost)");
+        self.reset().await;
+        Error::timeout("postgres", format!("lock session: no answer within {:?}", self.call_timeout))
     }
 }
 
@@ -86,7 +97,10 @@ impl LockSession for PgSession {
 
     async fn ping(&self) -> Result<()> {
         let client = self.client().await?;
-        client.simple_query("").await.map(|_| ()).map_err(|e| Error::unavailable("postgres", e))
+        match tokio::time::timeout(self.call_timeout, client.simple_query("")).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| Error::unavailable("postgres", e)),
+            Err(_) => Err(self.missed_deadline().await),
+        }
     }
 
     async fn reset(&self) {

@@ -6,9 +6,10 @@
 //!
 //! - Only requests for the same key wait for each other: each key has its
 //!   own slot, and no node-wide lock is held across a database round trip.
-//! - Every session call has a deadline. A call that misses it ends the
-//!   session (its locks go with it, every lease on it reports itself lost)
-//!   rather than leaving the node unsure what the server did.
+//! - Every session call has a deadline for the server's answer; a call
+//!   that misses it ends the session (its locks go with it, every lease on
+//!   it reports itself lost) rather than leaving the node unsure what the
+//!   server did. Waiting for a turn on the session is bounded separately.
 //! - TTLs are enforced here, on the holder side: every lease carries its own
 //!   expiry (so `is_held` needs no call), and a reaper gives expired ones
 //!   back. A heartbeat keeps the session busy while the node lives; the
@@ -78,18 +79,13 @@ impl<S: LockSession> Inner<S> {
         }
     }
 
-    /// A session call under the deadline; a missed deadline ends the session.
+    /// A session call, waiting for its turn at most [`QUEUE_DEADLINES`]
+    /// deadlines (the session ends itself when the server misses one).
     async fn call<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
+        let limit = self.timeout * QUEUE_DEADLINES;
+        match tokio::time::timeout(limit, f).await {
             Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(
-                    operation = what,
-                    "lock session did not answer in time; ending it (its leases are lost)"
-                );
-                self.session.reset().await;
-                Err(Error::timeout("lock session", format!("{what}: no answer within {:?}", self.timeout)))
-            }
+            Err(_) => Err(Error::timeout("lock session", format!("{what}: no turn within {limit:?}"))),
         }
     }
 
@@ -162,6 +158,10 @@ impl<S> Drop for SessionLocks<S> {
 /// How often expired leases are given back.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How many deadlines a lock call may wait for its turn on the session
+/// (so a caller's own deadline over a session backend should allow one more).
+pub const QUEUE_DEADLINES: u32 = 5;
+
 impl<S: LockSession> SessionLocks<S> {
     /// Locks on `session`; every session call must answer within `timeout`,
     /// and the session is pinged every `heartbeat`.
@@ -192,23 +192,40 @@ impl<S: LockSession> SessionLocks<S> {
 #[async_trait::async_trait]
 impl<S: LockSession> LockBackend for SessionLocks<S> {
     async fn try_acquire(&self, key: &str, mode: Mode, ttl: Duration) -> Result<Option<Box<dyn Lease>>> {
-        let inner = &self.inner;
-        let slot = inner.slot(key);
         let token: u64 = rand::random();
         let clock: Clock = Arc::new(Mutex::new(Instant::now() + ttl));
-        let result = {
+        // The decision runs in a task of its own: if the caller gives up
+        // (a deadline, a client gone) after the database granted the lock,
+        // the grant is still recorded, under a clock that expires, and the
+        // reaper gives it back; it is never left held and unknown.
+        let (inner, owned_key, task_clock) = (self.inner.clone(), key.to_owned(), clock.clone());
+        let decided = tokio::spawn(async move { inner.decide(&owned_key, mode, token, task_clock).await });
+        let generation = decided.await.map_err(|e| Error::internal("lock session", e))??;
+        Ok(generation.map(|generation| {
+            Box::new(SessionLease { inner: self.inner.clone(), key: key.to_owned(), token, generation, clock })
+                as Box<dyn Lease>
+        }))
+    }
+}
+
+impl<S: LockSession> Inner<S> {
+    /// Take `key` for holder `token` (expiring on `clock`): its generation,
+    /// or `None` when somebody else holds the key.
+    async fn decide(&self, key: &str, mode: Mode, token: u64, clock: Clock) -> Result<Option<u64>> {
+        let slot = self.slot(key);
+        let (got, empty) = {
             let mut held = slot.0.lock().await;
-            inner.purge(&mut held, key, Instant::now()).await;
+            self.purge(&mut held, key, Instant::now()).await;
             let got = match held.as_mut() {
                 Some(h) if h.mode == Mode::Shared && mode == Mode::Shared => {
-                    h.holders.insert(token, clock.clone());
+                    h.holders.insert(token, clock);
                     Ok(Some(h.generation))
                 }
                 Some(_) => Ok(None),
-                None => match inner.call("lock", inner.session.try_lock(key, mode)).await {
+                None => match self.call("lock", self.session.try_lock(key, mode)).await {
                     Ok(true) => {
-                        let generation = inner.session.generation();
-                        *held = Some(Held { mode, generation, holders: HashMap::from([(token, clock.clone())]) });
+                        let generation = self.session.generation();
+                        *held = Some(Held { mode, generation, holders: HashMap::from([(token, clock)]) });
                         Ok(Some(generation))
                     }
                     Ok(false) => Ok(None),
@@ -217,12 +234,8 @@ impl<S: LockSession> LockBackend for SessionLocks<S> {
             };
             (got, held.is_none())
         };
-        let (got, empty) = result;
-        inner.tidy(key, &slot, empty);
-        Ok(got?.map(|generation| {
-            Box::new(SessionLease { inner: inner.clone(), key: key.to_owned(), token, generation, clock })
-                as Box<dyn Lease>
-        }))
+        self.tidy(key, &slot, empty);
+        got
     }
 }
 

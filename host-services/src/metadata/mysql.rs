@@ -93,9 +93,13 @@ pub struct MySqlMetadata {
 }
 
 impl MySqlMetadata {
-    /// Connect a pool and apply pending migrations.
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// Connect a pool of at most `size` connections and apply pending migrations.
+    pub async fn connect(url: &str, size: usize) -> Result<Self> {
         let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
+        let constraints =
+            mysql_async::PoolConstraints::new(0, size.max(1)).ok_or_else(|| Error::invalid("mysql pool size"))?;
+        let opts = mysql_async::OptsBuilder::from_opts(opts)
+            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
         let this = Self { pool: Pool::new(opts) };
         this.migrate().await?;
         Ok(this)

@@ -83,6 +83,9 @@ impl BlobStore for LocalStore {
         let after = after.unwrap_or_default().to_owned();
         tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
+            if !nar.exists() {
+                return Ok(found);
+            }
             for entry in walkdir::WalkDir::new(&nar).min_depth(3).max_depth(3) {
                 let entry = entry.map_err(|e| Error::unavailable("disk", e))?;
                 if !entry.file_type().is_file() {

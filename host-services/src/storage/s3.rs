@@ -171,7 +171,8 @@ impl BlobStore for S3Store {
 
     async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32> {
         let cutoff = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now() - older_than);
-        let (mut key_marker, mut id_marker, mut aborted) = (None::<String>, None::<String>, 0);
+        let marked = self.sweep_marked(cutoff).await?;
+        let (mut key_marker, mut id_marker, mut aborted) = (None::<String>, None::<String>, marked);
         loop {
             let out = self
                 .client
@@ -231,6 +232,17 @@ impl S3Writer {
                     client.create_multipart_upload().bucket(bucket).key(&self.object).send().await.map_err(s3_error)?;
                 let id = out.upload_id().ok_or_else(|| Error::internal("s3", "no upload id"))?.to_owned();
                 self.upload_id = Some(id.clone());
+                // A marker names the upload, so a sweep can abort it if this
+                // node dies before completing it (not every S3-compatible
+                // server lists multipart uploads).
+                let marker = client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(upload_marker(&id))
+                    .body(ByteStream::from(self.object.clone().into_bytes()))
+                    .send()
+                    .await;
+                marker.map_err(s3_error)?;
                 id
             }
         };
@@ -253,10 +265,65 @@ impl S3Writer {
     async fn abort_upload(&mut self) {
         if let Some(id) = self.upload_id.take() {
             let store = &self.store;
-            let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(&self.object).upload_id(id);
+            let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(&self.object).upload_id(&id);
             if let Err(e) = req.send().await {
                 tracing::warn!(object = self.object, error = %DisplayErrorContext(&e), "failed to abort a multipart upload");
             }
+            store.forget_marker(&id).await;
+        }
+    }
+}
+
+/// Where the marker of multipart upload `id` lives.
+fn upload_marker(id: &str) -> String {
+    format!("{UPLOADS_PREFIX}{id}")
+}
+
+/// Markers of multipart uploads in progress.
+const UPLOADS_PREFIX: &str = "store/uploads/";
+
+impl S3Store {
+    async fn forget_marker(&self, id: &str) {
+        let req = self.client.delete_object().bucket(&self.bucket).key(upload_marker(id));
+        if let Err(e) = req.send().await {
+            tracing::debug!(upload_id = id, error = %DisplayErrorContext(&e), "failed to delete an upload marker");
+        }
+    }
+
+    /// Abort the uploads whose markers are older than `cutoff`; how many.
+    async fn sweep_marked(&self, cutoff: aws_sdk_s3::primitives::DateTime) -> Result<u32> {
+        let (mut token, mut aborted) = (None::<String>, 0);
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(UPLOADS_PREFIX)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(s3_error)?;
+            for marker in out.contents() {
+                let (Some(key), Some(at)) = (marker.key(), marker.last_modified()) else { continue };
+                if at.secs() > cutoff.secs() {
+                    continue;
+                }
+                let id = key.trim_start_matches(UPLOADS_PREFIX);
+                let object = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(s3_error)?;
+                let object = object.body.collect().await.map_err(|e| Error::unavailable("s3", e))?.into_bytes();
+                let object = String::from_utf8_lossy(&object).into_owned();
+                let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(&object).upload_id(id);
+                match req.send().await {
+                    Ok(_) => aborted += 1,
+                    Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => {}
+                    Err(e) => return Err(s3_error(e)),
+                }
+                self.forget_marker(id).await;
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+            token = out.next_continuation_token().map(str::to_owned);
         }
     }
 }
@@ -316,7 +383,9 @@ impl BlobWriter for S3Writer {
                 .map(|_| ())
                 .map_err(s3_error);
             if done.is_ok() {
-                self.upload_id = None;
+                if let Some(id) = self.upload_id.take() {
+                    self.store.forget_marker(&id).await;
+                }
             }
             done
         };
@@ -343,8 +412,10 @@ impl Drop for S3Writer {
         // An instance that died mid-upload: abort it in the background.
         let (Some(id), Ok(rt)) = (self.upload_id.take(), tokio::runtime::Handle::try_current()) else { return };
         let (client, bucket, object) = (self.store.client.clone(), self.store.bucket.clone(), self.object.clone());
+        let store = self.store.clone();
         rt.spawn(async move {
-            let _ = client.abort_multipart_upload().bucket(bucket).key(object).upload_id(id).send().await;
+            let _ = client.abort_multipart_upload().bucket(bucket).key(object).upload_id(&id).send().await;
+            store.forget_marker(&id).await;
         });
     }
 }

@@ -249,7 +249,7 @@ pub struct ServeArgs {
     /// object store; a stalled backend answers "timeout" within it.
     #[arg(long, env = "CACHE_BACKEND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_backend_timeout: Duration,
-    /// Connections of the PostgreSQL metadata pool.
+    /// Connections of the PostgreSQL or MySQL metadata pool.
     #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 25)]
     pub cache_database_pool_max_open_conns: usize,
     /// Longest one download may hold its lock (the ceiling of its renewals).

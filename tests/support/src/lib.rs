@@ -11,10 +11,12 @@
 mod proxy;
 mod redis;
 mod s3;
+mod s3server;
 
-pub use proxy::StallProxy;
+pub use proxy::{Mode as ProxyMode, StallProxy};
 pub use redis::PrivateRedis;
 pub use s3::{fresh_bucket, S3Bucket};
+pub use s3server::PrivateS3;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())

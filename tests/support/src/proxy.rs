@@ -1,6 +1,8 @@
-//! A TCP proxy a test controls: it forwards to a real server until told to
-//! stall, then holds every byte in both directions without closing anything
-//! (as a network that drops packets would), until told to resume.
+//! A TCP proxy a test controls, in front of a real server. It forwards
+//! until told otherwise, then either holds every byte in both directions
+//! without closing anything (a network that drops packets), or closes what
+//! is open and answers every new HTTP request with `503` (a server in
+//! trouble), until told to forward again.
 
 use std::sync::Arc;
 
@@ -8,11 +10,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A stallable TCP proxy in front of `target`.
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward.
+    Pass,
+    /// Hold every byte, close nothing.
+    Stall,
+    /// Close open connections; answer new requests `503 Service Unavailable`.
+    Fail,
+}
+
+/// A controllable TCP proxy in front of `target`.
 pub struct StallProxy {
     /// Its port on loopback.
     pub port: u16,
-    stalled: Arc<watch::Sender<bool>>,
+    mode: Arc<watch::Sender<Mode>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -22,10 +35,16 @@ impl Drop for StallProxy {
     }
 }
 
-async fn flowing(rx: &mut watch::Receiver<bool>) {
-    while *rx.borrow_and_update() {
+/// Wait until traffic may flow; false when the connection must close.
+async fn flowing(rx: &mut watch::Receiver<Mode>) -> bool {
+    loop {
+        match *rx.borrow_and_update() {
+            Mode::Pass => return true,
+            Mode::Fail => return false,
+            Mode::Stall => {}
+        }
         if rx.changed().await.is_err() {
-            return;
+            return false;
         }
     }
 }
@@ -33,22 +52,45 @@ async fn flowing(rx: &mut watch::Receiver<bool>) {
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut stalled: watch::Receiver<bool>,
+    mut mode: watch::Receiver<Mode>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        flowing(&mut stalled).await;
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        if !flowing(&mut mode).await {
+            break;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = mode.wait_for(|m| *m == Mode::Fail) => break,
         };
         // Bytes that arrived during a stall are held until it ends.
-        flowing(&mut stalled).await;
-        if to.write_all(&buf[..n]).await.is_err() {
+        if !flowing(&mut mode).await || to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Answer one HTTP request with 503 and close.
+async fn refuse(mut client: TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = "<Error><Code>ServiceUnavailable</Code><Message>injected by the test</Message></Error>";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+    let _ = client.shutdown().await;
 }
 
 impl StallProxy {
@@ -56,10 +98,14 @@ impl StallProxy {
     pub async fn start(target: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Mode::Pass);
         let target = target.to_owned();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *rx.borrow() == Mode::Fail {
+                    tokio::spawn(refuse(client));
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&target).await else { continue };
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (cr, cw) = client.into_split();
@@ -68,7 +114,7 @@ impl StallProxy {
                 tokio::spawn(pump(sr, cw, rx.clone()));
             }
         });
-        Self { port, stalled: Arc::new(tx), task }
+        Self { port, mode: Arc::new(tx), task }
     }
 
     /// `127.0.0.1:port`.
@@ -76,13 +122,18 @@ impl StallProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Switch to `mode`.
+    pub fn set(&self, mode: Mode) {
+        let _ = self.mode.send(mode);
+    }
+
     /// Stop forwarding (nothing is closed).
     pub fn stall(&self) {
-        let _ = self.stalled.send(true);
+        self.set(Mode::Stall);
     }
 
     /// Forward again, held bytes first.
     pub fn resume(&self) {
-        let _ = self.stalled.send(false);
+        self.set(Mode::Pass);
     }
 }
