@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod import;
 pub mod logs;
 pub mod node;
 pub mod schedulers;

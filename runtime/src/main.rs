@@ -30,6 +30,13 @@ async fn main() -> anyhow::Result<()> {
             ncps_edge::commands::config_check(*args, &matches, parsed.without_effect, &mut std::io::stdout())
         }
         Command::Keygen(args) => ncps_edge::commands::keygen(&args, &mut std::io::stdout()),
+        Command::ImportNcps(args) => {
+            ncps_edge::logs::init(&args.serve.log_level, std::io::stderr);
+            let config = Config::from_args(args.serve.clone(), parsed.without_effect)?;
+            let summary = ncps_edge::import::run(&config, &args).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
         Command::Fsck(args) => {
             ncps_edge::logs::init(&args.serve.log_level, std::io::stderr);
             let config = Config::from_args(args.serve, parsed.without_effect)?;

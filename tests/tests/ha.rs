@@ -336,8 +336,9 @@ async fn redis_over_tls_with_a_password_that_is_not_url_safe() {
         f
     };
     let start = |flags: Vec<String>| async move {
+        let storage = format!("--cache-storage-local={}", file("refused"));
         let parsed = ncps_edge::config::parse_cli(
-            ["ncps-edge", "serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0"]
+            ["ncps-edge", "serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0", storage.as_str()]
                 .iter()
                 .map(|s| s.to_string())
                 .chain(flags)

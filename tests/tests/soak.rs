@@ -397,7 +397,12 @@ async fn soak(backend: &str) {
         "--cache-lock-download-lease=500ms".into(),
         "--cache-lock-heartbeat-interval=200ms".into(),
     ]);
-    let out = std::process::Command::new(ncps_edge_tests::process::binary()).args(&fsck).output().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(ncps_edge_tests::process::binary())
+        .current_dir(cwd.path())
+        .args(&fsck)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{backend}: fsck failed: {}", String::from_utf8_lossy(&out.stderr));
     println!("SOAK backend={backend} fsck={}", String::from_utf8_lossy(&out.stdout).trim());
     assert_eq!(s3.unfinished_uploads(), 0, "{backend}: unfinished multipart uploads left on the S3 server");

@@ -27,18 +27,14 @@ pub fn lookup(hash: &str) -> Option<NarInfo> {
 /// its NAR hash, and (with `--cache-sign-narinfo`) our signature replaces
 /// any earlier one under our key's name.
 pub fn normalise_and_sign(settings: &Settings, info: &mut NarInfo) {
-    if info.compression == "none" && info.file_hash.is_none() {
-        info.file_hash = Some(info.nar_hash);
-    }
+    info.normalise();
     if !settings.sign_narinfo {
         return;
     }
     let ours = signer::public_key();
     let name = ours.split(':').next().unwrap_or_default();
-    info.sigs.retain(|s| s.split(':').next() != Some(name));
-    match signer::sign(&info.fingerprint()) {
-        Ok(sig) => info.sigs.push(sig),
-        Err(e) => logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]),
+    if let Err(e) = info.sign_with(name, signer::sign) {
+        logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
     }
 }
 

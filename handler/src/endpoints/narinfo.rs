@@ -17,8 +17,7 @@ use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;
 use crate::host::time::Instant;
 use crate::host::upstream::{self, Trust};
-use crate::protocol::hash::is_nix32;
-use crate::protocol::narinfo::{compression_extension, NarInfo};
+use crate::protocol::narinfo::NarInfo;
 use crate::protocol::route::NarPath;
 use crate::protocol::signature::{verify_any, PublicKey};
 
@@ -138,23 +137,11 @@ fn take(
     adopt(settings, info, &up.url).ok_or_else(|| Refusal::Rejected("unusable URL or compression".into()))
 }
 
-/// The NAR path this cache serves an upstream narinfo's file under.
-fn nar_path_for(info: &NarInfo) -> Option<NarPath> {
-    let ext = compression_extension(&info.compression)?;
-    let file = info.url.rsplit('/').next().unwrap_or_default();
-    let url_hash = file.split('.').next().filter(|h| (h.len() == 52 || h.len() == 32) && is_nix32(h));
-    let hash = match url_hash {
-        Some(h) => h.to_owned(),
-        None => info.file_hash.unwrap_or(info.nar_hash).to_nix32(),
-    };
-    Some(NarPath { hash, ext: ext.to_owned() })
-}
-
 /// Rewrite an upstream narinfo to our URL, sign it and record it with the
 /// upstream location of its NAR. Recording failures are logged: the narinfo
 /// is still served.
 fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<NarInfo> {
-    let path = nar_path_for(&info)?;
+    let path = NarPath::of_narinfo(&info)?;
     let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
     info.url = path.key();
     normalise_and_sign(settings, &mut info);

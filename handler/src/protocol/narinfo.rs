@@ -173,6 +173,23 @@ impl NarInfo {
         s
     }
 
+    /// Make this the narinfo a cache serves: an uncompressed NAR's file
+    /// hash is its NAR hash (Nix omits it).
+    pub fn normalise(&mut self) {
+        if self.compression == "none" && self.file_hash.is_none() {
+            self.file_hash = Some(self.nar_hash);
+        }
+    }
+
+    /// Sign with the key named `key_name`: `sign` turns the fingerprint
+    /// into a `name:base64` signature, which replaces any earlier one under
+    /// that name (an old signature of ours is dropped even when signing fails).
+    pub fn sign_with<E>(&mut self, key_name: &str, sign: impl FnOnce(&str) -> Result<String, E>) -> Result<(), E> {
+        self.sigs.retain(|s| s.split(':').next() != Some(key_name));
+        self.sigs.push(sign(&self.fingerprint())?);
+        Ok(())
+    }
+
     /// What Nix signs: `1;<path>;<narhash>;<narsize>;<sorted full references>`.
     pub fn fingerprint(&self) -> String {
         let mut refs: Vec<String> = self.references.iter().map(|r| format!("{STORE_DIR}/{r}")).collect();

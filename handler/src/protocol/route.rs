@@ -1,6 +1,7 @@
 //! Request paths of the binary-cache protocol.
 
 use super::hash::{is_nix32, is_store_hash};
+use super::narinfo::{compression_extension, NarInfo};
 
 /// NAR file extensions this cache serves.
 pub const NAR_EXTENSIONS: &[&str] = &["", ".xz", ".zst", ".bz2", ".lz4", ".br", ".lzip"];
@@ -41,6 +42,18 @@ impl NarPath {
         let (hash, rest) = file.split_once(".nar")?;
         let ok_hash = (hash.len() == 32 || hash.len() == 52) && is_nix32(hash);
         (ok_hash && NAR_EXTENSIONS.contains(&rest)).then(|| Self { hash: hash.to_owned(), ext: rest.to_owned() })
+    }
+    /// The NAR path this cache serves a narinfo's file under: the hash its
+    /// URL names (else its file hash), the extension of its compression.
+    pub fn of_narinfo(info: &NarInfo) -> Option<Self> {
+        let ext = compression_extension(&info.compression)?;
+        let file = info.url.rsplit('/').next().unwrap_or_default();
+        let url_hash = file.split('.').next().filter(|h| (h.len() == 52 || h.len() == 32) && is_nix32(h));
+        let hash = match url_hash {
+            Some(h) => h.to_owned(),
+            None => info.file_hash.unwrap_or(info.nar_hash).to_nix32(),
+        };
+        Some(Self { hash, ext: ext.to_owned() })
     }
     /// The storage key, `nar/<hash>.nar<ext>`.
     pub fn key(&self) -> String {

@@ -37,6 +37,10 @@ pub enum Command {
     /// leftovers of unfinished uploads). Takes the same settings as `serve`.
     #[command(args_override_self = true)]
     Fsck(Box<FsckArgs>),
+    /// Make an ncps deployment (its database and storage) this cache,
+    /// without downloading anything again; the node's settings say where to.
+    #[command(name = "import-ncps", args_override_self = true)]
+    ImportNcps(Box<crate::import::ImportArgs>),
 }
 
 /// `ncps-edge fsck`.
@@ -328,7 +332,7 @@ pub struct Parsed {
 /// The `serve` arguments of `matches`, wherever they sit (`serve`, `config check`).
 fn serve_matches(matches: &clap::ArgMatches) -> Option<&clap::ArgMatches> {
     match matches.subcommand() {
-        Some(("serve" | "fsck", m)) => Some(m),
+        Some(("serve" | "fsck" | "import-ncps", m)) => Some(m),
         Some(("config", m)) => m.subcommand_matches("check"),
         _ => None,
     }
