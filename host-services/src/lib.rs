@@ -3,7 +3,7 @@
 //! The handler component reaches state only through the `ncps:edge` WIT
 //! imports. This crate implements them, one module per capability —
 //! [`locks`], [`storage`], [`metadata`], [`signer`], [`config`],
-//! [`metrics`], [`log`] — each with its backends as sub-modules behind one
+//! [`metrics`], [`log`], [`edge`] — each with its backends as sub-modules behind one
 //! trait and its WIT implementation in its own `wit` module. [`services`]
 //! gathers them for a wasmtime [`Linker`](wasmtime::component::Linker).
 #![deny(missing_docs)]
@@ -11,6 +11,7 @@
 pub mod bindings;
 pub mod breaker;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod locks;
 pub mod log;

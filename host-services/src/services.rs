@@ -12,11 +12,12 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 
 use crate::bindings::types;
 use crate::config::NodeConfig;
+use crate::edge::EdgeCache;
 use crate::locks::Locks;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::signer::Signer;
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, HandOff};
 
 /// Everything stateful a node offers its handler instances.
 pub struct Services {
@@ -32,16 +33,22 @@ pub struct Services {
     pub config: NodeConfig,
     /// `ncps:edge/metrics` and the node's own measurements.
     pub metrics: Arc<Metrics>,
+    /// `ncps:edge/edge-cache`: the node's edge tier.
+    pub edge: Arc<EdgeCache>,
 }
 
 /// What one request's store lends to the host traits: its resource table
 /// (where leases, writers and streams live, so they are dropped — and
-/// released — with the instance) and the node's services.
+/// released — with the instance), the node's services, and where a body
+/// handed off to the host goes.
 pub struct HostView<'a> {
     /// The store's resource table.
     pub table: &'a mut ResourceTable,
     /// The node's services.
     pub services: &'a Services,
+    /// The body of this request's response, when the instance handed one
+    /// off (`storage.hand-off`).
+    pub hand_off: &'a HandOff,
 }
 
 /// Implemented by a store's data to lend a [`HostView`].
@@ -68,5 +75,6 @@ pub fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmt
     crate::signer::wit::add_to_linker(linker)?;
     crate::config::wit::add_to_linker(linker)?;
     crate::metrics::wit::add_to_linker(linker)?;
+    crate::edge::wit::add_to_linker(linker)?;
     crate::log::add_to_linker(linker)
 }

@@ -143,7 +143,9 @@ async fn lru_order_follows_access_and_evict_takes_narinfos_along() {
         let mut info = narinfo("07hcdd9rppsp7n254gck5phaclgy1wnc");
         info.url = "nar/b.nar".into();
         db.put_narinfo(info).await.unwrap();
-        assert_eq!(db.evict("nar/b.nar").await.unwrap(), 11, "{name}");
+        let evicted = db.evict("nar/b.nar").await.unwrap();
+        assert_eq!(evicted.freed, 11, "{name}");
+        assert_eq!(evicted.narinfos, ["07hcdd9rppsp7n254gck5phaclgy1wnc"], "{name}: the narinfos it forgot");
         assert_eq!(
             db.get_narinfo("07hcdd9rppsp7n254gck5phaclgy1wnc").await.unwrap(),
             None,
@@ -151,6 +153,6 @@ async fn lru_order_follows_access_and_evict_takes_narinfos_along() {
         );
         assert_eq!(db.get_nar("nar/b.nar").await.unwrap(), None, "{name}");
         assert_eq!(db.total_size().await.unwrap(), 22, "{name}");
-        assert_eq!(db.evict("nar/none.nar").await.unwrap(), 0, "{name}");
+        assert_eq!(db.evict("nar/none.nar").await.unwrap(), Default::default(), "{name}");
     }
 }

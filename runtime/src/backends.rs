@@ -5,6 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ncps_edge_host_services::edge::channel::mysql::MySqlChannel;
+use ncps_edge_host_services::edge::channel::postgres::PgChannel;
+use ncps_edge_host_services::edge::channel::redis::RedisChannel;
+use ncps_edge_host_services::edge::channel::Channel;
 use ncps_edge_host_services::locks::guard::Guarded;
 use ncps_edge_host_services::locks::local::LocalLocks;
 use ncps_edge_host_services::locks::mysql::MySqlSession;
@@ -17,6 +21,8 @@ use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::Database;
+use ncps_edge_host_services::storage::disk_tier::{DiskTier, DiskTiered};
+use ncps_edge_host_services::storage::follow::{Followed, Peers};
 use ncps_edge_host_services::storage::guarded::GuardedStore;
 use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::storage::s3::S3Store;
@@ -105,6 +111,24 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
     })
 }
 
+/// The channel that carries edge-tier purges between nodes: the lock
+/// service's own (none with local locks: a single node).
+pub async fn edge_channel(config: &Config) -> anyhow::Result<Option<Arc<dyn Channel>>> {
+    let prefix = &config.lock_prefix;
+    Ok(match (config.lock_backend, &config.database, &config.redis) {
+        (LockBackendKind::Redis, _, Some(opts)) => Some(Arc::new(RedisChannel::new(opts, prefix)?)),
+        (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => Some(Arc::new(PgChannel::new(url, prefix))),
+        (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
+            let channel = connecting(config, "MySQL edge-cache channel", async {
+                MySqlChannel::connect(url).await.context("MySQL edge-cache channel")
+            })
+            .await?;
+            Some(Arc::new(channel))
+        }
+        _ => None,
+    })
+}
+
 /// NAR storage: the S3 bucket when one is given, else the local folder;
 /// behind its deadline.
 pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
@@ -118,4 +142,36 @@ pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         }
     };
     Ok(Arc::new(GuardedStore::new(store, name, timeout, BREAKER_COOL_DOWN)))
+}
+
+/// `storage` whose writes other requests can follow as they happen
+/// (spooled under the data folder): on this node, and on `peers`.
+pub fn followed(config: &Config, storage: Arc<dyn BlobStore>, peers: Option<Peers>) -> anyhow::Result<Followed> {
+    let dir = config.data_dir.join("downloads");
+    let followed = Followed::new(storage, &dir).with_context(|| format!("preparing {}", dir.display()))?;
+    Ok(match peers {
+        Some(peers) => followed.with_peers(peers),
+        None => followed,
+    })
+}
+
+/// A store, and the local-disk tier in front of it if any.
+type Tiered = (Arc<dyn BlobStore>, Option<Arc<DiskTier>>);
+
+/// `storage` with the local-disk tier in front when the configuration has
+/// one (remote storage); the tier, to purge. A tier in the default folder
+/// that cannot be opened (nodes sharing one data folder) is left off with a
+/// warning; one in a folder given with `--edge-cache-dir` is an error.
+pub fn with_disk_tier(config: &Config, storage: Arc<dyn BlobStore>) -> anyhow::Result<Tiered> {
+    let Some(dir) = &config.edge_cache_dir else { return Ok((storage, None)) };
+    let tier = match DiskTier::open(dir, config.args.edge_cache_size) {
+        Ok(tier) => Arc::new(tier),
+        Err(e) if config.args.edge_cache_dir.is_none() => {
+            tracing::warn!(dir = %dir.display(), error = %e, "local-disk tier of NARs off");
+            return Ok((storage, None));
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening the edge cache in {}", dir.display())),
+    };
+    tracing::info!(dir = %dir.display(), bytes = config.args.edge_cache_size, "local-disk tier of NARs");
+    Ok((Arc::new(DiskTiered::new(storage, tier.clone())), Some(tier)))
 }

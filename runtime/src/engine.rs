@@ -15,6 +15,15 @@ use crate::state::RequestState;
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(100);
 
+/// Linear memory of a finished instance kept mapped and reset with memset.
+const KEEP_RESIDENT_MEMORY: usize = 4 << 20;
+/// Table bytes of a finished instance kept mapped.
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+/// Async stack bytes of a finished instance kept mapped.
+const KEEP_RESIDENT_STACK: usize = 1 << 20;
+/// Decommits collected before one batch is returned to the kernel.
+const DECOMMIT_BATCH: usize = 32;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -33,6 +42,9 @@ pub struct Handler {
     pub pre: CacheNodePre<RequestState>,
     /// Memory cap per instance.
     pub memory_limit: usize,
+    /// One permit per instance the pool holds: a request waits for one
+    /// instead of failing when every instance is busy.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Build the engine and pre-link the handler.
@@ -42,10 +54,20 @@ pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(opts.max_instances)
         .total_memories(opts.max_instances)
-        .total_tables(opts.max_instances)
+        // A component instance has a table in its module and in each of
+        // its adapter shims.
+        .total_tables(opts.max_instances * 4)
         .total_stacks(opts.max_instances)
         .total_core_instances(opts.max_instances * 4)
-        .max_memory_size(opts.memory_limit);
+        .max_memory_size(opts.memory_limit)
+        // Memory an instance touched is reset with memset up to these sizes
+        // instead of being returned with madvise: each madvise flushes the
+        // TLB of every core, the largest cost of an instance per request
+        // (see BENCHMARKS.md, "Per-request cost").
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLE)
+        .async_stack_keep_resident(KEEP_RESIDENT_STACK)
+        .decommit_batch_size(DECOMMIT_BATCH);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = &opts.cache_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -63,7 +85,8 @@ pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ncps_edge_host_services::add_to_linker(&mut linker)?;
     let pre = CacheNodePre::new(linker.instantiate_pre(&component)?)?;
-    Ok(Handler { pre, memory_limit: opts.memory_limit })
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_instances as usize));
+    Ok(Handler { pre, memory_limit: opts.memory_limit, slots })
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the returned handle is dropped.

@@ -13,6 +13,7 @@ pub mod node;
 pub mod schedulers;
 pub mod server;
 pub mod state;
+pub mod tier;
 
 /// The handler component, built by `build.rs`.
 pub const HANDLER_WASM: &[u8] = include_bytes!(env!("NCPS_EDGE_HANDLER_WASM"));

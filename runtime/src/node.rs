@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use ncps_edge_host_services::config::{NodeConfig, Settings, Upstream};
+use ncps_edge_host_services::edge::channel;
+use ncps_edge_host_services::edge::EdgeCache;
 use ncps_edge_host_services::locks::Locks;
 use ncps_edge_host_services::metadata::Metadata;
 use ncps_edge_host_services::metrics::Metrics;
 use ncps_edge_host_services::signer::Signer;
+use ncps_edge_host_services::storage::follow::Peers;
 use ncps_edge_host_services::Services;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -111,10 +114,29 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let lock_backend = backends::locks(config).await?;
     let database = backends::metadata(config).await?;
-    let storage = backends::storage(config).await?;
+    let (storage, disk_tier) = backends::with_disk_tier(config, backends::storage(config).await?)?;
+    let edge = Arc::new(EdgeCache::new(args.edge_cache_memory, args.cache_negative_ttl, disk_tier));
+    let channel = backends::edge_channel(config).await?;
+    if let Some(channel) = &channel {
+        edge.connect(channel.clone());
+    }
     let signer =
         Signer::load_or_generate(config.secret_key_path.as_deref(), database.as_ref(), &args.cache_hostname).await?;
     tracing::info!(public_key = signer.public_key(), "signing key loaded");
+    let peers = match (&args.cache_node_url, &channel) {
+        (Some(url), Some(_)) => Some(Peers {
+            edge: edge.clone(),
+            url: url.trim_end_matches('/').to_owned(),
+            token: Peers::token_for(&signer.to_secret_string()),
+            timeout: args.cache_backend_timeout,
+        }),
+        (Some(_), None) => {
+            tracing::warn!("--cache-node-url has no effect with local locks (a single node)");
+            None
+        }
+        _ => None,
+    };
+    let downloads = Arc::new(backends::followed(config, storage, peers)?);
     let settings = Settings {
         hostname: args.cache_hostname.clone(),
         priority: args.cache_priority,
@@ -136,16 +158,19 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         max_size: args.cache_max_size,
         lru_lock_ttl_ms: args.cache_lock_lru_ttl.as_millis() as u64,
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        edge_max_age_s: args.edge_cache_max_age.as_secs() as u32,
+        negative_ttl_s: args.cache_negative_ttl.as_secs() as u32,
     };
     let metrics = Arc::new(Metrics::new());
     let services = Arc::new(Services {
         locks: Locks::new(lock_backend, config.lock_prefix.clone(), config.retry.clone(), metrics.clone())
             .with_heartbeat(args.cache_lock_heartbeat_interval),
-        storage,
+        storage: downloads.clone(),
         metadata: Metadata::new(database),
         signer,
         config: NodeConfig::new(settings, upstreams(config)),
         metrics,
+        edge,
     });
     let handler = engine::load(&EngineOptions {
         max_instances: args.wasm_max_instances,
@@ -159,7 +184,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         max_connections: args.server_max_connections,
         max_header_size: args.server_max_header_size.min(usize::MAX as u64) as usize,
     };
-    let server = Server::new(handler, services, options);
+    let server = Server::new(handler, services, options, channel, downloads);
     Ok(Arc::new(server))
 }
 
@@ -186,6 +211,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
             explicit,
         ),
     ];
+    if let Some(channel) = handle.edge_channel() {
+        background.extend(channel::spawn(services.edge.clone(), channel.clone()));
+    }
     if let Some(schedule) = config.lru.clone() {
         background.push(schedulers::spawn_lru(handle.clone(), schedule));
     }

@@ -1,6 +1,7 @@
-//! The HTTP server: every request gets a fresh handler instance in its own
-//! store; a trap before the response head becomes a 500, and the server
-//! keeps serving. The host itself answers only `/metrics`.
+//! The HTTP server: what the edge tier keeps is answered from memory (see
+//! [`crate::tier`]); every other request gets a fresh handler instance in
+//! its own store; a trap before the response head becomes a 500, and the
+//! server keeps serving. The host itself answers only `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +13,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
+use ncps_edge_host_services::edge::channel::Channel;
+use ncps_edge_host_services::storage::follow::{Followed, FOLLOW_ROUTE};
+use ncps_edge_host_services::storage::{HandOff, StorageKey};
 use ncps_edge_host_services::Services;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +29,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::bindings::{CacheNode, LruReport, ReconcileReport, UpstreamHealth};
 use crate::engine::{Handler, EPOCH_TICK};
 use crate::state::RequestState;
+use crate::tier::{Flight, Front};
 
 /// Limits of the HTTP front door.
 #[derive(Debug, Clone)]
@@ -66,19 +71,40 @@ pub struct Server {
     cut: CancellationToken,
     /// Tells open connections to finish their current request and close.
     draining: CancellationToken,
+    /// The edge tier's front (none with `--edge-cache-memory 0`).
+    front: Option<Arc<Front>>,
+    /// The channel of edge-tier purges between nodes, to listen on.
+    edge_channel: Option<Arc<dyn Channel>>,
+    /// Downloads in progress on this node, for peers that follow them.
+    downloads: Arc<Followed>,
 }
 
 impl Server {
-    /// A server running `handler` against `services` within `options`.
-    pub fn new(handler: Handler, services: Arc<Services>, options: ServerOptions) -> Self {
+    /// A server running `handler` against `services` within `options`;
+    /// edge-tier purges travel over `edge_channel`.
+    pub fn new(
+        handler: Handler,
+        services: Arc<Services>,
+        options: ServerOptions,
+        edge_channel: Option<Arc<dyn Channel>>,
+        downloads: Arc<Followed>,
+    ) -> Self {
         Self {
             handler,
+            front: Front::new(&services),
             services,
             options,
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
             draining: CancellationToken::new(),
+            edge_channel,
+            downloads,
         }
+    }
+
+    /// The channel of edge-tier purges, when the node has one.
+    pub fn edge_channel(&self) -> Option<&Arc<dyn Channel>> {
+        self.edge_channel.as_ref()
     }
 
     /// The node's services.
@@ -168,18 +194,17 @@ impl Server {
         peer: SocketAddr,
     ) -> hyper::Response<HyperOutgoingBody> {
         let started = Instant::now();
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let response = if self.options.prometheus && path == "/metrics" {
+        // The request line is kept only when it is logged.
+        let logged = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.uri().clone()));
+        let response = if self.options.prometheus && req.uri().path() == "/metrics" {
             self.metrics_response().await
+        } else if let Some(key) = req.uri().path().strip_prefix(FOLLOW_ROUTE) {
+            self.follow_response(key, &req)
         } else {
-            match self.run_request(with_peer(req, peer)).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
-                    text_response(500, "internal error\n")
-                }
-            }
+            self.answer(req, peer).await
         };
+        let Some((method, uri)) = logged else { return response };
+        let path = uri.path();
         let status = response.status().as_u16();
         let x_cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok());
         tracing::info!(
@@ -193,6 +218,62 @@ impl Server {
             "request"
         );
         response
+    }
+
+    /// The edge tier's answer, else the guest's (kept by the tier when the
+    /// guest allows it).
+    async fn answer(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let asked = self.front.as_ref().and_then(|front| Some((front, front.asked(&req)?)));
+        let mut lead = None;
+        if let Some((front, asked)) = &asked {
+            if let Some(resp) = front.answer(asked, &req) {
+                return resp;
+            }
+            match front.flight(asked) {
+                Some(Flight::Follow(ahead)) => {
+                    front.follow(ahead).await;
+                    if let Some(resp) = front.answer(asked, &req) {
+                        return resp;
+                    }
+                }
+                Some(Flight::Lead(l)) => lead = Some(l),
+                None => {}
+            }
+        }
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let resp = match self.run_request(with_peer(req, peer)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
+                text_response(500, "internal error\n")
+            }
+        };
+        match asked {
+            Some((front, asked)) => front.keep(asked, resp, lead),
+            None => resp,
+        }
+    }
+
+    /// A download in progress here, for a peer that waits for it.
+    fn follow_response<B>(&self, key: &str, req: &hyper::Request<B>) -> hyper::Response<HyperOutgoingBody> {
+        let token = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !token.and_then(|t| t.strip_prefix("Bearer ")).is_some_and(|t| self.downloads.is_peer(t)) {
+            return text_response(403, "forbidden\n");
+        }
+        let body = StorageKey::parse(key).ok().and_then(|key| self.downloads.follow_here(&key));
+        match body {
+            Some(body) => {
+                let mut resp = hyper::Response::new(stream_body(body));
+                resp.headers_mut()
+                    .insert("content-type", hyper::header::HeaderValue::from_static("application/x-nix-nar"));
+                resp
+            }
+            None => text_response(404, "no such download here\n"),
+        }
     }
 
     async fn metrics_response(&self) -> hyper::Response<HyperOutgoingBody> {
@@ -213,10 +294,11 @@ impl Server {
         resp
     }
 
-    /// A fresh store with this node's limits and deadline.
-    fn new_store(&self) -> Store<RequestState> {
-        let mut store =
-            Store::new(self.handler.pre.engine(), RequestState::new(self.services.clone(), self.handler.memory_limit));
+    /// A fresh store with this node's limits and deadline; a body its
+    /// instance hands off goes to `hand_off`.
+    fn new_store(&self, hand_off: HandOff) -> Store<RequestState> {
+        let state = RequestState::new(self.services.clone(), self.handler.memory_limit, hand_off);
+        let mut store = Store::new(self.handler.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline((self.options.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
         store
@@ -233,11 +315,22 @@ impl Server {
         instance
     }
 
+    /// A free instance slot, waiting at most `patience` for one.
+    async fn slot(&self, patience: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(patience, self.handler.slots.clone().acquire_owned()).await.ok()?.ok()
+    }
+
     async fn run_request(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
-        let mut store = self.new_store();
+        // Every instance busy: wait for one, then ask the client to retry.
+        let Some(slot) = self.slot(SLOT_PATIENCE).await else {
+            tracing::warn!("every handler instance is busy");
+            return Ok(text_response(503, "busy, retry\n"));
+        };
+        let hand_off = HandOff::default();
+        let mut store = self.new_store(hand_off.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
@@ -255,6 +348,9 @@ impl Server {
                 r = run => r,
                 _ = cut.cancelled() => Err(wasmtime::Error::msg("cut by the shutdown deadline")),
             };
+            // The instance goes back to the pool before its slot does.
+            drop(store);
+            drop(slot);
             match &result {
                 Err(_) if cut.is_cancelled() => tracing::warn!("request cut by the shutdown deadline"),
                 Err(e) => {
@@ -266,7 +362,11 @@ impl Server {
             result
         });
         match receiver.await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(match hand_off.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                // The instance sent the head; the host sends the object.
+                Some(body) => resp.map(|_| stream_body(body)),
+                None => resp,
+            }),
             Ok(Err(e)) => Err(anyhow::anyhow!("handler returned an error: {e:?}")),
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(anyhow::anyhow!("handler never set a response")),
@@ -278,7 +378,8 @@ impl Server {
 
     /// Run the guest's LRU pass in a fresh instance.
     pub async fn run_lru(&self) -> anyhow::Result<LruReport> {
-        let mut store = self.new_store();
+        let _slot = self.slot(Duration::MAX).await;
+        let mut store = self.new_store(HandOff::default());
         let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
         let report = node.ncps_edge_maintenance().call_run_lru(&mut store).await?;
         report.map_err(|e| anyhow::anyhow!("LRU pass failed: {e:?}"))
@@ -286,7 +387,8 @@ impl Server {
 
     /// Run the guest's reconcile pass in a fresh instance.
     pub async fn reconcile(&self, dry_run: bool) -> anyhow::Result<ReconcileReport> {
-        let mut store = self.new_store();
+        let _slot = self.slot(Duration::MAX).await;
+        let mut store = self.new_store(HandOff::default());
         let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
         let report = node.ncps_edge_maintenance().call_reconcile(&mut store, dry_run).await?;
         report.map_err(|e| anyhow::anyhow!("reconcile pass failed: {e:?}"))
@@ -294,7 +396,8 @@ impl Server {
 
     /// Run the guest's upstream health check in a fresh instance.
     pub async fn check_upstreams(&self) -> anyhow::Result<Vec<UpstreamHealth>> {
-        let mut store = self.new_store();
+        let _slot = self.slot(Duration::MAX).await;
+        let mut store = self.new_store(HandOff::default());
         let node = Self::instantiate(&self.handler.pre, &mut store, &self.services).await?;
         Ok(node.ncps_edge_maintenance().call_check_upstreams(&mut store).await?)
     }
@@ -314,6 +417,21 @@ fn with_peer(
         headers.insert(PEER_HEADER, v);
     }
     req
+}
+
+/// Longest a request waits for a free handler instance.
+const SLOT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Bytes read from a handed-off object per frame.
+const HAND_OFF_CHUNK: usize = 1 << 20;
+
+/// A stored object as a response body, read in large chunks.
+fn stream_body(body: ncps_edge_host_services::storage::Body) -> HyperOutgoingBody {
+    use futures_util::TryStreamExt as _;
+    let frames = tokio_util::io::ReaderStream::with_capacity(body, HAND_OFF_CHUNK)
+        .map_ok(hyper::body::Frame::data)
+        .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(format!("reading a stored object: {e}"))));
+    http_body_util::StreamBody::new(frames).boxed_unsync()
 }
 
 fn full_body(bytes: Bytes) -> HyperOutgoingBody {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ncps_edge_host_services::storage::HandOff;
 use ncps_edge_host_services::{HostView, NcpsEdgeView, Services};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -15,18 +16,21 @@ pub struct RequestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     services: Arc<Services>,
+    hand_off: HandOff,
     /// Memory cap of the instance.
     pub limits: StoreLimits,
 }
 
 impl RequestState {
-    /// Fresh state for one request; the instance may use `memory_limit` bytes.
-    pub fn new(services: Arc<Services>, memory_limit: usize) -> Self {
+    /// Fresh state for one request; the instance may use `memory_limit`
+    /// bytes; a body it hands off goes to `hand_off`.
+    pub fn new(services: Arc<Services>, memory_limit: usize, hand_off: HandOff) -> Self {
         Self {
             wasi: WasiCtx::builder().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             services,
+            hand_off,
             limits: StoreLimitsBuilder::new().memory_size(memory_limit).instances(4).build(),
         }
     }
@@ -46,6 +50,6 @@ impl WasiHttpView for RequestState {
 
 impl NcpsEdgeView for RequestState {
     fn ncps_edge(&mut self) -> HostView<'_> {
-        HostView { table: &mut self.table, services: &self.services }
+        HostView { table: &mut self.table, services: &self.services, hand_off: &self.hand_off }
     }
 }

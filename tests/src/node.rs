@@ -53,6 +53,12 @@ pub async fn start_node(extra: &[String]) -> TestNode {
     TestNode { node, data }
 }
 
+/// Whether nodes run with the edge tier's memory (the default; the suite
+/// also runs with `EDGE_CACHE_MEMORY=0`, every request through the handler).
+pub fn memory_tier_on() -> bool {
+    std::env::var("EDGE_CACHE_MEMORY").map_or(true, |v| v.trim() != "0")
+}
+
 /// Flags pointing a node at `upstream_url`, trusting `key`.
 pub fn upstream_flags(upstream_url: &str, key: &str) -> Vec<String> {
     vec![format!("--cache-upstream-url={upstream_url}"), format!("--cache-upstream-public-key={key}")]

@@ -20,7 +20,10 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A running node process; killed with SIGKILL when dropped.
+/// A running node process; killed with SIGKILL when dropped. It runs in a
+/// working folder of its own, as a node on its own machine would: what it
+/// keeps by default (`./ncps-edge-data`: its local-disk tier, compiled
+/// code) is its own and never lands in the checkout.
 pub struct NodeProcess {
     child: Child,
     /// `http://127.0.0.1:port`.
@@ -28,11 +31,14 @@ pub struct NodeProcess {
     port: u16,
     flags: Vec<String>,
     log: std::path::PathBuf,
+    /// The working folder (kept across restarts).
+    pub cwd: tempfile::TempDir,
 }
 
-fn launch(port: u16, flags: &[String], log: &std::path::Path) -> Child {
+fn launch(port: u16, flags: &[String], log: &std::path::Path, cwd: &std::path::Path) -> Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let child = Command::new(binary())
+        .current_dir(cwd)
         .arg("serve")
         .arg(format!("--server-addr=127.0.0.1:{port}"))
         .args(flags)
@@ -54,14 +60,15 @@ impl NodeProcess {
     /// goes to `log`. Waits until it accepts connections.
     pub fn spawn(flags: &[String], log: &std::path::Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = launch(port, flags, log);
-        Self { child, url: format!("http://127.0.0.1:{port}"), port, flags: flags.to_vec(), log: log.to_owned() }
+        let cwd = tempfile::tempdir().unwrap();
+        let child = launch(port, flags, log, cwd.path());
+        Self { child, url: format!("http://127.0.0.1:{port}"), port, flags: flags.to_vec(), log: log.to_owned(), cwd }
     }
 
     /// Start it again on the same port with the same flags (after a kill).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = launch(self.port, &self.flags, &self.log);
+        self.child = launch(self.port, &self.flags, &self.log, self.cwd.path());
     }
 
     /// Its process id.

@@ -101,3 +101,40 @@ async fn connections_beyond_the_cap_wait() {
     assert!(waited >= Duration::from_millis(1200), "served at once ({waited:?}): the cap did not hold");
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_beyond_the_instance_pool_wait_for_an_instance() {
+    use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
+    use ncps_edge_tests::node::upstream_flags;
+    use ncps_edge_tests::upstream::FakeUpstream;
+    use std::sync::atomic::Ordering;
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    // A download that takes a while, so instances stay busy.
+    up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend(["--wasm-max-instances=2".into(), "--edge-cache-memory=0".into()]);
+    let node = start_node(&flags).await;
+    let c = reqwest::Client::new();
+    let narinfo = format!("{}/{}.narinfo", node.url(), hash_of(&fx.big));
+    assert_eq!(c.get(&narinfo).send().await.unwrap().status(), 200);
+    let url = format!("{}{}", node.url(), nar_url(&cache, &fx.big));
+    let original = std::fs::read(nar_file(&cache, &fx.big)).unwrap();
+    // Eight clients, two instances: the others wait for one, none fails.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                let resp = c.get(url).send().await.unwrap();
+                (resp.status().as_u16(), resp.bytes().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    for client in clients {
+        let (status, body) = client.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == original, "a body differs");
+    }
+    assert_eq!(up.hits(&nar_url(&cache, &fx.big)), 1, "one upstream fetch");
+}

@@ -256,14 +256,13 @@ async fn reconcile_mends_orphans_phantoms_and_leftovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_lru_pass_cut_by_a_stalled_store_loses_no_accounting() {
-    use ncps_edge_test_support::{fresh_bucket, host_port, via, StallProxy};
+    use ncps_edge_test_support::{fresh_bucket, host_port, StallProxy};
     let fx = fixture();
     let cache = fx.cache("none");
     let up = FakeUpstream::start(cache.clone()).await;
     let bucket = fresh_bucket().await;
     let proxy = StallProxy::start(&host_port(&bucket.endpoint)).await;
-    let mut routed = bucket.clone();
-    routed.endpoint = via(&bucket.endpoint, &proxy.addr());
+    let routed = bucket.through(&proxy);
     let mut flags = upstream_flags(&up.url(), &fx.public_key);
     flags.extend(routed.flags());
     flags.extend(["--cache-max-size=1".into(), "--cache-backend-timeout=1s".into()]);

@@ -364,6 +364,10 @@ async fn soak(backend: &str) {
         d.as_secs(),
         faults.iter().map(|f| f.what).collect::<Vec<_>>()
     );
+    if wrong + refused_outside + server_errors_outside + broken_outside > 0 || !doubled.is_empty() {
+        // The nodes' logs say why; keep them past the test.
+        eprintln!("{backend}: the nodes' logs are kept in {}", logs.keep().display());
+    }
     assert!(total > 1000 && completed_nars > 500, "{backend}: too little traffic ({total} requests)");
     assert_eq!(wrong, 0, "{backend}: a completed body was wrong");
     assert_eq!(refused_outside, 0, "{backend}: connections refused outside the killed node's outage");

@@ -127,8 +127,7 @@ async fn stalled_s3_serves_from_upstream_within_the_bound_and_recovers() {
     let up = FakeUpstream::start(cache.clone()).await;
     let bucket = fresh_bucket().await;
     let proxy = StallProxy::start(&host_port(&bucket.endpoint)).await;
-    let mut routed = bucket.clone();
-    routed.endpoint = via(&bucket.endpoint, &proxy.addr());
+    let routed = bucket.through(&proxy);
     let mut flags = upstream_flags(&up.url(), &fx.public_key);
     flags.extend(routed.flags());
     flags.push(DEADLINE.into());

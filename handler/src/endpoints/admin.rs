@@ -14,7 +14,7 @@ pub fn handle(req: &Request, route: &Route, settings: &Settings, out: ResponseOu
         return text(out, 404, "not found\n", false);
     };
     let given = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
-    if !given.is_some_and(|g| super::auth::constant_time_eq(g.as_bytes(), token.as_bytes())) {
+    if !given.is_some_and(|g| crate::protocol::auth::constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return text(out, 401, "unauthorized\n", false);
     }
     if !matches!(req.method, Method::Post) {

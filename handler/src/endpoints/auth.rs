@@ -4,44 +4,22 @@
 //! as a bearer token or as the password of basic auth (what a netrc file
 //! gives Nix), and are compared in constant time.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-
 use crate::bindings::ncps::edge::config::Settings;
 use crate::host::http::Request;
+use crate::protocol::auth::{matches, presented as presented_in};
 
 /// The secret a request presents, if any.
-pub fn presented(req: &Request) -> Option<String> {
-    let auth = req.header("authorization")?;
-    if let Some(bearer) = auth.strip_prefix("Bearer ") {
-        return Some(bearer.trim().to_owned());
-    }
-    let raw = B64.decode(auth.strip_prefix("Basic ")?.trim()).ok()?;
-    let pair = String::from_utf8(raw).ok()?;
-    pair.split_once(':').map(|(_, password)| password.to_owned())
-}
-
-/// Compare secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn matches(given: Option<&str>, token: Option<&str>) -> bool {
-    match (given, token.filter(|t| !t.is_empty())) {
-        (Some(g), Some(t)) => constant_time_eq(g.as_bytes(), t.as_bytes()),
-        _ => false,
-    }
+fn presented(req: &Request) -> Option<String> {
+    presented_in(req.header("authorization"))
 }
 
 /// Whether the request may read.
 pub fn may_read(req: &Request, settings: &Settings) -> bool {
-    let Some(token) = settings.get_token.as_deref().filter(|t| !t.is_empty()) else {
-        return true;
-    };
-    let given = presented(req);
-    [Some(token), settings.put_token.as_deref(), settings.delete_token.as_deref()]
-        .into_iter()
-        .any(|t| matches(given.as_deref(), t))
+    crate::protocol::auth::may_read(
+        req.header("authorization"),
+        settings.get_token.as_deref(),
+        [settings.put_token.as_deref(), settings.delete_token.as_deref()],
+    )
 }
 
 /// A write the request may not make.

@@ -41,7 +41,7 @@ pub fn handle(req: Request, out: ResponseOutparam) {
     match (&req.method, route) {
         (Method::Get | Method::Head, Route::Root) => info::root(&settings, out, head),
         (Method::Get | Method::Head, Route::CacheInfo) => info::cache_info(&settings, out, head),
-        (Method::Get | Method::Head, Route::PubKey) => info::pubkey(out, head),
+        (Method::Get | Method::Head, Route::PubKey) => info::pubkey(&settings, out, head),
         (Method::Get | Method::Head, Route::Healthz) => text(out, 200, "OK\n", head),
         (Method::Get | Method::Head, Route::Narinfo(hash)) => narinfo::get(&settings, &hash, out, head),
         (Method::Get | Method::Head, Route::Nar(path)) => nar::get(&settings, &req, &path, out, head),

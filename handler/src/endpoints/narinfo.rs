@@ -13,6 +13,7 @@ use crate::cache::download_lock::{self, Wait};
 use crate::cache::narinfos::{lookup, normalise_and_sign, record};
 use crate::cache::nars::lock_for_publish;
 use crate::endpoints::writes::Written;
+use crate::host::edge;
 use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;
 use crate::host::time::Instant;
@@ -24,38 +25,70 @@ use crate::protocol::signature::{verify_any, PublicKey};
 /// `GET|HEAD /<hash>.narinfo`.
 pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     if let Some(info) = lookup(hash) {
-        return respond(out, &info, CacheResult::Hit, head);
+        return respond(settings, out, &info, CacheResult::Hit, head);
+    }
+    let absent = edge::absent_for(hash);
+    if absent > 0 {
+        return not_found(settings, out, head, absent);
     }
     // A narinfo fetch takes at most about one upstream timeout per round
     // trip; wait that long for another instance's fetch, then fetch too
     // (fetching twice is harmless).
     let patience = Duration::from_millis(settings.upstream_timeout_ms.saturating_mul(3));
     let _lease = match download_lock::acquire_or_wait("narinfo", hash, settings, patience, || lookup(hash)) {
-        Wait::Done(info) => return respond(out, &info, CacheResult::Hit, head),
+        Wait::Done(info) => return respond(settings, out, &info, CacheResult::Hit, head),
         Wait::Acquired(lease) => Some(lease),
         Wait::GaveUp => None,
         Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
     };
+    // The fetch this one waited for may have found that no upstream has it.
+    let absent = edge::absent_for(hash);
+    if absent > 0 {
+        return not_found(settings, out, head, absent);
+    }
     match fetch(settings, hash) {
-        Some(info) => respond(out, &info, CacheResult::Miss, head),
-        None => text(out, 404, "not found\n", head),
+        Fetched::Found(info) => respond(settings, out, &info, CacheResult::Miss, head),
+        Fetched::Absent => {
+            edge::mark_absent(hash);
+            not_found(settings, out, head, settings.negative_ttl_s)
+        }
+        // Upstream trouble: not found now, asked again next time.
+        Fetched::Failed => text(out, 404, "not found\n", head),
     }
 }
 
-fn respond(out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
+fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
     metadata::record_access(&info.url);
     metrics::served(ObjectKind::Narinfo, result);
     let x_cache = if result == CacheResult::Hit { "HIT" } else { "MISS" };
-    Response::new(200).header("content-type", "text/x-nix-narinfo").header("x-cache", x_cache).send(
-        out,
-        info.render().as_bytes(),
-        head,
-    );
+    Response::new(200)
+        .header("content-type", "text/x-nix-narinfo")
+        .header("x-cache", x_cache)
+        .header_if("cache-control", edge::hit_control(settings))
+        .send(out, info.render().as_bytes(), head);
+}
+
+/// "No upstream has it", known for `seconds` more.
+fn not_found(settings: &Settings, out: ResponseOutparam, head: bool, seconds: u32) {
+    Response::new(404)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header_if("cache-control", edge::absent_control(settings, seconds))
+        .send(out, b"not found\n", head);
+}
+
+/// What asking the upstreams for a narinfo found.
+enum Fetched {
+    /// A valid narinfo, adopted.
+    Found(Box<NarInfo>),
+    /// Every upstream answered that it does not have it.
+    Absent,
+    /// Some upstream failed or answered with something unusable.
+    Failed,
 }
 
 /// Why one upstream's narinfo was not taken.
 enum Refusal {
-    /// It does not have it (404 or another non-200 status).
+    /// It does not have it (404, 403 or 410).
     NotFound(u16),
     /// It answered with something we must not adopt.
     Rejected(String),
@@ -75,8 +108,9 @@ impl Refusal {
 
 /// Ask every upstream at once, take the answer of the most preferred one that
 /// has a valid narinfo, rewrite, sign and record it.
-fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
+fn fetch(settings: &Settings, hash: &str) -> Fetched {
     let ups = upstream::ordered();
+    let mut all_absent = !ups.is_empty();
     let pending: Vec<_> =
         ups.iter().map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), settings)).collect();
     for (up, pending) in ups.iter().zip(pending) {
@@ -92,22 +126,30 @@ fn fetch(settings: &Settings, hash: &str) -> Option<NarInfo> {
                     "fetched narinfo from upstream",
                     &[("hash", hash), ("upstream", &up.url), ("duration_ms", &ms)],
                 );
-                return Some(info);
+                return Fetched::Found(Box::new(info));
             }
             Err(Refusal::NotFound(status)) => logging::debug(
                 "upstream has no narinfo",
                 &[("hash", hash), ("upstream", &up.url), ("status", &status.to_string())],
             ),
             Err(Refusal::Rejected(why)) => {
+                all_absent = false;
                 logging::warn("upstream narinfo refused", &[("hash", hash), ("upstream", &up.url), ("error", &why)])
             }
-            Err(Refusal::Failed(why)) => logging::warn(
-                "upstream narinfo request failed",
-                &[("hash", hash), ("upstream", &up.url), ("error", &why)],
-            ),
+            Err(Refusal::Failed(why)) => {
+                all_absent = false;
+                logging::warn(
+                    "upstream narinfo request failed",
+                    &[("hash", hash), ("upstream", &up.url), ("error", &why)],
+                )
+            }
         }
     }
-    None
+    if all_absent {
+        Fetched::Absent
+    } else {
+        Fetched::Failed
+    }
 }
 
 /// Read, check and adopt one upstream's answer.
@@ -118,8 +160,11 @@ fn take(
     pending: upstream::Pending,
 ) -> Result<NarInfo, Refusal> {
     let resp = pending.wait().map_err(|e| Refusal::Failed(e.to_string()))?;
-    if resp.status != 200 {
-        return Err(Refusal::NotFound(resp.status));
+    match resp.status {
+        200 => {}
+        // What a binary cache answers for a path it does not have.
+        403 | 404 | 410 => return Err(Refusal::NotFound(resp.status)),
+        status => return Err(Refusal::Failed(format!("status {status}"))),
     }
     let body = resp.body.ok_or_else(|| Refusal::Failed("no body".into()))?;
     let body = body.read_to_end(settings.max_narinfo_size).map_err(|e| Refusal::Rejected(e.to_string()))?;
@@ -180,9 +225,7 @@ pub fn put(settings: &Settings, req: &Request, hash: &str) -> Written {
     let Some(path) = info.url.strip_prefix("nar/").and_then(NarPath::parse).filter(|p| p.key() == info.url) else {
         return Written::rejected(400, "narinfo URL must be nar/<hash>.nar[.ext]\n", target);
     };
-    if info.compression == "none" && info.file_hash.is_none() {
-        info.file_hash = Some(info.nar_hash);
-    }
+    info.normalise();
     // The NAR is named by its file hash, which its upload checked.
     if info.file_hash.map(|h| h.to_nix32()).as_deref() != Some(path.hash.as_str()) {
         return Written::rejected(400, "narinfo URL must be named by its FileHash\n", target);

@@ -4,6 +4,7 @@
 use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metrics::{self, WriteMethod, WriteOutcome};
 use crate::bindings::wasi::http::types::{Method, ResponseOutparam};
+use crate::host::edge;
 use crate::host::http::{text, Request, Response};
 use crate::host::logging;
 use crate::protocol::route::Route;
@@ -62,6 +63,12 @@ pub fn handle(req: &Request, route: Route, settings: &Settings, out: ResponseOut
         Route::Nar(path) => path.key(),
         _ => String::new(),
     };
+    // What an accepted write changes, for the edge tier of every node.
+    let changed = match &route {
+        Route::Narinfo(hash) => Some(edge::narinfo_path(hash)),
+        Route::Nar(path) => Some(edge::object_path(&path.key())),
+        _ => None,
+    };
     let enabled = if put { settings.allow_put } else { settings.allow_delete };
     let writable = matches!(route, Route::Narinfo(_) | Route::Nar(_));
     let (written, credential) = if !enabled || !writable {
@@ -100,6 +107,9 @@ pub fn handle(req: &Request, route: Route, settings: &Settings, out: ResponseOut
             }
         }
     };
+    if let (WriteOutcome::Accepted, Some(path)) = (written.outcome, changed) {
+        edge::purge(&[path]);
+    }
     metrics::write(method, written.outcome);
     let status = written.status.to_string();
     logging::info(

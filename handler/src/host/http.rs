@@ -111,6 +111,14 @@ impl Response {
         self
     }
 
+    /// Add a header when there is a value.
+    pub fn header_if(self, name: &str, value: Option<impl AsRef<[u8]>>) -> Self {
+        match value {
+            Some(v) => self.header(name, v),
+            None => self,
+        }
+    }
+
     /// Send the head and return the body writer (none for HEAD requests,
     /// which get the head only).
     pub fn start(self, out: ResponseOutparam, head_only: bool) -> Option<BodyWriter> {

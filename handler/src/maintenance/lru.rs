@@ -15,6 +15,7 @@ use crate::bindings::ncps::edge::metrics::{self, LruOutcome};
 use crate::bindings::ncps::edge::storage;
 use crate::bindings::ncps::edge::types::Error;
 use crate::cache::nars::lock_for_eviction;
+use crate::host::edge;
 use crate::host::logging;
 
 /// NARs looked at per metadata round trip.
@@ -72,12 +73,10 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
             break;
         }
         storage::delete_many(&keys)?;
-        for key in &keys {
-            let freed = metadata::evict(key)?;
-            report.total_after = report.total_after.saturating_sub(freed);
-            report.bytes_freed += freed;
-            report.evicted += 1;
-        }
+        let mut purged: Vec<String> = keys.iter().map(|k| edge::object_path(k)).collect();
+        let forgotten = evict_all(&keys, &mut report, &mut purged);
+        edge::purge(&purged);
+        forgotten?;
         drop(evicting);
         if lease.extend(settings.lru_lock_ttl_ms).is_err() {
             logging::warn("LRU lock lost; stopping the pass", &[("lock_type", "lru")]);
@@ -90,4 +89,17 @@ fn run_pass(settings: &Settings) -> Result<LruReport, Error> {
         &[("bytes", &report.bytes_freed.to_string()), ("duration_ms", &ms), ("evicted", &report.evicted.to_string())],
     );
     Ok(report)
+}
+
+/// Forget the records of `keys` (their objects are gone), counting what was
+/// freed and noting the narinfo paths that stop being true in `purged`.
+fn evict_all(keys: &[String], report: &mut LruReport, purged: &mut Vec<String>) -> Result<(), Error> {
+    for key in keys {
+        let eviction = metadata::evict(key)?;
+        report.total_after = report.total_after.saturating_sub(eviction.freed);
+        report.bytes_freed += eviction.freed;
+        report.evicted += 1;
+        purged.extend(eviction.narinfos.iter().map(|h| edge::narinfo_path(h)));
+    }
+    Ok(())
 }

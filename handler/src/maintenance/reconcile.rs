@@ -21,6 +21,7 @@ use crate::bindings::ncps::edge::metadata::{self, NarRecord};
 use crate::bindings::ncps::edge::storage::{self, ObjectEntry};
 use crate::bindings::ncps::edge::types::Error;
 use crate::cache::nars::lock_for_eviction;
+use crate::host::edge;
 use crate::host::logging;
 
 /// Entries read per listing call.
@@ -226,6 +227,7 @@ fn delete_orphan(object: &ObjectEntry) -> Result<Mended, Error> {
     if !storage::delete(&object.key)? {
         return Ok(Mended::Nothing);
     }
+    edge::purge(&[edge::object_path(&object.key)]);
     logging::info("deleted an orphaned NAR", &[("url", &object.key), ("bytes", &object.size.to_string())]);
     Ok(Mended::Orphan)
 }
@@ -240,6 +242,8 @@ fn clear_phantom(record: &NarRecord) -> Result<Mended, Error> {
     }
     current.stored_size = None;
     metadata::put_nar(&current)?;
+    // Copies kept by edge tiers (of a NAR deleted behind the cache's back) go too.
+    edge::purge(&[edge::object_path(&record.key)]);
     logging::info("unmarked a NAR whose object is gone", &[("url", &record.key)]);
     Ok(Mended::Phantom)
 }

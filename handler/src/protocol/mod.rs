@@ -2,6 +2,7 @@
 //! notations, narinfo files and their fingerprints, ed25519 signatures,
 //! request paths and byte ranges. Unit-tested natively.
 
+pub mod auth;
 pub mod hash;
 pub mod narinfo;
 pub mod range;

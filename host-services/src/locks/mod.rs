@@ -102,6 +102,8 @@ pub struct LeaseHandle {
     acquired: std::time::Instant,
     locks: Locks,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Set once the lease was counted as lost (by a renewal or a check).
+    counted_lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for LeaseHandle {
@@ -124,15 +126,21 @@ impl LeaseHandle {
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         let result = self.lease.extend(ttl).await;
         if let Err(e) = &result {
-            lost(&self.locks, &self.key, self.mode, e);
+            lost(&self.locks, &self.key, self.mode, &self.counted_lost, e);
         }
         result
     }
 
     /// See [`Lease::is_held`]: answered from the lease's own expiry, without
-    /// a backend call.
+    /// a backend call. A lease found expired counts as lost (a holder that
+    /// was frozen past it learns it here if no renewal told it first).
     pub fn is_held(&self) -> bool {
-        self.lease.is_held()
+        let held = self.lease.is_held();
+        if !held {
+            let e = Error::conflict(format!("lease on {} expired", self.key));
+            lost(&self.locks, &self.key, self.mode, &self.counted_lost, &e);
+        }
+        held
     }
 
     /// Renew the lease from the host to now + `expiry` every heartbeat
@@ -145,6 +153,7 @@ impl LeaseHandle {
         }
         let interval = self.locks.heartbeat.min(expiry / 3).max(Duration::from_millis(10));
         let (lease, locks, key, mode) = (self.lease.clone(), self.locks.clone(), self.key.clone(), self.mode);
+        let counted_lost = self.counted_lost.clone();
         let until = tokio::time::Instant::now() + ceiling;
         self.heartbeat = Some(tokio::spawn(async move {
             loop {
@@ -158,7 +167,7 @@ impl LeaseHandle {
                     return;
                 }
                 if let Err(e) = lease.extend(expiry).await {
-                    lost(&locks, &key, mode, &e);
+                    lost(&locks, &key, mode, &counted_lost, &e);
                     return;
                 }
             }
@@ -166,8 +175,11 @@ impl LeaseHandle {
     }
 }
 
-/// Count and log a lease that could not be renewed.
-fn lost(locks: &Locks, key: &str, mode: Mode, e: &Error) {
+/// Count and log a lease that could not be renewed (once per lease).
+fn lost(locks: &Locks, key: &str, mode: Mode, counted: &std::sync::atomic::AtomicBool, e: &Error) {
+    if counted.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     let labels =
         LockFailureLabels { r#type: lock_type(key).to_owned(), reason: "lost".into(), mode: mode.as_str().into() };
     locks.metrics.lock_failures.get_or_create(&labels).inc();
@@ -187,6 +199,9 @@ pub struct Locks {
     heartbeat: Duration,
     node_id: Arc<str>,
 }
+
+/// Backend timeouts of an acquire are retried only this early in it.
+const RETRY_TIMEOUTS_WITHIN: Duration = Duration::from_secs(1);
 
 /// Longest key the guest may ask for (before the prefix).
 const MAX_KEY_LEN: usize = 200;
@@ -254,6 +269,7 @@ impl Locks {
             acquired: std::time::Instant::now(),
             locks: self.clone(),
             heartbeat: None,
+            counted_lost: Default::default(),
         }))
     }
 
@@ -269,7 +285,15 @@ impl Locks {
         let result = attempt
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
-            .when(|e| matches!(e, Error::Conflict(_) | Error::Timeout(_)))
+            // Contention is waited out, and so is a backend call that ran out
+            // of time early on (a busy server); one that keeps a caller
+            // waiting longer is a stalled service, and retrying it would
+            // multiply the time a request waits on it.
+            .when(|e| match e {
+                Error::Conflict(_) => true,
+                Error::Timeout(_) => started.elapsed() < RETRY_TIMEOUTS_WITHIN,
+                _ => false,
+            })
             .notify(|_, _| {
                 self.metrics.lock_retries.get_or_create(&LockTypeLabels { r#type: lock_type(key).to_owned() }).inc();
             })
@@ -300,7 +324,11 @@ impl Locks {
             Err(e) => {
                 self.count(key, mode, Err("backend"));
                 tracing::warn!(lock_key = key, lock_type = lock_type(key), mode = mode.as_str(), error = %e, "failed to acquire lock");
-                Err(e)
+                // To the guest a timeout means "held": a backend's is an outage.
+                Err(match e {
+                    Error::Timeout(cause) => Error::Unavailable(cause),
+                    e => e,
+                })
             }
         }
     }

@@ -82,7 +82,7 @@ impl RedisOptions {
     /// A client for the master at `addr`. Credentials are passed as they
     /// are, never pasted into a URL (where `@`, `:` or `/` in a password
     /// would change its meaning).
-    fn client(&self, addr: &str) -> Result<redis::Client> {
+    pub(crate) fn client(&self, addr: &str) -> Result<redis::Client> {
         let (host, port) = addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
@@ -136,14 +136,14 @@ impl Masters {
     }
 
     /// Run `script` on every master at once, each bounded by `timeout`:
-    /// (successes, errors).
+    /// (successes, errors, of which timeouts).
     async fn run(
         &self,
         script: &Script,
         keys: &[String; 2],
         args: (&str, u64, &str),
         timeout: Duration,
-    ) -> (usize, usize) {
+    ) -> (usize, usize, usize) {
         let calls = self.conns.iter().map(|conn| {
             let mut conn = conn.clone();
             let mut inv = script.prepare_invoke();
@@ -153,7 +153,8 @@ impl Masters {
         let results = futures_util::future::join_all(calls).await;
         let ok = results.iter().filter(|r| matches!(r, Ok(Ok(n)) if *n > 0)).count();
         let errors = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
-        (ok, errors)
+        let timeouts = results.iter().filter(|r| r.is_err()).count();
+        (ok, errors, timeouts)
     }
 }
 
@@ -212,7 +213,8 @@ impl LockBackend for RedisLocks {
         let token = format!("{:032x}", rand::random::<u128>());
         let started = Instant::now();
         let ttl_ms = ttl.as_millis() as u64;
-        let (ok, errors) = m.run(&m.scripts.acquire, &keys, (&token, ttl_ms, mode_arg(mode)), call_timeout(ttl)).await;
+        let (ok, errors, timeouts) =
+            m.run(&m.scripts.acquire, &keys, (&token, ttl_ms, mode_arg(mode)), call_timeout(ttl)).await;
         let validity = ttl.checked_sub(started.elapsed() + drift(ttl));
         if ok >= m.quorum() {
             if let Some(validity) = validity {
@@ -231,7 +233,13 @@ impl LockBackend for RedisLocks {
             m.run(&m.scripts.release, &keys, (&token, 0, mode_arg(mode)), call_timeout(ttl)).await;
         }
         if errors > m.conns.len() - m.quorum() {
-            return Err(Error::unavailable("redis", format!("{errors} of {} masters unreachable", m.conns.len())));
+            let why = format!("{errors} of {} masters unreachable", m.conns.len());
+            // Masters that only answered late are busy or stalled, not down.
+            return Err(if timeouts == errors {
+                Error::timeout("redis", why)
+            } else {
+                Error::unavailable("redis", why)
+            });
         }
         Ok(None)
     }
@@ -255,7 +263,7 @@ impl Lease for RedisLease {
         let m = &self.masters;
         let started = Instant::now();
         let args = (self.token.as_str(), ttl.as_millis() as u64, mode_arg(self.mode));
-        let (ok, _) = m.run(&m.scripts.extend, &self.keys, args, call_timeout(ttl)).await;
+        let (ok, _, _) = m.run(&m.scripts.extend, &self.keys, args, call_timeout(ttl)).await;
         match ttl.checked_sub(started.elapsed() + drift(ttl)) {
             Some(validity) if ok >= m.quorum() => {
                 *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = started + validity;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigStore, Database, MetadataStore, NarRecord, NarinfoRecord};
+use super::{ConfigStore, Database, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::breaker::Guard;
 use crate::Result;
 
@@ -59,7 +59,7 @@ impl MetadataStore for GuardedMetadata {
     async fn is_referenced(&self, key: &str) -> Result<bool> {
         self.guard.call(self.db.is_referenced(key)).await
     }
-    async fn evict(&self, key: &str) -> Result<u64> {
+    async fn evict(&self, key: &str) -> Result<Eviction> {
         self.guard.call(self.db.evict(key)).await
     }
 }

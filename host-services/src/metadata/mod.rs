@@ -27,6 +27,15 @@ pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
     v.map(|n| n.max(0) as u64)
 }
 
+/// What [`MetadataStore::evict`] forgot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// The stored bytes the NAR accounted for.
+    pub freed: u64,
+    /// Store-path hashes of the narinfos that pointed at it.
+    pub narinfos: Vec<String>,
+}
+
 /// A metadata database: SQLite, PostgreSQL or MySQL. One method per call of
 /// the `ncps:edge/metadata` WIT interface; `record-access` is batched by
 /// [`Metadata`], which hands the batch to [`MetadataStore::record_accesses`].
@@ -56,8 +65,8 @@ pub trait MetadataStore: Send + Sync {
     /// `is-referenced`: whether any narinfo points at NAR `key`.
     async fn is_referenced(&self, key: &str) -> Result<bool>;
     /// `evict`: delete a NAR record and every narinfo pointing at it in one
-    /// transaction; returns the stored size it accounted for.
-    async fn evict(&self, key: &str) -> Result<u64>;
+    /// transaction.
+    async fn evict(&self, key: &str) -> Result<Eviction>;
 }
 
 /// The node's own configuration values kept in the shared database (not

@@ -6,7 +6,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Pool, Row, TxOpts};
 
 use super::access::now_ms;
-use super::{split, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
@@ -269,15 +269,17 @@ impl MetadataStore for MySqlMetadata {
         Ok(found.is_some())
     }
 
-    async fn evict(&self, key: &str) -> Result<u64> {
+    async fn evict(&self, key: &str) -> Result<Eviction> {
         let mut c = self.conn().await?;
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(db)?;
         let size: Option<Option<i64>> =
             tx.exec_first("SELECT stored_size FROM nars WHERE `key` = ? FOR UPDATE", (key,)).await.map_err(db)?;
+        let narinfos: Vec<String> =
+            tx.exec("SELECT hash FROM narinfos WHERE url = ? FOR UPDATE", (key,)).await.map_err(db)?;
         tx.exec_drop("DELETE FROM narinfos WHERE url = ?", (key,)).await.map_err(db)?;
         tx.exec_drop("DELETE FROM nars WHERE `key` = ?", (key,)).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(size.flatten().unwrap_or(0).max(0) as u64)
+        Ok(Eviction { freed: size.flatten().unwrap_or(0).max(0) as u64, narinfos })
     }
 }
 

@@ -6,7 +6,7 @@ use deadpool_postgres::{Manager, Pool};
 use tokio_postgres::{NoTls, Row};
 
 use super::access::now_ms;
-use super::{split, to_u64, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, to_u64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[r#"
@@ -252,7 +252,7 @@ impl MetadataStore for PgMetadata {
         Ok(c.query_opt("SELECT 1 FROM narinfos WHERE url = $1 LIMIT 1", &[&key]).await.map_err(db)?.is_some())
     }
 
-    async fn evict(&self, key: &str) -> Result<u64> {
+    async fn evict(&self, key: &str) -> Result<Eviction> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
         let size: Option<i64> = tx
@@ -260,9 +260,9 @@ impl MetadataStore for PgMetadata {
             .await
             .map_err(db)?
             .and_then(|r| r.get(0));
-        tx.execute("DELETE FROM narinfos WHERE url = $1", &[&key]).await.map_err(db)?;
+        let narinfos = tx.query("DELETE FROM narinfos WHERE url = $1 RETURNING hash", &[&key]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(size.unwrap_or(0).max(0) as u64)
+        Ok(Eviction { freed: size.unwrap_or(0).max(0) as u64, narinfos: narinfos.iter().map(|r| r.get(0)).collect() })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::access::now_ms;
-use super::{split, to_u64, ConfigStore, MetadataStore, NarRecord, NarinfoRecord};
+use super::{split, to_u64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -268,16 +268,20 @@ impl MetadataStore for SqliteMetadata {
         self.with_conn(move |c| c.prepare_cached("SELECT 1 FROM narinfos WHERE url = ?1 LIMIT 1")?.exists([key])).await
     }
 
-    async fn evict(&self, key: &str) -> Result<u64> {
+    async fn evict(&self, key: &str) -> Result<Eviction> {
         let key = key.to_owned();
         self.with_conn(move |c| {
             let tx = c.unchecked_transaction()?;
             let size: Option<Option<i64>> =
                 tx.query_row("SELECT stored_size FROM nars WHERE key = ?1", [&key], |r| r.get(0)).optional()?;
-            tx.execute("DELETE FROM narinfos WHERE url = ?1", [&key])?;
+            let narinfos = {
+                let mut stmt = tx.prepare("DELETE FROM narinfos WHERE url = ?1 RETURNING hash")?;
+                let rows = stmt.query_map([&key], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()?
+            };
             tx.execute("DELETE FROM nars WHERE key = ?1", [&key])?;
             tx.commit()?;
-            Ok(size.flatten().unwrap_or(0).max(0) as u64)
+            Ok(Eviction { freed: size.flatten().unwrap_or(0).max(0) as u64, narinfos })
         })
         .await
     }

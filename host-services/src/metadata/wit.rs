@@ -49,8 +49,9 @@ impl metadata::Host for MetadataView<'_> {
     async fn is_referenced(&mut self, key: String) -> HostResult<bool> {
         Ok(self.0.store().is_referenced(&key).await?)
     }
-    async fn evict(&mut self, key: String) -> HostResult<u64> {
-        Ok(self.0.store().evict(&key).await?)
+    async fn evict(&mut self, key: String) -> HostResult<metadata::Eviction> {
+        let e = self.0.store().evict(&key).await?;
+        Ok(metadata::Eviction { freed: e.freed, narinfos: e.narinfos })
     }
 }
 

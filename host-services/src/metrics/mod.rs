@@ -57,6 +57,15 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// How a narinfo or NAR was served.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    /// `hit` or `miss`.
+    pub result: String,
+    /// Who answered: `memory` (the edge tier, no instance) or `handler`.
+    pub tier: String,
+}
+
 /// One kind of upstream request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -88,10 +97,10 @@ pub struct Metrics {
     pub lock_failures: Family<LockFailureLabels, Counter>,
     /// `ncps_lock_retry_attempts_total{type}`.
     pub lock_retries: Family<LockTypeLabels, Counter>,
-    /// `ncps_narinfo_served_total{result}`.
-    pub narinfo_served: Family<ResultLabels, Counter>,
-    /// `ncps_nar_served_total{result}`.
-    pub nar_served: Family<ResultLabels, Counter>,
+    /// `ncps_narinfo_served_total{result,tier}`.
+    pub narinfo_served: Family<ServedLabels, Counter>,
+    /// `ncps_nar_served_total{result,tier}`.
+    pub nar_served: Family<ServedLabels, Counter>,
     /// `ncps_upstream_fetch_duration_seconds{kind,upstream,outcome}`.
     pub upstream_fetch: Family<UpstreamLabels, Histogram>,
     /// `ncps_store_size_bytes`.
@@ -193,9 +202,10 @@ impl Metrics {
             }
             let _ = m.lock_retries.get_or_create(&LockTypeLabels { r#type: t.to_string() });
         }
-        for result in ["hit", "miss"] {
-            let _ = m.narinfo_served.get_or_create(&ResultLabels { result: result.into() });
-            let _ = m.nar_served.get_or_create(&ResultLabels { result: result.into() });
+        for (result, tier) in [("hit", "handler"), ("miss", "handler"), ("hit", "memory")] {
+            let labels = ServedLabels { result: result.into(), tier: tier.into() };
+            let _ = m.narinfo_served.get_or_create(&labels);
+            let _ = m.nar_served.get_or_create(&labels);
         }
         for result in ["ran", "skipped", "error"] {
             let _ = m.lru_runs.get_or_create(&ResultLabels { result: result.into() });
@@ -211,10 +221,18 @@ impl Metrics {
         out
     }
 
-    /// Count a served narinfo or NAR.
+    /// Count a narinfo or NAR served by the handler.
     pub fn served(&self, narinfo: bool, hit: bool) {
         let family = if narinfo { &self.narinfo_served } else { &self.nar_served };
-        family.get_or_create(&ResultLabels { result: if hit { "hit" } else { "miss" }.into() }).inc();
+        let labels = ServedLabels { result: if hit { "hit" } else { "miss" }.into(), tier: "handler".into() };
+        family.get_or_create(&labels).inc();
+    }
+
+    /// The counter of narinfo (or NAR) hits answered by the edge tier's
+    /// memory, to count without a label lookup per request.
+    pub fn memory_hits(&self, narinfo: bool) -> Counter {
+        let family = if narinfo { &self.narinfo_served } else { &self.nar_served };
+        family.get_or_create(&ServedLabels { result: "hit".into(), tier: "memory".into() }).clone()
     }
 }
 

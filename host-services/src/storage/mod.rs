@@ -1,5 +1,7 @@
 //! Blob storage for NAR files: the contract and key validation.
 
+pub mod disk_tier;
+pub mod follow;
 pub mod guarded;
 pub mod local;
 pub mod s3;
@@ -71,6 +73,11 @@ pub struct ObjectEntry {
 /// A streamed object body.
 pub type Body = Pin<Box<dyn AsyncRead + Send>>;
 
+/// Where `storage.hand-off` puts the body of a request's response (the
+/// object, or the range asked for), for the runtime to send; shared by the
+/// request's store and the runtime.
+pub type HandOff = std::sync::Arc<std::sync::Mutex<Option<Body>>>;
+
 /// An object being written; nothing is visible until [`BlobWriter::commit`].
 #[async_trait::async_trait]
 pub trait BlobWriter: Send + Sync {
@@ -102,6 +109,12 @@ pub trait BlobStore: Send + Sync {
 
     /// Remove leftovers of unfinished writes older than `older_than`; how many.
     async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32>;
+
+    /// The object `key` as it is being written on this node, if it is
+    /// ([`follow`]); `None` from stores that do not keep track.
+    async fn follow(&self, _key: &StorageKey) -> Result<Option<Body>> {
+        Ok(None)
+    }
 
     /// Delete many objects, [`DELETE_PARALLELISM`] at a time; how many existed.
     async fn delete_many(&self, keys: &[StorageKey]) -> Result<u32> {

@@ -7,13 +7,14 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 use wasmtime_wasi::p2::DynInputStream;
 
-use super::{BlobStore, ByteRange, StorageKey, WriterHandle};
+use super::{BlobStore, ByteRange, HandOff, StorageKey, WriterHandle};
 use crate::bindings::storage;
 use crate::{HostResult, NcpsEdgeView, Result};
 
 struct StorageView<'a> {
     table: &'a mut ResourceTable,
     store: &'a Arc<dyn BlobStore>,
+    hand_off: &'a HandOff,
 }
 
 struct HasStorage;
@@ -36,6 +37,29 @@ impl storage::Host for StorageView<'_> {
         let key = StorageKey::parse(&key)?;
         let range = range.map(|r| ByteRange { offset: r.offset, length: r.length });
         let Some(body) = self.store.read(&key, range).await? else {
+            return Ok(None);
+        };
+        let stream: DynInputStream = Box::new(AsyncReadStream::new(body));
+        Ok(Some(self.table.push(stream)?))
+    }
+
+    async fn hand_off(
+        &mut self,
+        key: String,
+        range: Option<storage::ByteRange>,
+    ) -> HostResult<storage::HandOffOutcome> {
+        let key = StorageKey::parse(&key)?;
+        let range = range.map(|r| ByteRange { offset: r.offset, length: r.length });
+        let Some(body) = self.store.read(&key, range).await? else {
+            return Ok(storage::HandOffOutcome::Absent);
+        };
+        *self.hand_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+        Ok(storage::HandOffOutcome::Taken)
+    }
+
+    async fn follow(&mut self, key: String) -> HostResult<Option<Resource<DynInputStream>>> {
+        let key = StorageKey::parse(&key)?;
+        let Some(body) = self.store.follow(&key).await? else {
             return Ok(None);
         };
         let stream: DynInputStream = Box::new(AsyncReadStream::new(body));
@@ -97,6 +121,6 @@ crate::error::wit_errors!(StorageView<'_>);
 pub(crate) fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     storage::add_to_linker::<T, HasStorage>(linker, |t| {
         let view = t.ncps_edge();
-        StorageView { table: view.table, store: &view.services.storage }
+        StorageView { table: view.table, store: &view.services.storage, hand_off: view.hand_off }
     })
 }

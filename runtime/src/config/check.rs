@@ -73,6 +73,15 @@ pub fn effective(matches: &ArgMatches, config: &Config) -> String {
     };
     let _ = writeln!(out, "storage: {storage}");
     let _ = writeln!(out, "wasm-cache-dir: {}", config.wasm_cache_dir.display());
+    let memory = match config.args.edge_cache_memory {
+        0 => "off".to_owned(),
+        bytes => format!("{bytes} bytes in memory"),
+    };
+    let disk = match &config.edge_cache_dir {
+        Some(dir) => format!("{} bytes of NARs in {}", config.args.edge_cache_size, dir.display()),
+        None => "no local-disk tier".to_owned(),
+    };
+    let _ = writeln!(out, "edge-cache: {memory}, {disk}");
     for key in &config.without_effect {
         let _ = writeln!(out, "# warning: `{key}` is an ncps setting without effect in ncps-edge");
     }

@@ -315,6 +315,31 @@ pub struct ServeArgs {
     /// Cache of compiled handler code (default `<storage>/wasm-cache`).
     #[arg(long, env = "WASM_CACHE_DIR")]
     pub wasm_cache_dir: Option<PathBuf>,
+    /// Memory of the edge tier, which answers cacheable hits without a
+    /// handler instance (units B, K, M, G, T; 0: off, every request runs the handler).
+    #[arg(long, env = "EDGE_CACHE_MEMORY", default_value = "256M", value_parser = parse_size)]
+    pub edge_cache_memory: u64,
+    /// Longest an answer may be kept by the edge tier (and by HTTP caches):
+    /// the backstop of purges between nodes.
+    #[arg(long, env = "EDGE_CACHE_MAX_AGE", default_value = "1m", value_parser = parse_duration)]
+    pub edge_cache_max_age: Duration,
+    /// Folder of the local-disk tier of NAR bytes when the storage is S3
+    /// (default `<storage>/edge-cache`).
+    #[arg(long, env = "EDGE_CACHE_DIR")]
+    pub edge_cache_dir: Option<PathBuf>,
+    /// Size of the local-disk tier when the storage is S3 (0: off).
+    #[arg(long, env = "EDGE_CACHE_SIZE", default_value = "10G", value_parser = parse_size)]
+    pub edge_cache_size: u64,
+    /// This node's address for the other nodes of the cache
+    /// (`http://host:port`): a node waiting for a NAR this node downloads
+    /// follows the download there. Unset: downloads are not shared while
+    /// in progress.
+    #[arg(long, env = "CACHE_NODE_URL")]
+    pub cache_node_url: Option<String>,
+    /// How long "no upstream has this narinfo" is remembered (0: never);
+    /// an upload of it clears it on every node.
+    #[arg(long, env = "CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_duration)]
+    pub cache_negative_ttl: Duration,
 }
 
 /// The command line after `--config` was folded in.

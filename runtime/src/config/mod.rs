@@ -62,6 +62,8 @@ pub struct Config {
     pub secret_key_path: Option<PathBuf>,
     /// Compiled-code cache, absolute.
     pub wasm_cache_dir: PathBuf,
+    /// The local-disk tier of NAR bytes (with S3 storage and a size), absolute.
+    pub edge_cache_dir: Option<PathBuf>,
     /// LRU passes, with `--cache-max-size`.
     pub lru: Option<LruSchedule>,
     /// ncps keys of the config file that have no effect here.
@@ -197,6 +199,22 @@ impl Config {
             Some(dir) => absolute(dir)?,
             None => data_dir.join("wasm-cache"),
         };
+        if let Some(url) = args.cache_node_url.as_deref() {
+            let parsed = url::Url::parse(url).with_context(|| format!("--cache-node-url {url:?}"))?;
+            if parsed.scheme() != "http" || parsed.path() != "/" || parsed.host().is_none() {
+                bail!("--cache-node-url {url:?} must be http://host:port");
+            }
+        }
+        let edge_cache_dir = match (&storage, args.edge_cache_size, &args.edge_cache_dir) {
+            (StorageConfig::S3(_), size, Some(dir)) if size > 0 => Some(absolute(dir)?),
+            (StorageConfig::S3(_), size, None) if size > 0 => Some(data_dir.join("edge-cache")),
+            _ => None,
+        };
+        if args.edge_cache_max_age.as_secs() > u64::from(u32::MAX)
+            || args.cache_negative_ttl.as_secs() > u64::from(u32::MAX)
+        {
+            bail!("--edge-cache-max-age and --cache-negative-ttl must be shorter than 136 years");
+        }
         let timezone: chrono_tz::Tz = args
             .cache_lru_timezone
             .parse()
@@ -217,6 +235,7 @@ impl Config {
             storage,
             secret_key_path,
             wasm_cache_dir,
+            edge_cache_dir,
             lru,
             without_effect,
         })

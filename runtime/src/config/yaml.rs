@@ -82,6 +82,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("wasm.max-instances", "wasm_max_instances"),
     ("wasm.memory-limit", "wasm_memory_limit"),
     ("wasm.cache-dir", "wasm_cache_dir"),
+    ("edge-cache.memory", "edge_cache_memory"),
+    ("edge-cache.max-age", "edge_cache_max_age"),
+    ("edge-cache.dir", "edge_cache_dir"),
+    ("edge-cache.size", "edge_cache_size"),
+    ("cache.negative-ttl", "cache_negative_ttl"),
+    ("cache.node-url", "cache_node_url"),
 ];
 
 /// ncps keys (and sub-trees) of features ncps-edge does not have: an ncps

@@ -2,13 +2,15 @@
 //! until told otherwise, then either holds every byte in both directions
 //! without closing anything (a network that drops packets), or closes what
 //! is open and answers every new HTTP request with `503` (a server in
-//! trouble), until told to forward again.
+//! trouble), until told to forward again. It may also add a fixed latency.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +55,22 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    delay: Duration,
 ) {
+    // Bytes read are handed to the writer with the time they may leave, so
+    // a delay adds latency without limiting throughput.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let mut writer_mode = mode.clone();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            // Bytes that arrived during a stall are held until it ends.
+            if !flowing(&mut writer_mode).await || to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if !flowing(&mut mode).await {
@@ -66,12 +83,12 @@ async fn pump(
             },
             _ = mode.wait_for(|m| *m == Mode::Fail) => break,
         };
-        // Bytes that arrived during a stall are held until it ends.
-        if !flowing(&mut mode).await || to.write_all(&buf[..n]).await.is_err() {
+        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
             break;
         }
     }
-    let _ = to.shutdown().await;
+    drop(tx);
+    let _ = writer.await;
 }
 
 /// Answer one HTTP request with 503 and close.
@@ -96,6 +113,12 @@ async fn refuse(mut client: TcpStream) {
 impl StallProxy {
     /// Forward a free loopback port to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
+        Self::with_delay(target, Duration::ZERO).await
+    }
+
+    /// Forward a free loopback port to `target`, every byte `one_way` late
+    /// in each direction: a network `2 * one_way` of round-trip time away.
+    pub async fn with_delay(target: &str, one_way: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = watch::channel(Mode::Pass);
@@ -110,8 +133,8 @@ impl StallProxy {
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, rx.clone()));
-                tokio::spawn(pump(sr, cw, rx.clone()));
+                tokio::spawn(pump(cr, sw, rx.clone(), one_way));
+                tokio::spawn(pump(sr, cw, rx.clone(), one_way));
             }
         });
         Self { port, mode: Arc::new(tx), task }

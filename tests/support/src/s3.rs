@@ -27,6 +27,12 @@ impl S3Bucket {
         ]
     }
 
+    /// This bucket reached through a proxy in front of its server (a
+    /// [`crate::StallProxy`] made for `host_port(&self.endpoint)`).
+    pub fn through(&self, proxy: &crate::StallProxy) -> S3Bucket {
+        S3Bucket { endpoint: crate::via(&self.endpoint, &proxy.addr()), ..self.clone() }
+    }
+
     /// A client of the test server (path-style, `us-east-1`).
     pub fn client(&self) -> aws_sdk_s3::Client {
         let creds = Credentials::new(&self.access_key, &self.secret_key, None, None, "ncps-edge-tests");

@@ -2,6 +2,7 @@
 //! ([`hit`]), misses downloaded once under the download lock ([`miss`]),
 //! uploads ([`upload`]) and deletes.
 
+mod follow;
 mod hit;
 mod miss;
 pub mod upload;
@@ -26,7 +27,7 @@ const CONTENT_TYPE: &str = "application/x-nix-nar";
 pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutparam, head: bool) {
     let key = path.key();
     if let Some(size) = stat(&key) {
-        return hit::serve(req, &key, size, out, head);
+        return hit::serve(settings, req, &key, size, out, head);
     }
     if head {
         return text(out, 404, "not found\n", true);
@@ -38,11 +39,22 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
             None
         }
     };
+    // A whole-NAR request follows a download in progress on this node.
+    let whole = req.header("range").is_none();
+    if let Some(stream) = follow::find(&key).filter(|_| whole) {
+        return follow::serve(&key, record.as_ref(), stream, out);
+    }
     // Wait for a download in progress elsewhere rather than answering 5xx;
-    // a download may hold the lock for up to its TTL.
+    // a download may hold the lock for up to its TTL. Meanwhile, a download
+    // that starts on this node is followed.
     let patience = Duration::from_millis(settings.download_lock_ttl_ms) + Duration::from_secs(5);
-    match download_lock::acquire_or_wait("nar", &path.hash, settings, patience, || stat(&key)) {
-        Wait::Done(size) => hit::serve(req, &key, size, out, head),
+    let ready = || match stat(&key) {
+        Some(size) => Some(Ready::Stored(size)),
+        None => follow::find(&key).filter(|_| whole).map(Ready::Following),
+    };
+    match download_lock::acquire_or_wait("nar", &path.hash, settings, patience, ready) {
+        Wait::Done(Ready::Stored(size)) => hit::serve(settings, req, &key, size, out, head),
+        Wait::Done(Ready::Following(stream)) => follow::serve(&key, record.as_ref(), stream, out),
         Wait::Acquired(lease) => miss::download(settings, path, record, Some(lease), out),
         Wait::GaveUp => {
             logging::warn("download lock still held after its TTL; downloading without it", &[("hash", &path.hash)]);
@@ -52,6 +64,14 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
         // rather than download without the lock.
         Wait::Unavailable => text(out, 503, "lock service unavailable\n", false),
     }
+}
+
+/// What a client waiting for a NAR can have.
+enum Ready {
+    /// It is stored, this size.
+    Stored(u64),
+    /// This node is downloading it.
+    Following(crate::bindings::wasi::io::streams::InputStream),
 }
 
 /// `DELETE /nar/<hash>.nar<ext>` (with `--cache-allow-delete-verb`).

@@ -1,0 +1,260 @@
+//! Purges from one node to all: over the lock service's own channel, so a
+//! cache needs no other service. One module per backend: [`redis`]
+//! (pub/sub on every master), [`postgres`] (`LISTEN`/`NOTIFY`), [`mysql`]
+//! (a table every node polls).
+//!
+//! **Staleness bound.** A node proves to itself that it hears its channel:
+//! on Redis and PostgreSQL by hearing its own heartbeat, published every
+//! [`HEARTBEAT`]; on MySQL by each successful poll (every
+//! [`mysql::POLL_INTERVAL`]). A node that has had no proof for
+//! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
+//! handler) until it has proof again, and then starts with an empty tier,
+//! since it may have missed purges meanwhile. So after a purge on one node
+//! returns, every other node stops serving what it purged within the
+//! channel's delivery time when it hears the channel, and within
+//! [`HEARD_WITHIN`] when it does not: the worst case is `HEARD_WITHIN`
+//! (3 s). The `max-age` the guest gives each answer bounds the rest (a
+//! message lost by a channel that still delivers heartbeats).
+
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::EdgeCache;
+use crate::Result;
+
+/// How often a node publishes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Without proof of hearing its channel for this long, a node stops
+/// answering from its tier.
+pub const HEARD_WITHIN: Duration = Duration::from_secs(3);
+/// Pause before a failed listener connects again.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// Milliseconds since this process first asked.
+fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Whether a node hears its channel.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Off on a single node (nothing to hear).
+    needs_proof: AtomicBool,
+    /// [`now_ms`] + 1 of the last proof; 0: none yet.
+    last_proof: AtomicU64,
+}
+
+impl Health {
+    pub(super) fn expect_heartbeats(&self) {
+        self.needs_proof.store(true, Ordering::Release);
+    }
+
+    /// Whether the channel was heard within [`HEARD_WITHIN`].
+    pub fn is_heard(&self) -> bool {
+        if !self.needs_proof.load(Ordering::Acquire) {
+            return true;
+        }
+        let last = self.last_proof.load(Ordering::Acquire);
+        last != 0 && now_ms() + 1 - last <= HEARD_WITHIN.as_millis() as u64
+    }
+
+    /// Note a proof; `true` when the channel had not been heard before it.
+    fn proof(&self) -> bool {
+        let was_heard = self.is_heard();
+        self.last_proof.store(now_ms() + 1, Ordering::Release);
+        !was_heard
+    }
+}
+
+/// Sends messages to every node listening on a channel.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync {
+    /// Send `message` to every node, this one included.
+    async fn publish(&self, message: &str) -> Result<()>;
+    /// Largest message the channel carries, bytes.
+    fn max_message(&self) -> usize;
+}
+
+/// What a listener hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A message.
+    Message(String),
+    /// Proof that the channel works (a successful poll).
+    Alive,
+}
+
+/// A backend's channel.
+#[async_trait::async_trait]
+pub trait Channel: Publisher {
+    /// Independent connections to listen on (one per Redis master).
+    fn listeners(&self) -> usize {
+        1
+    }
+    /// Whether listening proves itself ([`Heard::Alive`]), so no heartbeat
+    /// is published.
+    fn polled(&self) -> bool {
+        false
+    }
+    /// Listen on connection `index`, handing what is heard to `heard`,
+    /// until the connection fails.
+    async fn listen(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()>;
+}
+
+const PURGE: &str = "purge\n";
+const HEARTBEAT_PREFIX: &str = "heartbeat\n";
+/// `download\n<key>\n<url>`: a download to follow; `download\n<key>`: it ended.
+const DOWNLOAD: &str = "download\n";
+
+/// Announce that `key` is downloaded here, to follow at `url` (`None`: done).
+pub async fn publish_download(publisher: &dyn Publisher, key: &str, url: Option<&str>) -> Result<()> {
+    let message = match url {
+        Some(url) => format!("{DOWNLOAD}{key}\n{url}"),
+        None => format!("{DOWNLOAD}{key}"),
+    };
+    publisher.publish(&message).await
+}
+
+/// Announce a purge of `paths`, in as many messages as the channel needs.
+pub async fn publish_purge(publisher: &dyn Publisher, paths: &[String]) -> Result<()> {
+    let max = publisher.max_message().max(PURGE.len() + 256);
+    let mut message = String::from(PURGE);
+    for path in paths {
+        if message.len() > PURGE.len() && message.len() + path.len() + 1 > max {
+            publisher.publish(&message).await?;
+            message.truncate(PURGE.len());
+        }
+        if message.len() > PURGE.len() {
+            message.push('\n');
+        }
+        message.push_str(path);
+    }
+    publisher.publish(&message).await
+}
+
+/// Listen on `channel` and announce this node's heartbeat, for `edge`
+/// (which publishes its purges there: [`EdgeCache::connect`]), until the
+/// returned tasks are aborted.
+pub fn spawn(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>) -> Vec<tokio::task::JoinHandle<()>> {
+    let node = format!("{:016x}", rand::random::<u64>());
+    let mut tasks: Vec<_> = (0..channel.listeners())
+        .map(|i| tokio::spawn(listen(edge.clone(), channel.clone(), i, node.clone())))
+        .collect();
+    if !channel.polled() {
+        let beat = format!("{HEARTBEAT_PREFIX}{node}");
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                if let Err(e) = channel.publish(&beat).await {
+                    tracing::debug!(error = %e, "edge-cache heartbeat not published");
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// One listener, reconnected whenever it fails or hears nothing for twice
+/// [`HEARD_WITHIN`] (a connection that died without closing).
+async fn listen(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>, index: usize, node: String) {
+    let own_heartbeat = format!("{HEARTBEAT_PREFIX}{node}");
+    loop {
+        let last = Arc::new(AtomicU64::new(now_ms()));
+        let heard = {
+            let (edge, last, own_heartbeat) = (edge.clone(), last.clone(), own_heartbeat.clone());
+            move |h: Heard| {
+                last.store(now_ms(), Ordering::Release);
+                match h {
+                    Heard::Alive => proof(&edge),
+                    Heard::Message(m) if m == own_heartbeat => proof(&edge),
+                    Heard::Message(m) => {
+                        if let Some(paths) = m.strip_prefix(PURGE) {
+                            let paths: Vec<String> = paths.split('\n').map(str::to_owned).collect();
+                            edge.purge_here(&paths);
+                        } else if let Some(download) = m.strip_prefix(DOWNLOAD) {
+                            let (key, url) = match download.split_once('\n') {
+                                Some((key, url)) => (key, Some(url)),
+                                None => (download, None),
+                            };
+                            edge.heard_download(key, url);
+                        }
+                    }
+                }
+            }
+        };
+        let watchdog = async {
+            let mut tick = tokio::time::interval(HEARD_WITHIN / 4);
+            loop {
+                tick.tick().await;
+                if now_ms().saturating_sub(last.load(Ordering::Acquire)) > 2 * HEARD_WITHIN.as_millis() as u64 {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            result = channel.listen(index, &heard) => match result {
+                Ok(()) => tracing::warn!(index, "edge-cache channel closed; listening again"),
+                Err(e) => tracing::warn!(index, error = %e, "edge-cache channel failed; listening again"),
+            },
+            () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+fn proof(edge: &EdgeCache) {
+    if edge.health().proof() {
+        // Purges may have been missed while the channel was not heard.
+        edge.clear_here();
+        tracing::info!("edge-cache channel heard; the tier starts empty");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Recorder(Mutex<Vec<String>>, usize);
+
+    #[async_trait::async_trait]
+    impl Publisher for Recorder {
+        async fn publish(&self, message: &str) -> Result<()> {
+            self.0.lock().unwrap().push(message.to_owned());
+            Ok(())
+        }
+        fn max_message(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn purges_are_split_to_the_channel_limit() {
+        let recorder = Recorder(Mutex::new(Vec::new()), 300);
+        let paths: Vec<String> = (0..20).map(|i| format!("/{i:032}.narinfo")).collect();
+        publish_purge(&recorder, &paths).await.unwrap();
+        let sent = recorder.0.lock().unwrap().clone();
+        assert!(sent.len() > 1 && sent.iter().all(|m| m.len() <= 300 && m.starts_with(PURGE)), "{sent:?}");
+        let all: Vec<String> =
+            sent.iter().flat_map(|m| m[PURGE.len()..].split('\n').map(str::to_owned).collect::<Vec<_>>()).collect();
+        assert_eq!(all, paths);
+    }
+
+    #[test]
+    fn a_node_without_proof_is_not_heard() {
+        let health = Health::default();
+        assert!(health.is_heard(), "a single node hears itself");
+        health.expect_heartbeats();
+        assert!(!health.is_heard(), "heard before any proof");
+        assert!(health.proof(), "the first proof is a recovery");
+        assert!(health.is_heard());
+        assert!(!health.proof());
+    }
+}

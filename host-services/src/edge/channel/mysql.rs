@@ -1,0 +1,126 @@
+//! Purges over MySQL: MySQL has no notifications, so purges are rows of a
+//! table that every node polls; each successful poll proves the channel.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::Mutex;
+
+use super::{Channel, Heard, Publisher};
+use crate::{Error, Result};
+
+/// How often a node polls for purges.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How long purge rows are kept.
+const KEEP_ROWS: &str = "INTERVAL 10 MINUTE";
+/// How often a publisher deletes old rows.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Ids are given at insert but rows become visible at commit, possibly out
+/// of order: each poll reads again this many ids below the highest seen.
+const REORDER_WINDOW: u64 = 256;
+/// Time one publish or poll may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS ncps_edge_purges (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    message MEDIUMTEXT NOT NULL,
+    created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    KEY ncps_edge_purges_created (created_at)
+)";
+
+/// The table `ncps_edge_purges` of the metadata database.
+pub struct MySqlChannel {
+    pool: mysql_async::Pool,
+    last_prune: Mutex<Instant>,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::unavailable("mysql", e.to_string())
+}
+
+async fn within<T>(call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| failed("edge-cache call timed out"))?
+}
+
+impl MySqlChannel {
+    /// The channel on the database at `url` (its table is made if missing).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = mysql_async::Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql url: {e}")))?;
+        let pool = mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts));
+        within(async {
+            let mut conn = pool.get_conn().await.map_err(failed)?;
+            conn.query_drop(TABLE).await.map_err(failed)
+        })
+        .await?;
+        Ok(Self { pool, last_prune: Mutex::new(Instant::now()) })
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for MySqlChannel {
+    async fn publish(&self, message: &str) -> Result<()> {
+        within(async {
+            let mut conn = self.pool.get_conn().await.map_err(failed)?;
+            conn.exec_drop("INSERT INTO ncps_edge_purges (message) VALUES (?)", (message,)).await.map_err(failed)?;
+            let mut last = self.last_prune.lock().await;
+            if last.elapsed() > PRUNE_EVERY {
+                *last = Instant::now();
+                let prune = format!("DELETE FROM ncps_edge_purges WHERE created_at < NOW(3) - {KEEP_ROWS}");
+                conn.query_drop(prune).await.map_err(failed)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn max_message(&self) -> usize {
+        1 << 20
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for MySqlChannel {
+    fn polled(&self) -> bool {
+        true
+    }
+
+    async fn listen(&self, _index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
+        let mut conn = within(async { self.pool.get_conn().await.map_err(failed) }).await?;
+        let start: Option<u64> = within(async {
+            conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
+        })
+        .await?;
+        let mut highest = start.unwrap_or(0);
+        let mut seen = BTreeSet::new();
+        heard(Heard::Alive);
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let from = highest.saturating_sub(REORDER_WINDOW);
+            let ids: Vec<u64> = within(async {
+                conn.exec("SELECT id FROM ncps_edge_purges WHERE id > ? ORDER BY id", (from,)).await.map_err(failed)
+            })
+            .await?;
+            let new: Vec<u64> = ids.into_iter().filter(|id| *id > start.unwrap_or(0) && !seen.contains(id)).collect();
+            if let (Some(first), Some(last)) = (new.first(), new.last()) {
+                let rows: Vec<(u64, String)> = within(async {
+                    conn.exec(
+                        "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
+                        (first, last),
+                    )
+                    .await
+                    .map_err(failed)
+                })
+                .await?;
+                for (id, message) in rows {
+                    if seen.insert(id) {
+                        heard(Heard::Message(message));
+                    }
+                    highest = highest.max(id);
+                }
+            }
+            seen = seen.split_off(&highest.saturating_sub(REORDER_WINDOW));
+            heard(Heard::Alive);
+        }
+    }
+}

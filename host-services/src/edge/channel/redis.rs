@@ -1,0 +1,87 @@
+//! Purges over Redis pub/sub: published to every master, heard from each
+//! (a purge arrives as long as one master works).
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use super::{Channel, Heard, Publisher};
+use crate::locks::redis::RedisOptions;
+use crate::{Error, Result};
+
+/// Time one publish may take on one master.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The pub/sub channel `<--cache-lock-redis-key-prefix>edge-cache` on every master.
+pub struct RedisChannel {
+    name: String,
+    masters: Vec<(String, redis::Client, OnceCell<ConnectionManager>)>,
+}
+
+impl RedisChannel {
+    /// The channel of the masters in `opts`, under `prefix`.
+    pub fn new(opts: &RedisOptions, prefix: &str) -> Result<Self> {
+        let masters = opts
+            .addrs
+            .iter()
+            .map(|addr| Ok((addr.clone(), opts.client(addr)?, OnceCell::new())))
+            .collect::<Result<_>>()?;
+        Ok(Self { name: format!("{prefix}edge-cache"), masters })
+    }
+}
+
+async fn publish_one(
+    client: &redis::Client,
+    conn: &OnceCell<ConnectionManager>,
+    name: &str,
+    message: &str,
+) -> std::result::Result<(), String> {
+    let conn = conn.get_or_try_init(|| ConnectionManager::new(client.clone())).await.map_err(|e| e.to_string())?;
+    let mut conn = conn.clone();
+    redis::cmd("PUBLISH").arg(name).arg(message).query_async::<i64>(&mut conn).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Publisher for RedisChannel {
+    async fn publish(&self, message: &str) -> Result<()> {
+        let sends = self.masters.iter().map(|(addr, client, conn)| async move {
+            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publish_one(client, conn, &self.name, message)).await;
+            sent.map_err(|_| "timeout".to_string()).and_then(|r| r).map_err(|e| format!("{addr}: {e}"))
+        });
+        let results = futures_util::future::join_all(sends).await;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+        Err(Error::unavailable("redis", format!("publishing a purge failed on every master: {}", errors.join("; "))))
+    }
+
+    fn max_message(&self) -> usize {
+        64 << 10
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for RedisChannel {
+    fn listeners(&self) -> usize {
+        self.masters.len()
+    }
+
+    async fn listen(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
+        let (addr, client, _) = &self.masters[index];
+        let failed = |e: redis::RedisError| Error::unavailable("redis", format!("{addr}: {e}"));
+        let mut pubsub = client.get_async_pubsub().await.map_err(failed)?;
+        pubsub.subscribe(&self.name).await.map_err(failed)?;
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            match msg.get_payload::<String>() {
+                Ok(text) => heard(Heard::Message(text)),
+                Err(e) => tracing::warn!(error = %e, "unreadable edge-cache message"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! `ncps:edge/edge-cache` on an [`EdgeCache`].
+
+use wasmtime::component::{HasData, Linker};
+
+use super::EdgeCache;
+use crate::bindings::edge_cache;
+use crate::NcpsEdgeView;
+
+struct EdgeView<'a>(&'a EdgeCache);
+
+struct HasEdge;
+
+impl HasData for HasEdge {
+    type Data<'a> = EdgeView<'a>;
+}
+
+impl edge_cache::Host for EdgeView<'_> {
+    async fn purge(&mut self, paths: Vec<String>) -> wasmtime::Result<()> {
+        self.0.purge(paths).await;
+        Ok(())
+    }
+
+    async fn mark_absent(&mut self, hash: String) -> wasmtime::Result<()> {
+        self.0.mark_absent(&hash);
+        Ok(())
+    }
+
+    async fn absent_for(&mut self, hash: String) -> wasmtime::Result<u32> {
+        Ok(self.0.absent_for(&hash).map_or(0, |left| left.as_secs_f64().ceil() as u32))
+    }
+}
+
+pub(crate) fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    edge_cache::add_to_linker::<T, HasEdge>(linker, |t| EdgeView(&t.ncps_edge().services.edge))
+}

@@ -1,0 +1,423 @@
+//! Following a download in progress: while an instance writes an object
+//! (a NAR coming from upstream), other instances on this node may read it
+//! as it arrives instead of waiting in silence for the end. Every writer's
+//! bytes also go to a spool file; a follower reads the spool up to what is
+//! safe to hand out. The last write is held back until the object is
+//! committed (its writer checked it), so a follower never receives a
+//! complete-looking object that was then refused; an abort ends every
+//! follower's stream with an error.
+//!
+//! Across nodes: a node with an address for its peers (`--cache-node-url`)
+//! announces each download on the edge channel; a waiting node follows it
+//! over the downloading node's internal route ([`FOLLOW_ROUTE`]), which
+//! answers with the same stream, for the cache's nodes only
+//! ([`Peers::token`]).
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::sync::watch;
+
+use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
+use crate::Result;
+
+/// Bytes a follower reads from the spool at a time.
+const FOLLOW_CHUNK: usize = 256 * 1024;
+
+/// The internal route on which a node serves its downloads in progress to
+/// its peers: `<FOLLOW_ROUTE><storage key>`.
+pub const FOLLOW_ROUTE: &str = "/_ncps-edge/follow/";
+
+/// How a node reaches its peers' downloads and lets them reach its own.
+pub struct Peers {
+    /// The edge channel, where downloads are announced.
+    pub edge: Arc<crate::edge::EdgeCache>,
+    /// This node's address for its peers (`http://host:port`).
+    pub url: String,
+    /// What a peer presents on [`FOLLOW_ROUTE`] (the same on every node of a cache).
+    pub token: String,
+    /// Deadline of connecting to a peer and of its answer's head.
+    pub timeout: std::time::Duration,
+}
+
+impl Peers {
+    /// The token of a cache whose signing key is `secret_key`: nodes that
+    /// sign alike follow each other.
+    pub fn token_for(secret_key: &str) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("ncps-edge follow\n{secret_key}"));
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// How far a download is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// This many bytes may be handed out.
+    Safe(u64),
+    /// Committed with this many bytes.
+    Done(u64),
+    /// Aborted: followers fail.
+    Failed,
+}
+
+/// One object being written.
+struct Spool {
+    path: PathBuf,
+    progress: watch::Sender<Progress>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The objects being written on this node, by key.
+type Downloads = Mutex<HashMap<String, Arc<Spool>>>;
+
+/// A store whose writes can be followed.
+pub struct Followed {
+    inner: Arc<dyn BlobStore>,
+    dir: PathBuf,
+    downloads: Arc<Downloads>,
+    /// Held while this process spools in `dir`.
+    _lock: std::fs::File,
+    peers: Option<Arc<Peers>>,
+}
+
+impl Followed {
+    /// `inner`, its writes spooled in a folder of this process under
+    /// `parent` (nodes sharing a data folder each have their own). Folders
+    /// of processes that are gone are removed.
+    pub fn new(inner: Arc<dyn BlobStore>, parent: &Path) -> Result<Self> {
+        std::fs::create_dir_all(parent)?;
+        for entry in std::fs::read_dir(parent)?.flatten() {
+            let stale = std::fs::File::open(entry.path().join("lock")).map_or(true, |f| f.try_lock().is_ok());
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(format!("{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        let lock = std::fs::File::create(dir.join("lock"))?;
+        lock.lock()?;
+        Ok(Self { inner, dir, downloads: Arc::default(), _lock: lock, peers: None })
+    }
+
+    /// Announce downloads to `peers` and follow theirs.
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = Some(Arc::new(peers));
+        self
+    }
+
+    /// The download of `key` in progress on this node (what
+    /// [`FOLLOW_ROUTE`] serves).
+    pub fn follow_here(&self, key: &StorageKey) -> Option<Body> {
+        let spool = self.downloads.lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).cloned()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(follow_spool(spool, tx));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Some(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+
+    /// Whether `token` is what peers present.
+    pub fn is_peer(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.peers.as_ref().is_some_and(|p| bool::from(p.token.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// Follow `key` at the peer at `url`.
+    async fn follow_peer(&self, peers: &Peers, url: &str, key: &StorageKey) -> Option<Body> {
+        use futures_util::TryStreamExt as _;
+        use http_body_util::BodyExt as _;
+        let uri: hyper::Uri = format!("{url}{FOLLOW_ROUTE}{}", key.as_str()).parse().ok()?;
+        let req = hyper::Request::get(uri)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", peers.token))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .ok()?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let resp = match tokio::time::timeout(peers.timeout, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status() == hyper::StatusCode::OK => resp,
+            Ok(Ok(resp)) => {
+                tracing::debug!(key = key.as_str(), peer = url, status = %resp.status(), "peer has no download to follow");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(key = key.as_str(), peer = url, error = %e, "cannot follow a peer's download");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(key = key.as_str(), peer = url, "peer did not answer in time");
+                return None;
+            }
+        };
+        let stream = resp.into_body().into_data_stream().map_err(std::io::Error::other);
+        tracing::info!(key = key.as_str(), peer = url, "following a peer's download");
+        Some(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+}
+
+/// A writer whose bytes are spooled for followers.
+struct FollowedWriter {
+    inner: Box<dyn BlobWriter>,
+    peers: Option<Arc<Peers>>,
+    key: String,
+    spool: Arc<Spool>,
+    file: tokio::fs::File,
+    /// Bytes written; all but the last write are safe for followers.
+    written: u64,
+    downloads: Arc<Downloads>,
+    ended: bool,
+}
+
+impl FollowedWriter {
+    fn end(&mut self, progress: Progress) {
+        self.ended = true;
+        self.spool.progress.send_replace(progress);
+        let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if downloads.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &self.spool)) {
+            downloads.remove(&self.key);
+        }
+        if let Some(peers) = self.peers.clone() {
+            let key = self.key.clone();
+            tokio::spawn(async move { peers.edge.announce_download(&key, None).await });
+        }
+    }
+}
+
+impl Drop for FollowedWriter {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(Progress::Failed);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobWriter for FollowedWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.inner.write(data).await?;
+        // A spool that cannot be written fails its followers, not the download.
+        if self.file.write_all(data).await.and(self.file.flush().await).is_err() {
+            self.spool.progress.send_replace(Progress::Failed);
+        } else if self.spool.progress.borrow().ne(&Progress::Failed) {
+            self.spool.progress.send_replace(Progress::Safe(self.written));
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<bool> {
+        let inner = std::mem::replace(&mut self.inner, Box::new(Gone));
+        let result = inner.commit().await;
+        let failed = *self.spool.progress.borrow() == Progress::Failed;
+        // Published now or by somebody else before: the same bytes (named by their hash).
+        self.end(if result.is_ok() && !failed { Progress::Done(self.written) } else { Progress::Failed });
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        let inner = std::mem::replace(&mut self.inner, Box::new(Gone));
+        inner.abort().await;
+        self.end(Progress::Failed);
+    }
+}
+
+/// The writer left behind once the real one was committed or aborted.
+struct Gone;
+
+#[async_trait::async_trait]
+impl BlobWriter for Gone {
+    async fn write(&mut self, _data: &[u8]) -> Result<()> {
+        Err(crate::Error::internal("storage", "writer already finished"))
+    }
+    fn written(&self) -> u64 {
+        0
+    }
+    async fn commit(self: Box<Self>) -> Result<bool> {
+        Err(crate::Error::internal("storage", "writer already finished"))
+    }
+    async fn abort(self: Box<Self>) {}
+}
+
+/// Read `spool` as it grows, into `tx`, until it is done or failed.
+async fn follow_spool(spool: Arc<Spool>, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    let failed = || std::io::Error::other("the download being followed was abandoned");
+    let Ok(mut file) = tokio::fs::File::open(&spool.path).await else {
+        let _ = tx.send(Err(failed())).await;
+        return;
+    };
+    let mut progress = spool.progress.subscribe();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; FOLLOW_CHUNK];
+    loop {
+        let now = *progress.borrow_and_update();
+        let (limit, done) = match now {
+            Progress::Safe(n) => (n, false),
+            Progress::Done(n) => (n, true),
+            Progress::Failed => {
+                let _ = tx.send(Err(failed())).await;
+                return;
+            }
+        };
+        while pos < limit {
+            let want = ((limit - pos) as usize).min(buf.len());
+            let read = match file.seek(SeekFrom::Start(pos)).await {
+                Ok(_) => file.read(&mut buf[..want]).await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Err(failed())).await;
+                    return;
+                }
+                Ok(n) => {
+                    pos += n as u64;
+                    if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if done {
+            return;
+        }
+        if progress.changed().await.is_err() {
+            let _ = tx.send(Err(failed())).await;
+            return;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Followed {
+    async fn stat(&self, key: &StorageKey) -> Result<Option<u64>> {
+        self.inner.stat(key).await
+    }
+
+    async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>> {
+        self.inner.read(key, range).await
+    }
+
+    async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
+        let inner = self.inner.create(key).await?;
+        let path = self.dir.join(format!("{:016x}", rand::random::<u64>()));
+        let file = tokio::fs::File::create(&path).await?;
+        let (progress, _) = watch::channel(Progress::Safe(0));
+        let spool = Arc::new(Spool { path, progress });
+        self.downloads.lock().unwrap_or_else(|p| p.into_inner()).insert(key.as_str().to_owned(), spool.clone());
+        if let Some(peers) = &self.peers {
+            peers.edge.announce_download(key.as_str(), Some(&peers.url)).await;
+        }
+        Ok(Box::new(FollowedWriter {
+            inner,
+            peers: self.peers.clone(),
+            key: key.as_str().to_owned(),
+            spool,
+            file,
+            written: 0,
+            downloads: self.downloads.clone(),
+            ended: false,
+        }))
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>> {
+        self.inner.list(after, limit).await
+    }
+
+    async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32> {
+        self.inner.sweep_incomplete(older_than).await
+    }
+
+    async fn follow(&self, key: &StorageKey) -> Result<Option<Body>> {
+        if let Some(body) = self.follow_here(key) {
+            return Ok(Some(body));
+        }
+        let Some(peers) = &self.peers else { return Ok(None) };
+        match peers.edge.download_elsewhere(key.as_str()).filter(|url| *url != peers.url) {
+            Some(url) => Ok(self.follow_peer(peers, &url, key).await),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+
+    async fn store() -> (tempfile::TempDir, Followed) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn BlobStore> = Arc::new(LocalStore::open(&dir.path().join("data")).await.unwrap());
+        let followed = Followed::new(inner, &dir.path().join("spool")).unwrap();
+        (dir, followed)
+    }
+
+    async fn read_some(body: &mut Body, n: usize) -> Vec<u8> {
+        let mut out = vec![0; n];
+        body.read_exact(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn followers_get_bytes_as_they_come_and_the_last_only_after_commit() {
+        let (_dir, store) = store().await;
+        let key = StorageKey::parse("nar/x.nar").unwrap();
+        assert!(store.follow(&key).await.unwrap().is_none());
+        let mut w = store.create(&key).await.unwrap();
+        w.write(b"hello ").await.unwrap();
+        let mut early = store.follow(&key).await.unwrap().expect("a download to follow");
+        w.write(b"world").await.unwrap();
+        // "hello " is safe; "world" is held back until commit.
+        assert_eq!(read_some(&mut early, 6).await, b"hello ");
+        let mut one = [0u8; 1];
+        let held = tokio::time::timeout(std::time::Duration::from_millis(100), early.read(&mut one)).await;
+        assert!(held.is_err(), "the last write was handed out before commit");
+        let mut late = store.follow(&key).await.unwrap().unwrap();
+        assert!(w.commit().await.unwrap());
+        let mut rest = Vec::new();
+        early.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"world");
+        let mut all = Vec::new();
+        late.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
+        assert!(store.follow(&key).await.unwrap().is_none(), "a finished download is still followed");
+    }
+
+    #[tokio::test]
+    async fn an_abort_fails_every_follower() {
+        let (dir, store) = store().await;
+        let key = StorageKey::parse("nar/y.nar").unwrap();
+        let mut w = store.create(&key).await.unwrap();
+        w.write(&[1; 1000]).await.unwrap();
+        let mut follower = store.follow(&key).await.unwrap().unwrap();
+        w.write(&[2; 10]).await.unwrap();
+        w.abort().await;
+        let mut got = Vec::new();
+        assert!(follower.read_to_end(&mut got).await.is_err(), "an abandoned download ended cleanly");
+        assert!(got.len() <= 1000);
+        // Dropping a writer is an abort too; no spool is left behind.
+        let w = store.create(&key).await.unwrap();
+        drop(w);
+        assert!(store.follow(&key).await.unwrap().is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let spools: Vec<_> =
+            std::fs::read_dir(&store.dir).unwrap().flatten().filter(|e| e.file_name() != "lock").collect();
+        assert!(spools.is_empty(), "spools left behind: {spools:?}");
+        drop(dir);
+    }
+}
