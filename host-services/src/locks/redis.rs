@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{Lease, LockBackend, Mode};
@@ -153,7 +153,16 @@ impl Masters {
         let results = futures_util::future::join_all(calls).await;
         let ok = results.iter().filter(|r| matches!(r, Ok(Ok(n)) if *n > 0)).count();
         let errors = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
-        let timeouts = results.iter().filter(|r| r.is_err()).count();
+        // Late answers: past our deadline, or past the client's own
+        // response timeout (500 ms by default).
+        let timeouts = results
+            .iter()
+            .filter(|r| match r {
+                Err(_) => true,
+                Ok(Err(e)) => e.is_timeout(),
+                Ok(Ok(_)) => false,
+            })
+            .count();
         (ok, errors, timeouts)
     }
 }
@@ -178,7 +187,7 @@ fn mode_arg(mode: Mode) -> &'static str {
 
 /// Time one master call may take.
 fn call_timeout(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
+    (ttl / 5).clamp(Duration::from_millis(50), Duration::from_secs(2))
 }
 
 /// Clock drift allowance of the Redlock validity computation.
@@ -195,7 +204,10 @@ impl RedisLocks {
         let mut conns = Vec::new();
         for addr in &opts.addrs {
             let client = opts.client(addr)?;
-            let conn = ConnectionManager::new(client)
+            // Each call is bounded by `call_timeout`, not by the client's
+            // own response timeout (500 ms, whatever the lease).
+            let config = ConnectionManagerConfig::new().set_response_timeout(None);
+            let conn = ConnectionManager::new_with_config(client, config)
                 .await
                 .map_err(|e| Error::unavailable("redis", format!("{addr}: {e}")))?;
             conns.push(conn);
