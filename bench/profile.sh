@@ -31,7 +31,9 @@ wait $WRK
 awk '/^Requests\/sec/ {print "requests/s during the profile: " $2}' $T/wrk.txt
 # Share of all samples (children included) of each stage's entry points.
 perf report -i $T/perf.data --children --sort sym -g none --stdio 2>/dev/null > $T/report.txt
-cp $T/report.txt ${PROFILE_REPORT:-/dev/null}; [ -n "${PROFILE_DATA:-}" ] && cp $T/perf.data $PROFILE_DATA
+# PROFILE_REPORT / PROFILE_DATA: where to keep the report / perf.data.
+[ -z "${PROFILE_REPORT:-}" ] || cp $T/report.txt "$PROFILE_REPORT"
+[ -z "${PROFILE_DATA:-}" ] || cp $T/perf.data "$PROFILE_DATA"
 share() { grep -F "$2" $T/report.txt | head -1 | awk -v what="$1" '{printf "| %s | %s |\n", what, $1}'; }
 echo "| stage (perf, children included) | share of samples |"
 echo "| --- | --- |"

@@ -52,13 +52,16 @@ pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(opts.max_instances)
-        .total_memories(opts.max_instances)
+    // Slots of finished instances wait in the decommit batch before they
+    // can be reused: the pool holds that many more than may run at once.
+    let slots = opts.max_instances + DECOMMIT_BATCH as u32;
+    pool.total_component_instances(slots)
+        .total_memories(slots)
         // A component instance has a table in its module and in each of
         // its adapter shims.
-        .total_tables(opts.max_instances * 4)
-        .total_stacks(opts.max_instances)
-        .total_core_instances(opts.max_instances * 4)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .total_core_instances(slots * 4)
         .max_memory_size(opts.memory_limit)
         // Memory an instance touched is reset with memset up to these sizes
         // instead of being returned with madvise: each madvise flushes the
