@@ -15,50 +15,12 @@ use redis::Script;
 use super::{Lease, LockBackend, Mode};
 use crate::{Error, Result};
 
-const NOW_MS: &str =
-    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
-
-fn acquire_script() -> Script {
-    Script::new(&format!(
-        "{NOW_MS}
-        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-        local ttl = tonumber(ARGV[2])
-        if ARGV[3] == 'x' then
-          if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
-          redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-        else
-          redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-          redis.call('PEXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
-        end
-        return 1"
-    ))
-}
-
-fn release_script() -> Script {
-    Script::new(
-        "if ARGV[3] == 'x' then
-          if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-          return 0
-        end
-        return redis.call('ZREM', KEYS[2], ARGV[1])",
-    )
-}
-
-fn extend_script() -> Script {
-    Script::new(&format!(
-        "{NOW_MS}
-        if ARGV[3] == 'x' then
-          if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-          return 0
-        end
-        local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-        if (not s) or tonumber(s) <= now then return 0 end
-        redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-        redis.call('PEXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
-        return 1"
-    ))
-}
+/// The Lua scripts of the lock protocol, shared with the Spin adapter.
+pub const ACQUIRE_SCRIPT: &str = include_str!("redis_scripts/acquire.lua");
+/// See [`ACQUIRE_SCRIPT`].
+pub const RELEASE_SCRIPT: &str = include_str!("redis_scripts/release.lua");
+/// See [`ACQUIRE_SCRIPT`].
+pub const EXTEND_SCRIPT: &str = include_str!("redis_scripts/extend.lua");
 
 /// Connection settings of `--cache-redis-*`.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +135,9 @@ pub struct RedisLocks {
     masters: Arc<Masters>,
 }
 
-fn keys_for(key: &str) -> [String; 2] {
+/// The Redis keys of lock `key` (prefix included): the exclusive entry and
+/// the readers' set.
+pub fn keys_for(key: &str) -> [String; 2] {
     // One hash tag, so both keys live in one Redis Cluster slot.
     [format!("{{{key}}}"), format!("{{{key}}}:readers")]
 }
@@ -212,7 +176,11 @@ impl RedisLocks {
                 .map_err(|e| Error::unavailable("redis", format!("{addr}: {e}")))?;
             conns.push(conn);
         }
-        let scripts = Scripts { acquire: acquire_script(), release: release_script(), extend: extend_script() };
+        let scripts = Scripts {
+            acquire: Script::new(ACQUIRE_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+            extend: Script::new(EXTEND_SCRIPT),
+        };
         Ok(Self { masters: Arc::new(Masters { conns, scripts }) })
     }
 }

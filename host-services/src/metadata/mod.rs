@@ -5,7 +5,9 @@
 pub mod access;
 pub mod guarded;
 pub mod mysql;
+pub mod mysql_sql;
 pub mod postgres;
+pub mod postgres_sql;
 pub mod sqlite;
 pub mod wit;
 

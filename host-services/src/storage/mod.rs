@@ -3,6 +3,7 @@
 pub mod disk_tier;
 pub mod follow;
 pub mod guarded;
+pub mod layout;
 pub mod local;
 pub mod s3;
 pub mod wit;
@@ -18,19 +19,10 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageKey(String);
 
-/// Longest storage key accepted.
-const MAX_KEY_LEN: usize = 512;
-
 impl StorageKey {
     /// Validate `key`.
     pub fn parse(key: &str) -> Result<Self> {
-        let ok_segment = |s: &str| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        };
-        if key.len() > MAX_KEY_LEN || !key.split('/').all(ok_segment) {
+        if !layout::is_valid_key(key) {
             return Err(Error::invalid(format!("bad storage key {key:?}")));
         }
         Ok(Self(key.to_owned()))
@@ -40,15 +32,9 @@ impl StorageKey {
         &self.0
     }
 
-    /// Where the object lives under a store root, in ncps's layout:
-    /// `store/nar/<h0>/<h0h1>/<file>` for NARs, `store/<key>` otherwise.
+    /// Where the object lives under a store root ([`layout::object_path`]).
     pub fn layout(&self) -> String {
-        match self.0.strip_prefix("nar/") {
-            Some(file) if !file.contains('/') && file.len() >= 2 => {
-                format!("store/nar/{}/{}/{file}", &file[..1], &file[..2])
-            }
-            _ => format!("store/{}", self.0),
-        }
+        layout::object_path(&self.0)
     }
 }
 

@@ -16,6 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
+use super::layout::{nar_key_of, upload_marker, NAR_PREFIX, UPLOADS_PREFIX};
 use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
 use crate::{Error, Result};
 
@@ -162,10 +163,7 @@ impl BlobStore for S3Store {
         Ok(out
             .contents()
             .iter()
-            .filter_map(|o| {
-                let file = o.key()?.rsplit('/').next()?;
-                Some(ObjectEntry { key: format!("nar/{file}"), size: o.size().unwrap_or(0).max(0) as u64 })
-            })
+            .filter_map(|o| Some(ObjectEntry { key: nar_key_of(o.key()?)?, size: o.size().unwrap_or(0).max(0) as u64 }))
             .collect())
     }
 
@@ -208,9 +206,6 @@ impl BlobStore for S3Store {
         }
     }
 }
-
-/// Where NAR objects live in the bucket.
-const NAR_PREFIX: &str = "store/nar/";
 
 struct S3Writer {
     store: S3Store,
@@ -273,14 +268,6 @@ impl S3Writer {
         }
     }
 }
-
-/// Where the marker of multipart upload `id` lives.
-fn upload_marker(id: &str) -> String {
-    format!("{UPLOADS_PREFIX}{id}")
-}
-
-/// Markers of multipart uploads in progress.
-const UPLOADS_PREFIX: &str = "store/uploads/";
 
 impl S3Store {
     async fn forget_marker(&self, id: &str) {
