@@ -18,6 +18,10 @@ pub mod tier;
 /// The handler component, built by `build.rs`.
 pub const HANDLER_WASM: &[u8] = include_bytes!(env!("NCPS_EDGE_HANDLER_WASM"));
 
+/// Where the build left the Spin adapter component (built with the
+/// handler; see `spin-adapter/`), for the Spin tests and tooling.
+pub const SPIN_ADAPTER_WASM_PATH: &str = env!("NCPS_EDGE_SPIN_ADAPTER_WASM");
+
 /// `ncps-edge --version`: the crate version and the handler's content hash.
 pub const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), " (handler sha256:", env!("NCPS_EDGE_HANDLER_SHA256"), ")");

@@ -8,4 +8,5 @@ pub mod nix;
 pub mod node;
 pub mod process;
 pub mod scrape;
+pub mod spin_host;
 pub mod upstream;

@@ -1,0 +1,370 @@
+//! `ncps:edge/metadata` over Spin's PostgreSQL or MySQL
+//! (`fermyon:spin/{postgres,mysql}`), chosen by `database_url`, with the
+//! native backends' schema and statements (the same files, included), so
+//! Spin and native nodes share one database.
+//!
+//! One connection per instance. A statement that finds the schema missing
+//! applies the migrations (under the native nodes' migration lock) and runs
+//! again. Access times are written at once, one cheap `UPDATE` per hit:
+//! an instance has no background task to batch them in.
+
+/// The [`Statements`] of a dialect's included SQL module (`$time_twice`:
+/// whether its upserts take the time twice).
+macro_rules! statements_of {
+    ($sql:ident, $time_twice:expr) => {
+        Statements {
+            get_narinfo: $sql::GET_NARINFO,
+            put_narinfo: $sql::PUT_NARINFO,
+            delete_narinfo: $sql::DELETE_NARINFO,
+            get_nar: $sql::GET_NAR,
+            put_nar: $sql::PUT_NAR,
+            delete_nar: $sql::DELETE_NAR,
+            total_size: $sql::TOTAL_SIZE,
+            record_access: $sql::RECORD_ACCESS,
+            lru_candidates: $sql::LRU_CANDIDATES,
+            nars_after: $sql::NARS_AFTER,
+            is_referenced: $sql::IS_REFERENCED,
+            get_config: $sql::GET_CONFIG,
+            set_config_if_absent: $sql::SET_CONFIG_IF_ABSENT,
+            time_twice: $time_twice,
+        }
+    };
+}
+
+mod mysql;
+mod postgres;
+
+use std::cell::OnceCell;
+
+use crate::bindings::exports::ncps::edge::metadata::{Eviction, Guest, NarRecord, NarinfoRecord};
+use crate::bindings::exports::ncps::edge::types::Error as WitError;
+use crate::bindings::fermyon::spin::rdbms_types::{DbValue, Error as DbError, ParameterValue as P, RowSet};
+use crate::error::{Error, Result};
+use crate::settings;
+
+/// The statements of one dialect, in the order of their parameters.
+pub struct Statements {
+    get_narinfo: &'static str,
+    put_narinfo: &'static str,
+    delete_narinfo: &'static str,
+    get_nar: &'static str,
+    put_nar: &'static str,
+    delete_nar: &'static str,
+    total_size: &'static str,
+    record_access: &'static str,
+    lru_candidates: &'static str,
+    nars_after: &'static str,
+    is_referenced: &'static str,
+    get_config: &'static str,
+    set_config_if_absent: &'static str,
+    /// The upserts take the time twice (created, accessed), not once.
+    time_twice: bool,
+}
+
+/// This instance's database connection.
+enum Db {
+    Postgres(postgres::Db),
+    MySql(mysql::Db),
+}
+
+impl Db {
+    fn open() -> Result<Self> {
+        let url = settings::required("database_url")?;
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => postgres::Db::open(&url).map(Db::Postgres).map_err(db_error),
+            "mysql" => mysql::Db::open(&url).map(Db::MySql).map_err(db_error),
+            _ => Err(Error::Invalid(
+                "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)".into(),
+            )),
+        }
+    }
+
+    fn statements(&self) -> &'static Statements {
+        match self {
+            Db::Postgres(_) => &postgres::STATEMENTS,
+            Db::MySql(_) => &mysql::STATEMENTS,
+        }
+    }
+
+    fn query(&self, sql: &str, params: &[P]) -> std::result::Result<RowSet, DbError> {
+        match self {
+            Db::Postgres(c) => c.query(sql, params),
+            Db::MySql(c) => c.query(sql, params),
+        }
+    }
+
+    /// Run a statement: the rows it changed.
+    fn execute(&self, sql: &str, params: &[P]) -> std::result::Result<u64, DbError> {
+        match self {
+            Db::Postgres(c) => c.execute(sql, params),
+            Db::MySql(c) => c.execute(sql, params),
+        }
+    }
+
+    fn migrate(&self) -> std::result::Result<(), DbError> {
+        match self {
+            Db::Postgres(c) => c.migrate(),
+            Db::MySql(c) => c.migrate(),
+        }
+    }
+
+    fn evict(&self, key: &str) -> std::result::Result<Eviction, DbError> {
+        match self {
+            Db::Postgres(c) => c.evict(key),
+            Db::MySql(c) => c.evict(key),
+        }
+    }
+}
+
+thread_local! {
+    static DB: OnceCell<Db> = const { OnceCell::new() };
+}
+
+fn db_error(e: DbError) -> Error {
+    match e {
+        DbError::ConnectionFailed(m) => Error::Unavailable("database", m),
+        DbError::QueryFailed(m) if m.contains("timed out") || m.contains("statement timeout") => {
+            Error::Timeout("database", m)
+        }
+        DbError::QueryFailed(m) | DbError::Other(m) => Error::Unavailable("database", m),
+        DbError::BadParameter(m) | DbError::ValueConversionFailed(m) => Error::Internal("database", m),
+    }
+}
+
+fn missing_schema(e: &DbError) -> bool {
+    matches!(e, DbError::QueryFailed(m) if m.contains("does not exist") || m.contains("doesn't exist"))
+}
+
+/// Call `f` with this instance's connection, opened on first use.
+fn connection<T>(f: impl FnOnce(&Db) -> T) -> Result<T> {
+    DB.with(|cell| {
+        if cell.get().is_none() {
+            let _ = cell.set(Db::open()?);
+        }
+        let db = cell.get().ok_or_else(|| Error::Internal("database", "no connection".into()))?;
+        Ok(f(db))
+    })
+}
+
+/// Run `f`; when the schema is missing, migrate and run it once more.
+fn run<T>(f: impl Fn(&Db) -> std::result::Result<T, DbError>) -> Result<T> {
+    match connection(&f)? {
+        Ok(v) => Ok(v),
+        Err(e) if missing_schema(&e) => {
+            connection(Db::migrate)?.map_err(db_error)?;
+            connection(&f)?.map_err(db_error)
+        }
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    let now = crate::bindings::wasi::clocks::wall_clock::now();
+    now.seconds as i64 * 1000 + i64::from(now.nanoseconds / 1_000_000)
+}
+
+fn text(v: &str) -> P {
+    P::Str(v.to_owned())
+}
+
+fn opt_text(v: &Option<String>) -> P {
+    v.as_deref().map_or(P::DbNull, text)
+}
+
+fn opt_int(v: Option<u64>) -> P {
+    v.map_or(P::DbNull, |v| P::Int64(v as i64))
+}
+
+/// Text of column `i` (MySQL may answer text as bytes).
+pub fn str_at(row: &[DbValue], i: usize) -> Option<String> {
+    match row.get(i) {
+        Some(DbValue::Str(s)) => Some(s.clone()),
+        Some(DbValue::Binary(b)) => String::from_utf8(b.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// Integer of column `i`.
+pub fn int_at(row: &[DbValue], i: usize) -> Option<i64> {
+    match row.get(i) {
+        Some(DbValue::Int64(v)) => Some(*v),
+        Some(DbValue::Int32(v)) => Some(i64::from(*v)),
+        Some(DbValue::Int16(v)) => Some(i64::from(*v)),
+        Some(DbValue::Int8(v)) => Some(i64::from(*v)),
+        Some(DbValue::Uint64(v)) => i64::try_from(*v).ok(),
+        Some(DbValue::Uint32(v)) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+/// Integer of the first column of the first row.
+pub fn first_int(rows: &RowSet) -> Option<i64> {
+    rows.rows.first().and_then(|r| int_at(r, 0))
+}
+
+fn split(v: Option<String>, sep: char) -> Vec<String> {
+    v.map(|v| v.split(sep).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+fn unsigned(v: Option<i64>) -> Option<u64> {
+    v.map(|v| v.max(0) as u64)
+}
+
+fn narinfo(r: &[DbValue]) -> NarinfoRecord {
+    NarinfoRecord {
+        hash: str_at(r, 0).unwrap_or_default(),
+        store_path: str_at(r, 1).unwrap_or_default(),
+        url: str_at(r, 2).unwrap_or_default(),
+        compression: str_at(r, 3).unwrap_or_default(),
+        file_hash: str_at(r, 4),
+        file_size: unsigned(int_at(r, 5)),
+        nar_hash: str_at(r, 6).unwrap_or_default(),
+        nar_size: unsigned(int_at(r, 7)).unwrap_or(0),
+        references: split(str_at(r, 8), ' '),
+        deriver: str_at(r, 9),
+        system: str_at(r, 10),
+        ca: str_at(r, 11),
+        sigs: split(str_at(r, 12), '\n'),
+    }
+}
+
+fn nar(r: &[DbValue]) -> NarRecord {
+    NarRecord {
+        key: str_at(r, 0).unwrap_or_default(),
+        upstream_url: str_at(r, 1),
+        file_hash: str_at(r, 2),
+        file_size: unsigned(int_at(r, 3)),
+        stored_size: unsigned(int_at(r, 4)),
+    }
+}
+
+/// The time parameters of an upsert.
+fn times(s: &Statements) -> Vec<P> {
+    let t = now_ms();
+    if s.time_twice {
+        vec![P::Int64(t), P::Int64(t)]
+    } else {
+        vec![P::Int64(t)]
+    }
+}
+
+/// A configuration value of the `config` table.
+pub fn get_config(key: &str) -> Result<Option<String>> {
+    let rows = run(|c| c.query(c.statements().get_config, &[text(key)]))?;
+    Ok(rows.rows.first().and_then(|r| str_at(r, 0)))
+}
+
+/// Set a configuration value unless it is set; the value that holds.
+pub fn set_config_if_absent(key: &str, value: &str) -> Result<String> {
+    run(|c| c.execute(c.statements().set_config_if_absent, &[text(key), text(value)]))?;
+    get_config(key)?.ok_or_else(|| Error::Internal("database", format!("config {key} vanished")))
+}
+
+fn wit<T>(r: Result<T>) -> std::result::Result<T, WitError> {
+    r.map_err(WitError::from)
+}
+
+impl Guest for crate::Adapter {
+    fn get_narinfo(hash: String) -> std::result::Result<Option<NarinfoRecord>, WitError> {
+        let rows = wit(run(|c| c.query(c.statements().get_narinfo, &[text(&hash)])))?;
+        Ok(rows.rows.first().map(|r| narinfo(r)))
+    }
+
+    fn put_narinfo(n: NarinfoRecord) -> std::result::Result<(), WitError> {
+        wit(run(|c| {
+            let mut params = vec![
+                text(&n.hash),
+                text(&n.store_path),
+                text(&n.url),
+                text(&n.compression),
+                opt_text(&n.file_hash),
+                opt_int(n.file_size),
+                text(&n.nar_hash),
+                P::Int64(n.nar_size as i64),
+                text(&n.references.join(" ")),
+                opt_text(&n.deriver),
+                opt_text(&n.system),
+                opt_text(&n.ca),
+                text(&n.sigs.join("\n")),
+            ];
+            params.extend(times(c.statements()));
+            c.execute(c.statements().put_narinfo, &params).map(|_| ())
+        }))
+    }
+
+    fn delete_narinfo(hash: String) -> std::result::Result<bool, WitError> {
+        wit(run(|c| c.execute(c.statements().delete_narinfo, &[text(&hash)])).map(|n| n > 0))
+    }
+
+    fn get_nar(key: String) -> std::result::Result<Option<NarRecord>, WitError> {
+        let rows = wit(run(|c| c.query(c.statements().get_nar, &[text(&key)])))?;
+        Ok(rows.rows.first().map(|r| nar(r)))
+    }
+
+    fn put_nar(n: NarRecord) -> std::result::Result<(), WitError> {
+        wit(run(|c| {
+            let mut params = vec![
+                text(&n.key),
+                opt_text(&n.upstream_url),
+                opt_text(&n.file_hash),
+                opt_int(n.file_size),
+                opt_int(n.stored_size),
+            ];
+            params.extend(times(c.statements()));
+            c.execute(c.statements().put_nar, &params).map(|_| ())
+        }))
+    }
+
+    fn delete_nar(key: String) -> std::result::Result<bool, WitError> {
+        wit(run(|c| c.execute(c.statements().delete_nar, &[text(&key)])).map(|n| n > 0))
+    }
+
+    fn total_size() -> std::result::Result<u64, WitError> {
+        let rows = wit(run(|c| c.query(c.statements().total_size, &[])))?;
+        Ok(first_int(&rows).unwrap_or(0).max(0) as u64)
+    }
+
+    fn record_access(key: String) {
+        if let Err(e) = run(|c| c.execute(c.statements().record_access, &[P::Int64(now_ms()), text(&key)])) {
+            crate::log::warn("recording a NAR access failed", &[("key", &key), ("error", &e.to_string())]);
+        }
+    }
+
+    fn lru_candidates(limit: u32) -> std::result::Result<Vec<NarRecord>, WitError> {
+        let rows = wit(run(|c| c.query(c.statements().lru_candidates, &[P::Int64(i64::from(limit))])))?;
+        Ok(rows.rows.iter().map(|r| nar(r)).collect())
+    }
+
+    fn nars_after(after: Option<String>, limit: u32) -> std::result::Result<Vec<NarRecord>, WitError> {
+        let after = after.unwrap_or_default();
+        let rows = wit(run(|c| c.query(c.statements().nars_after, &[text(&after), P::Int64(i64::from(limit))])))?;
+        Ok(rows.rows.iter().map(|r| nar(r)).collect())
+    }
+
+    fn is_referenced(key: String) -> std::result::Result<bool, WitError> {
+        let rows = wit(run(|c| c.query(c.statements().is_referenced, &[text(&key)])))?;
+        Ok(!rows.rows.is_empty())
+    }
+
+    fn evict(key: String) -> std::result::Result<Eviction, WitError> {
+        wit(run(|c| c.evict(&key)))
+    }
+}
+
+/// Run `f` in a transaction on a connection that takes `BEGIN`/`COMMIT`
+/// as statements: committed when `f` succeeds, rolled back otherwise.
+pub fn transaction<T>(
+    execute: impl Fn(&str) -> std::result::Result<(), DbError>,
+    f: impl FnOnce() -> std::result::Result<T, DbError>,
+) -> std::result::Result<T, DbError> {
+    execute("BEGIN")?;
+    match f() {
+        Ok(v) => execute("COMMIT").map(|()| v),
+        Err(e) => {
+            let _ = execute("ROLLBACK");
+            Err(e)
+        }
+    }
+}

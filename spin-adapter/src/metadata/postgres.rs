@@ -1,0 +1,73 @@
+//! The PostgreSQL dialect: `fermyon:spin/postgres` and the native
+//! backend's statements.
+
+use crate::bindings::exports::ncps::edge::metadata::Eviction;
+use crate::bindings::fermyon::spin::postgres::Connection;
+use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
+
+use super::{first_int, int_at, str_at, transaction, Statements};
+
+#[allow(dead_code, missing_docs)]
+#[path = "../../../host-services/src/metadata/postgres_sql.rs"]
+mod sql;
+
+/// The statements.
+pub static STATEMENTS: Statements = statements_of!(sql, false);
+
+/// A PostgreSQL connection.
+pub struct Db(Connection);
+
+impl Db {
+    /// Connect to `url`.
+    pub fn open(url: &str) -> Result<Self, DbError> {
+        Connection::open(url).map(Db)
+    }
+
+    /// Rows of a query.
+    pub fn query(&self, statement: &str, params: &[P]) -> Result<RowSet, DbError> {
+        self.0.query(statement, params)
+    }
+
+    /// Rows a statement changed.
+    pub fn execute(&self, statement: &str, params: &[P]) -> Result<u64, DbError> {
+        self.0.execute(statement, params)
+    }
+
+    fn run(&self, statement: &str) -> Result<(), DbError> {
+        self.0.execute(statement, &[]).map(|_| ())
+    }
+
+    /// Apply pending migrations in one transaction, as the native nodes do.
+    pub fn migrate(&self) -> Result<(), DbError> {
+        transaction(
+            |s| self.run(s),
+            || {
+                self.0.execute(sql::LOCK_MIGRATIONS, &[P::Int64(sql::MIGRATION_LOCK)])?;
+                self.run(sql::CREATE_SCHEMA_TABLE)?;
+                let version = first_int(&self.0.query(sql::SCHEMA_VERSION, &[])?).unwrap_or(0).max(0) as usize;
+                for (i, migration) in sql::MIGRATIONS.iter().enumerate().skip(version) {
+                    for statement in migration.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                        self.run(statement)?;
+                    }
+                    self.0.execute(sql::RECORD_MIGRATION, &[P::Int32(i as i32 + 1)])?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Forget NAR `key` and its narinfos in one statement: Spin 3.4+ pools
+    /// PostgreSQL connections, and a transaction left open by a trapped
+    /// instance would go back to the pool.
+    pub fn evict(&self, key: &str) -> Result<Eviction, DbError> {
+        let rows = self.0.query(sql::EVICT, &[P::Str(key.to_owned())])?;
+        let row = rows.rows.first();
+        Ok(Eviction {
+            freed: row.and_then(|r| int_at(r, 0)).unwrap_or(0).max(0) as u64,
+            narinfos: row
+                .and_then(|r| str_at(r, 1))
+                .map(|h| h.split(' ').filter(|h| !h.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! `handler.wasm` plugged with the Spin adapter, run by the Spin-shaped
+//! host (`ncps_edge_tests::spin_host`): the composed component's world, the
+//! real `nix` client through a Spin node, one upstream download however
+//! many ask, Spin and native nodes sharing one cache, a trapped instance's
+//! lease, and bad input answered as the native node answers it.
+
+use std::time::{Duration, Instant};
+
+use ncps_edge_test_support::{fresh_bucket, fresh_mysql, fresh_postgres, redis_addr, unique, S3Bucket};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
+use ncps_edge_tests::nix::NixEnv;
+use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
+use ncps_edge_tests::spin_host::{composed_component, variables, SpinNode};
+use ncps_edge_tests::upstream::FakeUpstream;
+
+/// What a Spin node and a native node share.
+struct Shared {
+    up: FakeUpstream,
+    db: String,
+    bucket: S3Bucket,
+    prefix: String,
+}
+
+impl Shared {
+    async fn new(fx: &Fixture, compression: &str) -> Self {
+        Self::on(fx, compression, fresh_postgres().await).await
+    }
+
+    /// As [`Shared::new`], with metadata in database `db`.
+    async fn on(fx: &Fixture, compression: &str, db: String) -> Self {
+        Self {
+            up: FakeUpstream::start(fx.cache(compression)).await,
+            db,
+            bucket: fresh_bucket().await,
+            prefix: format!("{}:", unique("spin")),
+        }
+    }
+
+    fn variables(&self, fx: &Fixture) -> std::collections::HashMap<String, String> {
+        variables(&self.up.url(), &fx.public_key, &self.db, &self.bucket, &self.prefix)
+    }
+
+    async fn spin_node(&self, fx: &Fixture) -> SpinNode {
+        SpinNode::start(self.variables(fx)).await
+    }
+
+    async fn native_node(&self, fx: &Fixture) -> TestNode {
+        let mut flags = upstream_flags(&self.up.url(), &fx.public_key);
+        flags.extend([
+            format!("--cache-redis-addrs={}", redis_addr()),
+            format!("--cache-lock-redis-key-prefix={}", self.prefix),
+            format!("--cache-database-url={}", self.db),
+        ]);
+        flags.extend(self.bucket.flags());
+        start_node(&flags).await
+    }
+}
+
+async fn get(url: &str) -> (u16, Vec<u8>) {
+    let resp = reqwest::get(url).await.unwrap();
+    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+}
+
+#[test]
+fn the_composed_component_runs_on_spin_3_1_or_later() {
+    let world = ncps_edge_spin_compose::check_world(composed_component()).expect("a Spin 3.1+ world");
+    // The adapter satisfied every ncps:edge import; what is left is Spin's.
+    assert!(world.imports.iter().all(|i| !i.starts_with("ncps:")), "{:?}", world.imports);
+    for spin in ["fermyon:spin/variables@2.0.0", "fermyon:spin/redis@2.0.0", "fermyon:spin/postgres@2.0.0"] {
+        assert!(world.imports.iter().any(|i| i == spin), "{spin} not imported: {:?}", world.imports);
+    }
+    assert!(world.exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2.")), "{:?}", world.exports);
+    // The handler alone is not runnable on Spin: the check must say so.
+    let err = ncps_edge_spin_compose::check_world(ncps_edge::HANDLER_WASM).unwrap_err();
+    assert!(err.to_string().contains("ncps:edge/locks@0.1.0"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nix_substitutes_through_a_spin_node_cold_then_warm() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "zstd").await;
+    let node = shared.spin_node(fx).await;
+    let (status, key) = get(&format!("{}/pubkey", node.url())).await;
+    assert_eq!(status, 200);
+    let key = String::from_utf8(key).unwrap().trim().to_owned();
+    assert!(key.starts_with("test-cache:"), "{key}");
+    for label in ["cold", "warm"] {
+        let env = NixEnv::new();
+        let store = env.path("store");
+        let (url, store_arg) = (node.url(), store.display().to_string());
+        let out = tokio::task::block_in_place(|| {
+            env.try_run(
+                "nix",
+                &["copy", "--from", &url, "--to", &store_arg, "--option", "trusted-public-keys", &key, &fx.top],
+            )
+        });
+        assert!(out.status.success(), "{label}: {}", String::from_utf8_lossy(&out.stderr));
+        for p in [&fx.top, &fx.mid, &fx.leaf] {
+            assert_eq!(env.dump_hash(&store, p), fx.env.dump_hash(&fx.store, p), "{label}: {p} differs");
+        }
+    }
+    // The warm round was served from the cache.
+    assert_eq!(shared.up.hits(&nar_url(&fx.cache("zstd"), &fx.top)), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let node = shared.spin_node(fx).await;
+    let narinfo = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.big))).await;
+    assert_eq!(narinfo.0, 200);
+    let nar = nar_url(&fx.cache("none"), &fx.big);
+    let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
+    let url = format!("{}{nar}", node.url());
+    let bodies = futures_util::future::join_all((0..8).map(|_| get(&url))).await;
+    for (status, body) in bodies {
+        assert_eq!(status, 200);
+        assert!(body == want, "a client got {} bytes, not the NAR", body.len());
+    }
+    assert_eq!(shared.up.hits(&nar), 1, "one upstream download for 8 cold requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spin_and_native_nodes_share_one_cache() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    // The native node starts first and stores the signing key in the database.
+    let native = shared.native_node(fx).await;
+    let spin = shared.spin_node(fx).await;
+    let spin_key = get(&format!("{}/pubkey", spin.url())).await.1;
+    assert_eq!(String::from_utf8(spin_key).unwrap().trim(), native.public_key(), "one key for both");
+
+    // Fetched through Spin, a hit on the native node.
+    let cache = fx.cache("none");
+    let leaf_nar = nar_url(&cache, &fx.leaf);
+    let via_spin = get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await;
+    assert_eq!(via_spin.0, 200);
+    assert_eq!(get(&format!("{}{leaf_nar}", spin.url())).await.0, 200);
+    let via_native = get(&format!("{}/{}.narinfo", native.url(), hash_of(&fx.leaf))).await;
+    assert_eq!(via_native, via_spin, "the same signed narinfo from both");
+    let nar = get(&format!("{}{leaf_nar}", native.url())).await;
+    assert_eq!(nar.1, std::fs::read(cache.join(leaf_nar.trim_start_matches('/'))).unwrap());
+    assert_eq!(shared.up.hits(&leaf_nar), 1, "the native node served the Spin node's download");
+
+    // 40 cold clients spread over both nodes: one upstream download.
+    let big_nar = nar_url(&cache, &fx.big);
+    shared.up.faults().nar_chunk_delay_ms.store(5, std::sync::atomic::Ordering::SeqCst);
+    for node in [spin.url(), native.url()] {
+        assert_eq!(get(&format!("{node}/{}.narinfo", hash_of(&fx.big))).await.0, 200);
+    }
+    let want = std::fs::read(cache.join(big_nar.trim_start_matches('/'))).unwrap();
+    let urls: Vec<String> =
+        (0..40).map(|i| format!("{}{big_nar}", if i % 2 == 0 { spin.url() } else { native.url() })).collect();
+    let bodies = futures_util::future::join_all(urls.iter().map(|u| get(u))).await;
+    for (i, (status, body)) in bodies.into_iter().enumerate() {
+        assert_eq!(status, 200, "client {i}");
+        assert!(body == want, "client {i} got {} bytes, not the NAR", body.len());
+    }
+    assert_eq!(shared.up.hits(&big_nar), 1, "one upstream download for 40 clients on two kinds of node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trapped_instances_lease_is_taken_over_after_its_ttl() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let mut vars = shared.variables(fx);
+    vars.insert("download_lease_ms".into(), "3000".into());
+    // A slow upstream: the download outlives the first instance.
+    shared.up.faults().nar_chunk_delay_ms.store(20, std::sync::atomic::Ordering::SeqCst);
+    let dying = SpinNode::start_killing_after(vars.clone(), Duration::from_secs(2)).await;
+    let healthy = SpinNode::start(vars).await;
+    assert_eq!(get(&format!("{}/{}.narinfo", dying.url(), hash_of(&fx.big))).await.0, 200);
+    let nar = nar_url(&fx.cache("none"), &fx.big);
+    let resp = reqwest::get(format!("{}{nar}", dying.url())).await.unwrap();
+    assert!(resp.bytes().await.is_err(), "the killed instance's transfer must break");
+
+    // Its download lock is still held: nothing released it.
+    let mut redis = redis::Client::open(format!("redis://{}", redis_addr()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let held: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{{{}download:nar:*", shared.prefix)).query_async(&mut redis).await.unwrap();
+    assert_eq!(held.len(), 1, "the dead instance's lease: {held:?}");
+
+    // Another instance waits for the lease to expire, then downloads.
+    shared.up.faults().nar_chunk_delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let (status, body) = get(&format!("{}{nar}", healthy.url())).await;
+    assert_eq!(status, 200);
+    assert!(body == std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap());
+    assert!(started.elapsed() < Duration::from_secs(15), "taken over after {:?}", started.elapsed());
+    assert_eq!(shared.up.hits(&nar), 2, "the dead download and the one that took over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_the_native_answer_through_a_spin_node() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let native = shared.native_node(fx).await;
+    let spin = shared.spin_node(fx).await;
+    let valid52 = "0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah";
+    let absent = "0c5gsym8rwxz5ynj76j0gh1q9h9wv5px";
+    let requests: Vec<(&str, String)> = vec![
+        ("GET", "/nar/../../secret".into()),
+        ("GET", "/nar/..%2f..%2fsecret".into()),
+        ("GET", "/%2e%2e/%2e%2e/etc/passwd".into()),
+        ("GET", "/nar/secret.nar".into()),
+        ("GET", format!("/nar/{valid52}.nar.exe")),
+        ("GET", format!("/nar/{valid52}.nar.xz")),
+        ("GET", "/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo".into()),
+        ("GET", format!("/{absent}.narinfo")),
+        ("HEAD", format!("/{absent}.narinfo")),
+        ("GET", "/short.narinfo".into()),
+        ("GET", "//etc/passwd".into()),
+        ("GET", "/admin/lru".into()),
+        ("POST", "/admin/lru".into()),
+        ("PUT", format!("/{absent}.narinfo")),
+        ("DELETE", format!("/{absent}.narinfo")),
+        ("PUT", format!("/nar/{valid52}.nar")),
+        ("PATCH", "/nix-cache-info".into()),
+        ("GET", "/nix-cache-info".into()),
+        ("GET", format!("/{}.narinfo", hash_of(&fx.leaf))),
+        ("GET", nar_url(&fx.cache("none"), &fx.leaf)),
+    ];
+    let client = reqwest::Client::new();
+    for (method, path) in &requests {
+        let mut answers = Vec::new();
+        for base in [native.url(), spin.url()] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let resp = client.request(method, format!("{base}{path}")).body("x").send().await.unwrap();
+            let status = resp.status().as_u16();
+            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+            answers.push((status, ctype, resp.bytes().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1], "{method} {path}: native vs Spin");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let native = shared.native_node(fx).await;
+    let mut vars = shared.variables(fx);
+    vars.insert("admin_token".into(), "lru-secret".into());
+    vars.insert("max_size".into(), "1".into());
+    let spin = SpinNode::start(vars).await;
+    let narinfo = format!("/{}.narinfo", hash_of(&fx.leaf));
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
+    assert_eq!(get(&format!("{}{nar}", spin.url())).await.0, 200);
+    // The native node serves (and may keep in its tier) the same narinfo.
+    assert_eq!(get(&format!("{}{narinfo}", native.url())).await.0, 200);
+    let before = shared.up.hits(&narinfo);
+
+    let client = reqwest::Client::new();
+    let refused = client.post(format!("{}/admin/lru", spin.url())).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let report = client.post(format!("{}/admin/lru", spin.url())).bearer_auth("lru-secret").send().await.unwrap();
+    let status = report.status().as_u16();
+    let report = report.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
+    let object = shared
+        .bucket
+        .client()
+        .head_object()
+        .bucket(&shared.bucket.bucket)
+        .key(ncps_edge_host_services::storage::layout::object_path(&nar[1..]))
+        .send()
+        .await;
+    assert!(object.is_err(), "the evicted NAR is gone from the bucket");
+
+    // The purge reached the native node: its next answer is fresh.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&format!("{}{narinfo}", native.url())).await.0, 200);
+    assert_eq!(shared.up.hits(&narinfo), before + 1, "the native node asked upstream again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = fx.cache("none");
+    let good = std::fs::read_to_string(cache.join(format!("{}.narinfo", hash_of(&fx.leaf)))).unwrap();
+    // Served under another path's hash; changed after signing; oversized;
+    // not a narinfo; unsigned; and a NAR that does not match its hash.
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.mid))), &good).unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.leaf))), good.replace("NarSize: ", "NarSize: 1"))
+        .unwrap();
+    let big = format!("{good}{}", "X-Padding: y\n".repeat(200_000));
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.top))), big).unwrap();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.evil))), "this is not a narinfo").unwrap();
+    let unsigned: String = good.lines().filter(|l| !l.starts_with("Sig:")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.big))), unsigned).unwrap();
+    let shared = Shared {
+        up: FakeUpstream::start(dir.path().to_path_buf()).await,
+        db: fresh_postgres().await,
+        bucket: fresh_bucket().await,
+        prefix: format!("{}:", unique("spin")),
+    };
+    let native = shared.native_node(fx).await;
+    let spin = shared.spin_node(fx).await;
+    for p in [&fx.mid, &fx.leaf, &fx.top, &fx.evil, &fx.big] {
+        let path = format!("/{}.narinfo", hash_of(p));
+        let (n, s) = (get(&format!("{}{path}", native.url())).await, get(&format!("{}{path}", spin.url())).await);
+        assert_eq!(n.0, 404, "{path} adopted by the native node");
+        assert_eq!(s, n, "{path}: native vs Spin");
+    }
+
+    // A corrupt NAR is refused and never stored, through either node.
+    let corrupt = Shared::new(fx, "none").await;
+    corrupt.up.faults().corrupt_nars.store(true, std::sync::atomic::Ordering::SeqCst);
+    let spin = corrupt.spin_node(fx).await;
+    assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await.0, 200);
+    let nar = nar_url(&cache, &fx.leaf);
+    let want = std::fs::read(cache.join(&nar[1..])).unwrap();
+    let whole = match reqwest::get(format!("{}{nar}", spin.url())).await {
+        // A broken transfer, before or after the head, is a refusal.
+        Err(_) => false,
+        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok_and(|b| b == want),
+    };
+    assert!(!whole, "a corrupt NAR must not be served whole");
+    let stored = corrupt.bucket.client().list_objects_v2().bucket(&corrupt.bucket.bucket).send().await.unwrap();
+    let keys: Vec<_> =
+        stored.contents().iter().filter_map(|o| o.key()).filter(|k| k.starts_with("store/nar/")).collect();
+    assert!(keys.is_empty(), "a corrupt NAR was stored: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spin_and_native_nodes_share_one_mysql_database() {
+    let fx = fixture();
+    let shared = Shared::on(fx, "none", fresh_mysql().await).await;
+    let native = shared.native_node(fx).await;
+    let mut vars = shared.variables(fx);
+    vars.insert("admin_token".into(), "lru-secret".into());
+    vars.insert("max_size".into(), "1".into());
+    let spin = SpinNode::start(vars).await;
+    let spin_key = get(&format!("{}/pubkey", spin.url())).await.1;
+    assert_eq!(String::from_utf8(spin_key).unwrap().trim(), native.public_key(), "one key for both");
+    let cache = fx.cache("none");
+    let narinfo = format!("/{}.narinfo", hash_of(&fx.leaf));
+    let nar = nar_url(&cache, &fx.leaf);
+    let via_spin = get(&format!("{}{narinfo}", spin.url())).await;
+    assert_eq!(via_spin.0, 200);
+    assert_eq!(get(&format!("{}{nar}", spin.url())).await.0, 200);
+    assert_eq!(get(&format!("{}{narinfo}", native.url())).await, via_spin, "the same signed narinfo from both");
+    assert_eq!(get(&format!("{}{nar}", native.url())).await.0, 200);
+    assert_eq!(shared.up.hits(&nar), 1, "the native node served the Spin node's download");
+
+    // An LRU pass through the Spin node evicts in MySQL (a transaction).
+    let report = reqwest::Client::new()
+        .post(format!("{}/admin/lru", spin.url()))
+        .bearer_auth("lru-secret")
+        .send()
+        .await
+        .unwrap();
+    let status = report.status().as_u16();
+    let report = report.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
+    assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
+    assert_eq!(shared.up.hits(&narinfo), 2, "evicted, then fetched again");
+}
