@@ -20,6 +20,9 @@ pub enum ComposeError {
     /// The composed component is not valid.
     #[error("the composed component is not valid: {0}")]
     Invalid(String),
+    /// An older parser, like the oldest supported Spin's, refuses it.
+    #[error("wasmparser {OLD_WASMPARSER} (before Spin 3.1) refuses the component: {0}")]
+    TooNew(String),
     /// It imports something Spin does not provide.
     #[error("imports that Spin 3.1+ does not provide: {0:?}")]
     ForeignImports(Vec<String>),
@@ -144,10 +147,24 @@ pub fn world_of(component: &[u8]) -> Result<World, ComposeError> {
     Ok(world)
 }
 
-/// Check that Spin 3.1+ can run `component`: every import is a Spin host
-/// interface and it exports `wasi:http/incoming-handler@0.2.x`.
+/// The older `wasmparser` every component must satisfy.
+pub const OLD_WASMPARSER: &str = "0.219.2";
+
+/// Validate `component` with [`OLD_WASMPARSER`], from the wasm-tools of
+/// Wasmtime 27, older than any Spin 3.1+ runtime.
+pub fn check_old_parser(component: &[u8]) -> Result<(), ComposeError> {
+    wasmparser_old::Validator::new_with_features(wasmparser_old::WasmFeatures::default())
+        .validate_all(component)
+        .map(|_| ())
+        .map_err(|e| ComposeError::TooNew(e.to_string()))
+}
+
+/// Check that Spin 3.1+ can run `component`: an older parser takes it,
+/// every import is a Spin host interface and it exports
+/// `wasi:http/incoming-handler@0.2.x`.
 pub fn check_world(component: &[u8]) -> Result<World, ComposeError> {
     let world = world_of(component)?;
+    check_old_parser(component)?;
     let foreign: Vec<String> = world.imports.iter().filter(|i| !spin_provides(i)).cloned().collect();
     if !foreign.is_empty() {
         return Err(ComposeError::ForeignImports(foreign));
