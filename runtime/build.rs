@@ -1,8 +1,7 @@
 //! Builds the handler component and the Spin adapter (`wasm32-wasip2`,
 //! release) so that `cargo build`/`cargo run`/`cargo test` need no manual
-//! step. The nested
-//! cargo uses its own target directory under OUT_DIR (sharing the outer
-//! one would deadlock on cargo's build lock).
+//! step. The nested cargo uses its own target directory under OUT_DIR
+//! (sharing the outer one would deadlock on cargo's build lock).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +25,7 @@ fn main() {
         // Files the adapter shares with host-services.
         "host-services/src/storage/layout.rs",
         "host-services/src/metadata/postgres_sql.rs",
+        "host-services/src/metadata/mysql_sql.rs",
         "host-services/src/locks/redis_scripts",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

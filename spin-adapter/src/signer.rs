@@ -75,11 +75,17 @@ fn with_key<T>(f: impl FnOnce(&Key) -> T) -> Result<T> {
 }
 
 impl Guest for crate::Adapter {
+    /// The interface has no error here: a key that cannot be loaded (the
+    /// database down, a malformed `secret_key`) traps the instance, which
+    /// Spin answers with a 500, never with an empty key.
     fn public_key() -> String {
-        with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))).unwrap_or_else(|e| {
-            crate::log::warn("the signing key cannot be loaded", &[("error", &e.to_string())]);
-            String::new()
-        })
+        match with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))) {
+            Ok(key) => key,
+            Err(e) => {
+                crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
+                panic!("the signing key cannot be loaded: {e}");
+            }
+        }
     }
 
     fn sign(fingerprint: String) -> std::result::Result<String, WitError> {

@@ -367,3 +367,36 @@ async fn spin_and_native_nodes_share_one_mysql_database() {
     assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
     assert_eq!(shared.up.hits(&narinfo), 2, "evicted, then fetched again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsafe_spin_settings_fail_closed() {
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let absent = "/0c5gsym8rwxz5ynj76j0gh1q9h9wv5px.narinfo";
+    let put = |url: String| async move { reqwest::Client::new().put(url).body("x").send().await.unwrap().status() };
+
+    // A write verb without its token stays off, as if never enabled.
+    let off = shared.spin_node(fx).await;
+    let mut vars = shared.variables(fx);
+    vars.insert("allow_put".into(), "true".into());
+    let tokenless = SpinNode::start(vars.clone()).await;
+    let refused = put(format!("{}{absent}", tokenless.url())).await;
+    assert!(!refused.is_success(), "an anonymous PUT was accepted: {refused}");
+    assert_eq!(refused, put(format!("{}{absent}", off.url())).await, "as a node without PUT");
+    // With its token it is on: a PUT without the token is unauthorized.
+    vars.insert("put_token".into(), "put-secret".into());
+    let with_token = SpinNode::start(vars).await;
+    assert_eq!(put(format!("{}{absent}", with_token.url())).await.as_u16(), 401);
+
+    // No supported database, or no Redis for locks: 5xx, never a hit or a 404.
+    let mut sqlite = shared.variables(fx);
+    sqlite.insert("database_url".into(), "sqlite:///tmp/ncps.db".into());
+    let mut no_redis = shared.variables(fx);
+    no_redis.remove("redis_address");
+    for vars in [sqlite, no_redis] {
+        let node = SpinNode::start(vars).await;
+        let (status, _) = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).await;
+        assert!((500..600).contains(&status), "{status}");
+    }
+    assert_eq!(shared.up.hits(&nar_url(&fx.cache("none"), &fx.leaf)), 0);
+}

@@ -31,6 +31,30 @@ macro_rules! statements_of {
     };
 }
 
+/// `Db`, this dialect's connection `$conn`: `open` and `query`.
+macro_rules! dialect_connection {
+    ($conn:ty) => {
+        /// A connection of this dialect.
+        pub struct Db($conn);
+
+        impl Db {
+            /// Connect to `url`.
+            pub fn open(url: &str) -> Result<Self, DbError> {
+                <$conn>::open(url).map(Db)
+            }
+
+            /// Rows of a query.
+            pub fn query(
+                &self,
+                statement: &str,
+                params: &[P],
+            ) -> Result<crate::bindings::fermyon::spin::rdbms_types::RowSet, DbError> {
+                self.0.query(statement, params)
+            }
+        }
+    };
+}
+
 mod mysql;
 mod postgres;
 

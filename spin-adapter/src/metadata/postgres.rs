@@ -3,7 +3,7 @@
 
 use crate::bindings::exports::ncps::edge::metadata::Eviction;
 use crate::bindings::fermyon::spin::postgres::Connection;
-use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
+use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P};
 
 use super::{first_int, int_at, str_at, transaction, Statements};
 
@@ -14,20 +14,9 @@ mod sql;
 /// The statements.
 pub static STATEMENTS: Statements = statements_of!(sql, false);
 
-/// A PostgreSQL connection.
-pub struct Db(Connection);
+dialect_connection!(Connection);
 
 impl Db {
-    /// Connect to `url`.
-    pub fn open(url: &str) -> Result<Self, DbError> {
-        Connection::open(url).map(Db)
-    }
-
-    /// Rows of a query.
-    pub fn query(&self, statement: &str, params: &[P]) -> Result<RowSet, DbError> {
-        self.0.query(statement, params)
-    }
-
     /// Rows a statement changed.
     pub fn execute(&self, statement: &str, params: &[P]) -> Result<u64, DbError> {
         self.0.execute(statement, params)

@@ -3,7 +3,8 @@
 //! instance per request, with exactly the Spin host interfaces the adapter
 //! imports (`fermyon:spin/{variables,redis,postgres,mysql}@2.0.0`, bindings
 //! generated from the vendored Spin WIT) backed by real clients: the
-//! machine's Redis and PostgreSQL, and `wasi:http` for S3 and upstreams.
+//! machine's Redis, PostgreSQL and MariaDB, and `wasi:http` for S3 and
+//! upstreams.
 //!
 //! Spin's CLI and runtime crates are not available here; this host is how
 //! the adapter is tested end to end (`deploy/spin/check.sh` runs the same
@@ -38,18 +39,17 @@ pub fn composed_component() -> &'static [u8] {
     })
 }
 
-fn prepared() -> &'static (Engine, ProxyPre<SpinState>) {
-    static PRE: OnceLock<(Engine, ProxyPre<SpinState>)> = OnceLock::new();
+/// The composed component compiled and linked once per process.
+fn prepared() -> &'static ProxyPre<SpinState> {
+    static PRE: OnceLock<ProxyPre<SpinState>> = OnceLock::new();
     PRE.get_or_init(|| {
-        let config = Config::new();
-        let engine = Engine::new(&config).expect("engine");
+        let engine = Engine::new(&Config::new()).expect("engine");
         let component = Component::new(&engine, composed_component()).expect("the composed component compiles");
         let mut linker = Linker::<SpinState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi-http");
         state::add_spin_to_linker(&mut linker).expect("spin interfaces");
-        let pre = ProxyPre::new(linker.instantiate_pre(&component).expect("every import is provided")).expect("proxy");
-        (engine, pre)
+        ProxyPre::new(linker.instantiate_pre(&component).expect("every import is provided")).expect("proxy")
     })
 }
 
@@ -104,7 +104,7 @@ impl SpinNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let variables = Arc::new(variables);
-        let pre = tokio::task::spawn_blocking(|| prepared().1.clone()).await.expect("compile");
+        let pre = tokio::task::spawn_blocking(|| prepared().clone()).await.expect("compile");
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
