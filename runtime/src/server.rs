@@ -12,7 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
+// hyper-util's adapter, not wasmtime-wasi-http's: it says the socket takes
+// vectored writes, so hyper queues body chunks instead of copying them into
+// a per-connection buffer that keeps the capacity of the largest body it
+// ever sent (8 MiB per keep-alive connection after one large NAR hit).
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ncps_edge_host_services::edge::channel::Channel;
 use ncps_edge_host_services::storage::follow::{Followed, FOLLOW_ROUTE};
 use ncps_edge_host_services::storage::{HandOff, StorageKey};
@@ -21,7 +25,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmtime::Store;
-use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;

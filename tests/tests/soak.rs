@@ -29,11 +29,8 @@ static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::
 
 const CLIENTS: usize = 200;
 const LEASE: Duration = Duration::from_secs(5);
-/// A node's resident memory must stay below this. With the edge tier on,
-/// a node at ~3,000 requests/s of this soak peaks at 1.0-1.3 GB (tier off:
-/// ~400 MB), and gives memory back when the load stops; see
-/// BENCHMARKS.md, "Soak under faults".
-const RSS_BOUND_MB: u64 = 1536;
+/// A node's resident memory must stay below this.
+const RSS_BOUND_MB: u64 = 1024;
 
 fn seconds() -> u64 {
     std::env::var("NCPS_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60)
