@@ -1,9 +1,9 @@
 //! `ncps:edge/config` from Spin variables (`[variables]` of `spin.toml`).
 //!
-//! Every variable is optional except `hostname`, `upstream_urls`,
-//! `redis_address`, `database_url` and the `s3_*` ones; defaults are the
-//! native node's flag defaults. Durations are in milliseconds, sizes in
-//! bytes, lists are separated by spaces or commas.
+//! `redis_address`, `database_url`, `s3_bucket` and the S3 keys are
+//! required (a call that needs one fails saying which); every other
+//! variable defaults to the native node's flag default. Durations are in
+//! milliseconds, sizes in bytes, lists are separated by spaces or commas.
 
 use crate::bindings::exports::ncps::edge::config::{Guest, Settings, Upstream};
 use crate::bindings::fermyon::spin::variables;

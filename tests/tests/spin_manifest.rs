@@ -21,10 +21,17 @@ fn component(m: &toml::Table) -> &toml::Table {
 /// Variable names the adapter's sources read.
 fn adapter_variables() -> BTreeSet<String> {
     let reads = regex::Regex::new(r#"\b(?:var|flag|number|list|required|write_verb)\("([a-z0-9_]+)""#).unwrap();
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(root().join("spin-adapter/src")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        names.extend(reads.captures_iter(&text).map(|c| c[1].to_owned()));
+    let (mut names, mut folders) = (BTreeSet::new(), vec![root().join("spin-adapter/src")]);
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let text = std::fs::read_to_string(&path).unwrap();
+                names.extend(reads.captures_iter(&text).map(|c| c[1].to_owned()));
+            }
+        }
     }
     names
 }
