@@ -15,12 +15,11 @@ use redis::Script;
 use super::{Lease, LockBackend, Mode};
 use crate::{Error, Result};
 
-/// The Lua scripts of the lock protocol, shared with the Spin adapter.
-pub const ACQUIRE_SCRIPT: &str = include_str!("redis_scripts/acquire.lua");
-/// See [`ACQUIRE_SCRIPT`].
-pub const RELEASE_SCRIPT: &str = include_str!("redis_scripts/release.lua");
-/// See [`ACQUIRE_SCRIPT`].
-pub const EXTEND_SCRIPT: &str = include_str!("redis_scripts/extend.lua");
+// The Lua scripts of the lock protocol; the Spin adapter includes the same
+// files, so native and Spin nodes exclude each other on one Redis.
+const ACQUIRE_SCRIPT: &str = include_str!("redis_scripts/acquire.lua");
+const RELEASE_SCRIPT: &str = include_str!("redis_scripts/release.lua");
+const EXTEND_SCRIPT: &str = include_str!("redis_scripts/extend.lua");
 
 /// Connection settings of `--cache-redis-*`.
 #[derive(Debug, Clone, Default)]
@@ -136,8 +135,8 @@ pub struct RedisLocks {
 }
 
 /// The Redis keys of lock `key` (prefix included): the exclusive entry and
-/// the readers' set.
-pub fn keys_for(key: &str) -> [String; 2] {
+/// the readers' set (the Spin adapter names them alike).
+fn keys_for(key: &str) -> [String; 2] {
     // One hash tag, so both keys live in one Redis Cluster slot.
     [format!("{{{key}}}"), format!("{{{key}}}:readers")]
 }
