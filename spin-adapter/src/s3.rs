@@ -6,6 +6,8 @@
 //! `s3_force_path_style` (on by itself with an endpoint's IP address),
 //! `backend_timeout_ms` (3000, as `--cache-backend-timeout`).
 
+use std::cell::OnceCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::bindings::wasi::clocks::wall_clock;
@@ -72,9 +74,25 @@ fn amz_date() -> String {
         .unwrap_or_else(|| "19700101T000000Z".into())
 }
 
+thread_local! {
+    static BUCKET: OnceCell<Rc<S3>> = const { OnceCell::new() };
+}
+
+/// This instance's bucket, read from the variables on first use.
+pub fn bucket() -> Result<Rc<S3>> {
+    BUCKET.with(|cell| {
+        if let Some(s3) = cell.get() {
+            return Ok(s3.clone());
+        }
+        let s3 = Rc::new(S3::from_settings()?);
+        let _ = cell.set(s3.clone());
+        Ok(s3)
+    })
+}
+
 impl S3 {
     /// The bucket the variables name.
-    pub fn from_settings() -> Result<Self> {
+    fn from_settings() -> Result<Self> {
         let bucket = settings::required("s3_bucket")?;
         let region = settings::var("s3_region").unwrap_or_else(|| "us-east-1".into());
         let signer = Signer {

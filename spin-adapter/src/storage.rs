@@ -9,6 +9,7 @@
 //! a native node's sweep abort what a dead Spin instance left.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::bindings::exports::ncps::edge::storage::{
     ByteRange, Guest, GuestWriter, HandOffOutcome, ObjectEntry, ObjectInfo, Writer,
@@ -17,7 +18,7 @@ use crate::bindings::exports::ncps::edge::types::Error as WitError;
 use crate::bindings::wasi::io::streams::InputStream;
 use crate::error::{Error, Result};
 use crate::locks;
-use crate::s3::S3;
+use crate::s3::{self, S3};
 
 #[allow(dead_code)]
 #[path = "../../host-services/src/storage/layout.rs"]
@@ -39,7 +40,7 @@ pub struct SpinWriter {
 }
 
 struct WriterState {
-    s3: S3,
+    s3: Rc<S3>,
     object: String,
     buf: Vec<u8>,
     upload_id: Option<String>,
@@ -156,17 +157,17 @@ impl Guest for crate::Adapter {
     }
 
     fn stat(key: String) -> std::result::Result<Option<ObjectInfo>, WitError> {
-        Ok(S3::from_settings()?.head(&object_of(&key)?)?.map(|size| ObjectInfo { size }))
+        Ok(s3::bucket()?.head(&object_of(&key)?)?.map(|size| ObjectInfo { size }))
     }
 
     fn read(key: String, range: Option<ByteRange>) -> std::result::Result<Option<InputStream>, WitError> {
         let range = range.as_ref().map(range_header).transpose()?;
-        Ok(S3::from_settings()?.get(&object_of(&key)?, range)?)
+        Ok(s3::bucket()?.get(&object_of(&key)?, range)?)
     }
 
     fn create(key: String) -> std::result::Result<Writer, WitError> {
         let state = WriterState {
-            s3: S3::from_settings()?,
+            s3: s3::bucket()?,
             object: object_of(&key)?,
             buf: Vec::new(),
             upload_id: None,
@@ -182,7 +183,7 @@ impl Guest for crate::Adapter {
     }
 
     fn delete(key: String) -> std::result::Result<bool, WitError> {
-        let (s3, object) = (S3::from_settings()?, object_of(&key)?);
+        let (s3, object) = (s3::bucket()?, object_of(&key)?);
         if s3.head(&object)?.is_none() {
             return Ok(false);
         }
@@ -202,7 +203,7 @@ impl Guest for crate::Adapter {
 
     fn list_objects(after: Option<String>, limit: u32) -> std::result::Result<Vec<ObjectEntry>, WitError> {
         let start_after = after.as_deref().map(object_of).transpose()?;
-        let listed = S3::from_settings()?.list(layout::NAR_PREFIX, start_after, limit)?;
+        let listed = s3::bucket()?.list(layout::NAR_PREFIX, start_after, limit)?;
         Ok(listed
             .into_iter()
             .filter_map(|o| Some(ObjectEntry { key: layout::nar_key_of(&o.key)?, size: o.size }))

@@ -23,13 +23,14 @@ struct Shared {
 
 impl Shared {
     async fn new(fx: &Fixture, compression: &str) -> Self {
-        Self::on(fx, compression, fresh_postgres().await).await
+        Self::on(fx.cache(compression), fresh_postgres().await).await
     }
 
-    /// As [`Shared::new`], with metadata in database `db`.
-    async fn on(fx: &Fixture, compression: &str, db: String) -> Self {
+    /// An upstream serving the cache folder `upstream`, metadata in
+    /// database `db`, a fresh bucket and lock prefix.
+    async fn on(upstream: std::path::PathBuf, db: String) -> Self {
         Self {
-            up: FakeUpstream::start(fx.cache(compression)).await,
+            up: FakeUpstream::start(upstream).await,
             db,
             bucket: fresh_bucket().await,
             prefix: format!("{}:", unique("spin")),
@@ -54,6 +55,16 @@ impl Shared {
         flags.extend(self.bucket.flags());
         start_node(&flags).await
     }
+}
+
+/// `POST /admin/lru` with the admin token: the pass's JSON report.
+async fn run_lru(node: &SpinNode, token: &str) -> serde_json::Value {
+    let resp =
+        reqwest::Client::new().post(format!("{}/admin/lru", node.url())).bearer_auth(token).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let report = resp.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
+    serde_json::from_slice(&report).unwrap()
 }
 
 async fn get(url: &str) -> (u16, Vec<u8>) {
@@ -259,11 +270,7 @@ async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
     let client = reqwest::Client::new();
     let refused = client.post(format!("{}/admin/lru", spin.url())).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-    let report = client.post(format!("{}/admin/lru", spin.url())).bearer_auth("lru-secret").send().await.unwrap();
-    let status = report.status().as_u16();
-    let report = report.bytes().await.unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
-    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    let report = run_lru(&spin, "lru-secret").await;
     assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
     let object = shared
         .bucket
@@ -297,12 +304,7 @@ async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.evil))), "this is not a narinfo").unwrap();
     let unsigned: String = good.lines().filter(|l| !l.starts_with("Sig:")).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.big))), unsigned).unwrap();
-    let shared = Shared {
-        up: FakeUpstream::start(dir.path().to_path_buf()).await,
-        db: fresh_postgres().await,
-        bucket: fresh_bucket().await,
-        prefix: format!("{}:", unique("spin")),
-    };
+    let shared = Shared::on(dir.path().to_path_buf(), fresh_postgres().await).await;
     let native = shared.native_node(fx).await;
     let spin = shared.spin_node(fx).await;
     for p in [&fx.mid, &fx.leaf, &fx.top, &fx.evil, &fx.big] {
@@ -334,7 +336,7 @@ async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spin_and_native_nodes_share_one_mysql_database() {
     let fx = fixture();
-    let shared = Shared::on(fx, "none", fresh_mysql().await).await;
+    let shared = Shared::on(fx.cache("none"), fresh_mysql().await).await;
     let native = shared.native_node(fx).await;
     let mut vars = shared.variables(fx);
     vars.insert("admin_token".into(), "lru-secret".into());
@@ -353,16 +355,7 @@ async fn spin_and_native_nodes_share_one_mysql_database() {
     assert_eq!(shared.up.hits(&nar), 1, "the native node served the Spin node's download");
 
     // An LRU pass through the Spin node evicts in MySQL (a transaction).
-    let report = reqwest::Client::new()
-        .post(format!("{}/admin/lru", spin.url()))
-        .bearer_auth("lru-secret")
-        .send()
-        .await
-        .unwrap();
-    let status = report.status().as_u16();
-    let report = report.bytes().await.unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
-    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    let report = run_lru(&spin, "lru-secret").await;
     assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
     assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
     assert_eq!(shared.up.hits(&narinfo), 2, "evicted, then fetched again");
