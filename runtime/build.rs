@@ -13,23 +13,6 @@ fn main() {
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("handler-target");
-    for watched in [
-        "handler/src",
-        "handler/Cargo.toml",
-        "handler/testdata",
-        "wit",
-        "Cargo.lock",
-        "spin-adapter/src",
-        "spin-adapter/wit",
-        "spin-adapter/Cargo.toml",
-        // Files the adapter shares with host-services.
-        "host-services/src/storage/layout.rs",
-        "host-services/src/metadata/postgres_sql.rs",
-        "host-services/src/metadata/mysql_sql.rs",
-        "host-services/src/locks/redis_scripts",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -52,12 +35,44 @@ fn main() {
         status.success(),
         "building the handler and the Spin adapter failed (is the target installed? `rustup target add wasm32-wasip2`)"
     );
-    let wasm = target_dir.join("wasm32-wasip2/release/ncps_edge_handler.wasm");
+    let release = target_dir.join("wasm32-wasip2/release");
+    // Rebuild when any file the two components were built from changes: the
+    // nested build's own dep-info names them (their crates, the shared
+    // crates they depend on, the WIT), so no list is kept here by hand.
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    let mut watched = std::collections::BTreeSet::new();
+    for component in ["ncps_edge_handler", "ncps_edge_spin_adapter"] {
+        for source in sources_of(&release.join(format!("{component}.d")), &root) {
+            // The manifest of the crate the source belongs to, too.
+            let manifest = source.ancestors().map(|d| d.join("Cargo.toml")).find(|m| m.is_file());
+            watched.extend(manifest);
+            watched.insert(source);
+        }
+    }
+    for path in watched {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let wasm = release.join("ncps_edge_handler.wasm");
     let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("handler component missing at {}: {e}", wasm.display()));
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_WASM={}", wasm.display());
-    let adapter = target_dir.join("wasm32-wasip2/release/ncps_edge_spin_adapter.wasm");
+    let adapter = release.join("ncps_edge_spin_adapter.wasm");
     println!("cargo:rustc-env=NCPS_EDGE_SPIN_ADAPTER_WASM={}", adapter.display());
     let digest = sha2::Sha256::digest(&bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_SHA256={hex}");
+}
+
+/// The workspace files a dep-info file (`<output>: <source> <source> …`)
+/// lists; registry sources never change and are left out.
+fn sources_of(dep_info: &std::path::Path, root: &std::path::Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(dep_info)
+        .unwrap_or_else(|e| panic!("dep-info of the nested build missing at {}: {e}", dep_info.display()));
+    let Some((_, sources)) = text.lines().next().and_then(|l| l.split_once(": ")) else { return Vec::new() };
+    // Paths are separated by spaces; a space inside one is escaped.
+    let escaped = sources.replace("\\ ", "\0");
+    escaped
+        .split_whitespace()
+        .map(|p| PathBuf::from(p.replace('\0', " ")))
+        .filter(|p| p.starts_with(root) && !p.starts_with(root.join("target")))
+        .collect()
 }

@@ -5,9 +5,8 @@
 //! through the `ncps:edge` WIT imports, and upstream caches through
 //! `wasi:http/outgoing-handler`. All cache policy lives here, in layers:
 //!
-//! - [`protocol`]: the Nix binary-cache protocol as plain Rust (nix32 and
-//!   sha256, narinfo files, signatures, request paths, byte ranges), tested
-//!   natively;
+//! - `protocol`: the Nix binary-cache protocol (the `ncps-edge-protocol`
+//!   crate, shared with the runtime);
 //! - `endpoints`: one module per route (informational, narinfo, NAR hit,
 //!   miss and upload, admin);
 //! - `cache`: policy the endpoints share (the download lock, adopting and
@@ -17,7 +16,7 @@
 //!   responses, upstream requests, logging, clocks).
 #![deny(missing_docs)]
 
-pub mod protocol;
+use ncps_edge_protocol as protocol;
 
 mod cache;
 mod endpoints;

@@ -25,6 +25,7 @@ use ncps_edge_host_services::storage::disk_tier::{DiskTier, DiskTiered};
 use ncps_edge_host_services::storage::follow::{Followed, Peers};
 use ncps_edge_host_services::storage::guarded::GuardedStore;
 use ncps_edge_host_services::storage::local::LocalStore;
+use ncps_edge_host_services::storage::named::ContentNamed;
 use ncps_edge_host_services::storage::s3::S3Store;
 use ncps_edge_host_services::storage::BlobStore;
 
@@ -130,7 +131,7 @@ pub async fn edge_channel(config: &Config) -> anyhow::Result<Option<Arc<dyn Chan
 }
 
 /// NAR storage: the S3 bucket when one is given, else the local folder;
-/// behind its deadline.
+/// behind its deadline. (What writes to it goes through [`ContentNamed`].)
 pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let timeout = config.args.cache_backend_timeout;
     let (store, name): (Arc<dyn BlobStore>, &'static str) = match &config.storage {
@@ -142,6 +143,12 @@ pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         }
     };
     Ok(Arc::new(GuardedStore::new(store, name, timeout, BREAKER_COOL_DOWN)))
+}
+
+/// `store` publishing only objects whose bytes hash to their name: what
+/// every writer of a node (requests, import) writes through.
+pub fn content_named(store: Arc<dyn BlobStore>) -> Arc<dyn BlobStore> {
+    Arc::new(ContentNamed::new(store))
 }
 
 /// `storage` whose writes other requests can follow as they happen

@@ -89,6 +89,7 @@ fn upstreams(config: &Config) -> Vec<Upstream> {
             }
             Upstream {
                 url: up.url.clone(),
+                authorization: up.authorization.clone(),
                 priority: up.priority.unwrap_or(DEFAULT_UPSTREAM_PRIORITY + i as u32),
                 public_keys: args.cache_upstream_public_key.clone(),
                 allow_unsigned,
@@ -165,7 +166,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     let services = Arc::new(Services {
         locks: Locks::new(lock_backend, config.lock_prefix.clone(), config.retry.clone(), metrics.clone())
             .with_heartbeat(args.cache_lock_heartbeat_interval),
-        storage: downloads.clone(),
+        storage: backends::content_named(downloads.clone()),
         metadata: Metadata::new(database),
         signer,
         config: NodeConfig::new(settings, upstreams(config)),

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ncps_edge_host_services::edge::channel::Channel;
 use ncps_edge_host_services::storage::follow::{Followed, FOLLOW_ROUTE};
-use ncps_edge_host_services::storage::{HandOff, StorageKey};
+use ncps_edge_host_services::storage::{FileRange, HandOff, HandedOff, StorageKey};
 use ncps_edge_host_services::Services;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -199,7 +199,9 @@ impl Server {
         let started = Instant::now();
         // The request line is kept only when it is logged.
         let logged = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.uri().clone()));
-        let response = if self.options.prometheus && req.uri().path() == "/metrics" {
+        let response = if head_size(&req) > self.options.max_header_size {
+            text_response(431, "request head too large\n")
+        } else if self.options.prometheus && req.uri().path() == "/metrics" {
             self.metrics_response().await
         } else if let Some(key) = req.uri().path().strip_prefix(FOLLOW_ROUTE) {
             self.follow_response(key, &req)
@@ -248,7 +250,8 @@ impl Server {
             }
         }
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let resp = match self.run_request(with_peer(req, peer)).await {
+        let req = with_host(with_peer(req, peer), &self.services.config.settings().hostname);
+        let resp = match self.run_request(req).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::error!(%method, path, error = format!("{e:#}"), "handler instance failed");
@@ -270,7 +273,7 @@ impl Server {
         let body = StorageKey::parse(key).ok().and_then(|key| self.downloads.follow_here(&key));
         match body {
             Some(body) => {
-                let mut resp = hyper::Response::new(stream_body(body));
+                let mut resp = hyper::Response::new(stream_body(HandedOff::Stream(body)));
                 resp.headers_mut()
                     .insert("content-type", hyper::header::HeaderValue::from_static("application/x-nix-nar"));
                 resp
@@ -422,19 +425,77 @@ fn with_peer(
     req
 }
 
+/// `req` with a usable `Host`: a request that names none (an HTTP/1.0
+/// health check) or an unreadable one is answered as if it had asked for
+/// the cache's own `hostname`.
+fn with_host<B>(mut req: hyper::Request<B>, hostname: &str) -> hyper::Request<B> {
+    let readable = req.headers().get(hyper::header::HOST).is_some_and(|h| h.to_str().is_ok_and(|h| !h.is_empty()));
+    if req.uri().authority().is_none() && !readable {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(hostname) {
+            req.headers_mut().insert(hyper::header::HOST, v);
+        }
+    }
+    req
+}
+
+/// The size of a request's head as it came: request line and header lines.
+fn head_size<B>(req: &hyper::Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + "  HTTP/1.1\r\n".len();
+    line + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len()).sum::<usize>()
+}
+
 /// Longest a request waits for a free handler instance.
 const SLOT_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Bytes read from a handed-off object per frame.
-const HAND_OFF_CHUNK: usize = 1 << 20;
+/// Bytes read from a handed-off object per frame. A client that stops
+/// reading holds about two of them (the frame hyper could not send, the
+/// reader's buffer), so this bounds a stalled connection's memory; reads
+/// from the page cache are fast at this size too.
+const HAND_OFF_CHUNK: usize = 64 << 10;
 
-/// A stored object as a response body, read in large chunks.
-fn stream_body(body: ncps_edge_host_services::storage::Body) -> HyperOutgoingBody {
+/// A handed-off object as a response body, read a chunk at a time as the
+/// client takes them.
+fn stream_body(body: HandedOff) -> HyperOutgoingBody {
     use futures_util::TryStreamExt as _;
-    let frames = tokio_util::io::ReaderStream::with_capacity(body, HAND_OFF_CHUNK)
-        .map_ok(hyper::body::Frame::data)
-        .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(format!("reading a stored object: {e}"))));
-    http_body_util::StreamBody::new(frames).boxed_unsync()
+    let failed =
+        |e: std::io::Error| wasmtime_wasi_http::Error::InternalError(Some(format!("reading a stored object: {e}")));
+    match body {
+        HandedOff::Stream(body) => {
+            let frames = tokio_util::io::ReaderStream::with_capacity(body, HAND_OFF_CHUNK)
+                .map_ok(hyper::body::Frame::data)
+                .map_err(failed);
+            http_body_util::StreamBody::new(frames).boxed_unsync()
+        }
+        HandedOff::File(range) => {
+            http_body_util::StreamBody::new(file_chunks(range).map_ok(hyper::body::Frame::data).map_err(failed))
+                .boxed_unsync()
+        }
+    }
+}
+
+/// A range of a file as chunks, each read (with a positioned read, on the
+/// blocking pool) only when the client has taken the one before: a client
+/// that stops reading holds no buffer but the chunk it was being sent.
+fn file_chunks(range: FileRange) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let file = Arc::new(range.file);
+    let end = range.offset + range.len;
+    futures_util::stream::try_unfold(range.offset, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let want = (end - pos).min(HAND_OFF_CHUNK as u64) as usize;
+            let chunk = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt as _;
+                let mut buf = vec![0u8; want];
+                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((chunk, pos + want as u64)))
+        }
+    })
 }
 
 fn full_body(bytes: Bytes) -> HyperOutgoingBody {

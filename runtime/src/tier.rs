@@ -17,11 +17,12 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
-use ncps_edge_handler::protocol::auth::may_read;
-use ncps_edge_handler::protocol::range::{self, Range};
 use ncps_edge_host_services::edge::memory::{Kept, Kind};
 use ncps_edge_host_services::edge::EdgeCache;
 use ncps_edge_host_services::Services;
+use ncps_edge_protocol::auth::may_read;
+use ncps_edge_protocol::range::{self, Range};
+use ncps_edge_protocol::timing::narinfo_patience;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -135,7 +136,10 @@ impl Front {
             narinfo_hits: services.metrics.memory_hits(true),
             nar_hits: services.metrics.memory_hits(false),
             inflight: Mutex::new(HashMap::new()),
-            patience: Duration::from_millis(settings.upstream_timeout_ms.saturating_mul(3)) + Duration::from_secs(1),
+            patience: narinfo_patience(
+                Duration::from_millis(settings.upstream_connect_timeout_ms),
+                Duration::from_millis(settings.upstream_timeout_ms),
+            ) + Duration::from_secs(1),
             copying: Arc::new(Copying {
                 paths: Mutex::default(),
                 bytes: Default::default(),

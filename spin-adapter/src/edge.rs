@@ -8,22 +8,26 @@ use crate::bindings::exports::ncps::edge::edge_cache::Guest;
 use crate::bindings::fermyon::spin::redis::RedisParameter;
 use crate::{redis, settings};
 
+/// Largest purge message published, as the native Redis channel's.
+const PURGE_MESSAGE_MAX: usize = 64 << 10;
+
 impl Guest for crate::Adapter {
     fn purge(paths: Vec<String>) {
         if paths.is_empty() {
             return;
         }
-        let channel = format!("{}edge-cache", settings::lock_prefix());
-        let message = format!("purge\n{}", paths.join("\n"));
-        let sent = redis::with(|c| {
-            c.execute("PUBLISH", &[redis::text(&channel), RedisParameter::Binary(message.into_bytes())])
-        });
-        if let Err(e) = sent {
-            crate::log::warn("publishing a purge failed", &[("error", &e.to_string())]);
+        let channel = ncps_edge_wire::channel::name(&settings::lock_prefix());
+        for message in ncps_edge_wire::channel::purges(&paths, PURGE_MESSAGE_MAX) {
+            let sent = redis::with(|c| {
+                c.execute("PUBLISH", &[redis::text(&channel), RedisParameter::Binary(message.into_bytes())])
+            });
+            if let Err(e) = sent {
+                crate::log::warn("publishing a purge failed", &[("error", &e.to_string())]);
+            }
         }
     }
 
-    fn mark_absent(_hash: String) {}
+    fn mark_absent(_hash: String, _seconds: u32) {}
 
     fn absent_for(_hash: String) -> u32 {
         0

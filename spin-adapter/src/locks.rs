@@ -1,5 +1,5 @@
 //! `ncps:edge/locks` over Redis with the native Redis backend's keys and
-//! Lua scripts (the same files, included), so Spin and native nodes that
+//! Lua scripts (`ncps_edge_wire::locks`), so Spin and native nodes that
 //! share a Redis exclude each other. One master: under Spin a lease lives
 //! in the one Redis the `redis_address` variable names.
 //!
@@ -18,12 +18,7 @@ use crate::bindings::wasi::clocks::monotonic_clock;
 use crate::error::{Error, Result};
 use crate::{redis, settings};
 
-const ACQUIRE: &str = include_str!("../../host-services/src/locks/redis_scripts/acquire.lua");
-const RELEASE: &str = include_str!("../../host-services/src/locks/redis_scripts/release.lua");
-const EXTEND: &str = include_str!("../../host-services/src/locks/redis_scripts/extend.lua");
-
-/// Longest key the guest may ask for (before the prefix), as natively.
-const MAX_KEY_LEN: usize = 200;
+use ncps_edge_wire::locks::redis::{keys as keys_of, ACQUIRE, EXTEND, RELEASE};
 
 fn now_ms() -> u64 {
     monotonic_clock::now() / 1_000_000
@@ -141,12 +136,11 @@ impl GuestLease for SpinLease {
 }
 
 fn try_once(key: &str, mode: Mode, ttl_ms: u64) -> Result<Option<SpinLease>> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+    if !ncps_edge_wire::locks::is_valid_key(key) {
         return Err(Error::Invalid(format!("bad lock key {key:?}")));
     }
     let full = format!("{}{key}", settings::lock_prefix());
-    // The native backend's keys: one hash tag, so both share a cluster slot.
-    let keys = [format!("{{{full}}}"), format!("{{{full}}}:readers")];
+    let keys = keys_of(&full);
     let mut token = [0u8; 16];
     token.copy_from_slice(&crate::bindings::wasi::random::random::get_random_bytes(16));
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();

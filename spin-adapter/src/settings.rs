@@ -59,7 +59,7 @@ fn write_verb(allow: &str, token: &str) -> bool {
 
 /// The lock key prefix, as `--cache-lock-redis-key-prefix`.
 pub fn lock_prefix() -> String {
-    var("lock_key_prefix").unwrap_or_else(|| "ncps:lock:".into())
+    var("lock_key_prefix").unwrap_or_else(|| ncps_edge_wire::locks::DEFAULT_PREFIX.into())
 }
 
 impl Guest for crate::Adapter {
@@ -97,8 +97,10 @@ impl Guest for crate::Adapter {
         list("upstream_urls")
             .into_iter()
             .enumerate()
-            .map(|(i, url)| Upstream {
+            .map(|(i, url)| (i, ncps_edge_protocol::auth::split_credentials(&url)))
+            .map(|(i, (url, authorization))| Upstream {
                 url: url.trim_end_matches('/').to_owned(),
+                authorization,
                 priority: 40 + i as u32,
                 public_keys: keys.clone(),
                 allow_unsigned: allow_unsigned && keys.is_empty(),

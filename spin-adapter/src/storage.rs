@@ -1,9 +1,11 @@
-//! `ncps:edge/storage` on S3, in the native layout (the same file,
-//! included) and with the native S3 backend's protocol: a writer buffers
-//! one part at a time ([`PART_SIZE`]) into a multipart upload named by a
-//! marker object, and commits put-if-absent; nothing is visible before.
+//! `ncps:edge/storage` on S3, in the native layout (`ncps_edge_wire::layout`)
+//! and with the native S3 backend's protocol: a writer buffers one part at
+//! a time ([`PART_SIZE`]) into a multipart upload named by a marker object,
+//! and commits put-if-absent, and only bytes that hash to their name;
+//! nothing is visible before.
 //!
-//! Under Spin there is no `hand-off` (the handler streams reads itself),
+//! Under Spin there is no `hand-off` (the handler streams reads and
+//! downloads itself),
 //! no `follow` (a Spin node has no other instance's writers), and
 //! `sweep-incomplete` sweeps nothing: the markers this adapter writes let
 //! a native node's sweep abort what a dead Spin instance left.
@@ -20,12 +22,7 @@ use crate::error::{Error, Result};
 use crate::locks;
 use crate::s3::{self, S3};
 
-#[allow(dead_code)]
-#[path = "../../host-services/src/storage/layout.rs"]
-mod layout;
-
-/// Bytes buffered per multipart part, as the native S3 backend.
-const PART_SIZE: usize = 8 << 20;
+use ncps_edge_wire::layout::{self, ContentCheck, PART_SIZE};
 
 fn object_of(key: &str) -> Result<String> {
     if !layout::is_valid_key(key) {
@@ -42,6 +39,8 @@ pub struct SpinWriter {
 struct WriterState {
     s3: Rc<S3>,
     object: String,
+    /// The sha256 the key names: nothing else is published under it.
+    check: ContentCheck,
     buf: Vec<u8>,
     upload_id: Option<String>,
     etags: Vec<String>,
@@ -75,6 +74,10 @@ impl WriterState {
     }
 
     fn commit(&mut self) -> Result<bool> {
+        if !self.check.matches() {
+            self.abort_upload();
+            return Err(Error::Invalid(format!("{}: the bytes do not hash to the name", self.object)));
+        }
         if self.s3.head(&self.object)?.is_some() {
             self.abort_upload();
             return Ok(false);
@@ -112,6 +115,7 @@ impl GuestWriter for SpinWriter {
     fn write(&self, data: Vec<u8>) -> std::result::Result<(), WitError> {
         locks::heartbeat();
         let mut state = self.state.borrow_mut();
+        state.check.update(&data);
         let mut data = data.as_slice();
         while !data.is_empty() {
             let n = (PART_SIZE - state.buf.len()).min(data.len());
@@ -156,6 +160,11 @@ impl Guest for crate::Adapter {
         Ok(HandOffOutcome::Declined)
     }
 
+    fn hand_off_download(key: String) -> std::result::Result<HandOffOutcome, WitError> {
+        object_of(&key)?;
+        Ok(HandOffOutcome::Declined)
+    }
+
     fn stat(key: String) -> std::result::Result<Option<ObjectInfo>, WitError> {
         Ok(s3::bucket()?.head(&object_of(&key)?)?.map(|size| ObjectInfo { size }))
     }
@@ -166,9 +175,13 @@ impl Guest for crate::Adapter {
     }
 
     fn create(key: String) -> std::result::Result<Writer, WitError> {
+        let object = object_of(&key)?;
+        let check = ContentCheck::for_key(&key)
+            .ok_or_else(|| Error::Invalid(format!("{key} is not named by a sha256: no object is stored under it")))?;
         let state = WriterState {
             s3: s3::bucket()?,
-            object: object_of(&key)?,
+            object,
+            check,
             buf: Vec::new(),
             upload_id: None,
             etags: Vec::new(),

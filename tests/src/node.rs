@@ -59,6 +59,14 @@ pub fn memory_tier_on() -> bool {
     std::env::var("EDGE_CACHE_MEMORY").map_or(true, |v| v.trim() != "0")
 }
 
+/// Whether the NAR at `url` (a node's `/nar/…`) is stored there: a `HEAD`
+/// answers from storage (`x-cache: HIT`) only then; otherwise it answers
+/// what the upstreams have.
+pub async fn is_stored(c: &reqwest::Client, url: &str) -> bool {
+    let resp = c.head(url).send().await.expect("HEAD");
+    resp.status() == 200 && resp.headers().get("x-cache").is_some_and(|v| v == "HIT")
+}
+
 /// Flags pointing a node at `upstream_url`, trusting `key`.
 pub fn upstream_flags(upstream_url: &str, key: &str) -> Vec<String> {
     vec![format!("--cache-upstream-url={upstream_url}"), format!("--cache-upstream-public-key={key}")]

@@ -29,11 +29,22 @@ pub struct Faults {
     pub nar_chunk_delay_ms: AtomicU64,
     /// Serve this as `/nix-cache-info` instead of the folder's file.
     pub cache_info: Mutex<Option<String>>,
+    /// Answer 401 to requests without exactly this `authorization`.
+    pub require_authorization: Mutex<Option<String>>,
+    /// Answer NAR requests with this status (0: serve them).
+    pub nar_status: std::sync::atomic::AtomicU16,
+    /// Redirect NAR requests to this base URL (same path), with a 302.
+    pub redirect_nars_to: Mutex<Option<String>>,
+    /// Send narinfo bodies 10 bytes per second.
+    pub drip_narinfos: AtomicBool,
 }
 
 struct State {
     root: PathBuf,
+    /// GETs per path.
     hits: Mutex<HashMap<String, usize>>,
+    /// HEADs per path.
+    heads: Mutex<HashMap<String, usize>>,
     times: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     faults: Faults,
 }
@@ -64,8 +75,13 @@ impl FakeUpstream {
     pub async fn start(root: PathBuf) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state =
-            Arc::new(State { root, hits: Mutex::default(), times: Mutex::default(), faults: Faults::default() });
+        let state = Arc::new(State {
+            root,
+            hits: Mutex::default(),
+            heads: Mutex::default(),
+            times: Mutex::default(),
+            faults: Faults::default(),
+        });
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -95,9 +111,14 @@ impl FakeUpstream {
         &self.state.faults
     }
 
-    /// Requests seen for `path` (e.g. `/nar/….nar.zst`).
+    /// GET requests seen for `path` (e.g. `/nar/….nar.zst`).
     pub fn hits(&self, path: &str) -> usize {
         self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// HEAD requests seen for `path`.
+    pub fn heads(&self, path: &str) -> usize {
+        self.state.heads.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 
     /// When each request for `path` came.
@@ -113,10 +134,27 @@ impl FakeUpstream {
 
 async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
     let path = req.uri().path().to_owned();
-    *s.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let counts = if req.method() == hyper::Method::HEAD { &s.heads } else { &s.hits };
+    *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
     s.times.lock().unwrap().entry(path.clone()).or_default().push(std::time::Instant::now());
     if s.faults.fail.load(Ordering::SeqCst) {
         return full(500, b"upstream broken".to_vec());
+    }
+    if let Some(want) = s.faults.require_authorization.lock().unwrap().clone() {
+        if req.headers().get("authorization").is_none_or(|v| v.as_bytes() != want.as_bytes()) {
+            return full(401, b"unauthorized".to_vec());
+        }
+    }
+    if path.starts_with("/nar/") {
+        let status = s.faults.nar_status.load(Ordering::SeqCst);
+        if status != 0 {
+            return full(status, b"not now".to_vec());
+        }
+        if let Some(base) = s.faults.redirect_nars_to.lock().unwrap().clone() {
+            let mut r = full(302, Vec::new());
+            r.headers_mut().insert("location", format!("{base}{path}").parse().unwrap());
+            return r;
+        }
     }
     if path == "/nix-cache-info" {
         if let Some(info) = s.faults.cache_info.lock().unwrap().clone() {
@@ -129,6 +167,9 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
     let Ok(mut bytes) = tokio::fs::read(s.root.join(path.trim_start_matches('/'))).await else {
         return full(404, b"not found".to_vec());
     };
+    if path.ends_with(".narinfo") && s.faults.drip_narinfos.load(Ordering::SeqCst) {
+        return drip(bytes);
+    }
     if !path.starts_with("/nar/") {
         return full(200, bytes);
     }
@@ -144,6 +185,20 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), it))
+    }));
+    let mut r = hyper::Response::new(body.boxed());
+    r.headers_mut().insert("content-length", len.into());
+    r
+}
+
+/// `bytes` sent 10 bytes a second.
+fn drip(bytes: Vec<u8>) -> hyper::Response<Body> {
+    let len = bytes.len();
+    let chunks: Vec<Bytes> = Bytes::from(bytes).chunks(10).map(Bytes::copy_from_slice).collect();
+    let body = StreamBody::new(stream::unfold(chunks.into_iter(), |mut it| async move {
+        let chunk = it.next()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         Some((Ok::<_, Infallible>(Frame::data(chunk)), it))
     }));
     let mut r = hyper::Response::new(body.boxed());

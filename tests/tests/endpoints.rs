@@ -65,7 +65,14 @@ async fn nar_hit_supports_head_and_ranges() {
     let path = nar_url(&fx.cache("none"), &fx.mid);
     let original = std::fs::read(nar_file(&fx.cache("none"), &fx.mid)).unwrap();
     let url = format!("{}{path}", node.url());
-    assert_eq!(c.head(&url).send().await.unwrap().status(), 404, "HEAD does not pull from upstream");
+    // HEAD answers as GET would, asking the upstream with HEAD: nothing is downloaded.
+    let head_miss = c.head(&url).send().await.unwrap();
+    assert_eq!(head_miss.status(), 200);
+    assert_eq!(head_miss.headers()["x-cache"], "MISS");
+    assert_eq!(head_miss.headers()["content-length"], original.len().to_string().as_str());
+    assert_eq!((up.heads(&path), up.hits(&path)), (1, 0), "HEAD downloaded the NAR");
+    let absent = format!("{}/nar/{}.nar", node.url(), "1".repeat(52));
+    assert_eq!(c.head(&absent).send().await.unwrap().status(), 404);
     let miss = c.get(&url).send().await.unwrap();
     assert_eq!(miss.status(), 200);
     assert_eq!(miss.headers()["x-cache"], "MISS");

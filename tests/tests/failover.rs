@@ -170,17 +170,17 @@ async fn freeze_the_downloader(backend: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_frozen_holder_is_taken_over_and_publishes_nothing_after() {
+async fn redis_frozen_holder_is_taken_over_and_its_late_publish_changes_nothing() {
     freeze_the_downloader("redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_frozen_holder_is_taken_over_and_publishes_nothing_after() {
+async fn postgres_frozen_holder_is_taken_over_and_its_late_publish_changes_nothing() {
     freeze_the_downloader("postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mysql_frozen_holder_is_taken_over_and_publishes_nothing_after() {
+async fn mysql_frozen_holder_is_taken_over_and_its_late_publish_changes_nothing() {
     freeze_the_downloader("mysql").await;
 }
 

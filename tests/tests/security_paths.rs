@@ -60,7 +60,9 @@ async fn hostile_upstream_narinfos_are_not_adopted() {
     let big = format!("{good}{}", "X-Padding: y\n".repeat(200_000));
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.top))), big).unwrap();
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.big))), "this is not a narinfo").unwrap();
-    let (up, node) = node_for_cache(dir.path(), &fx.public_key, &[]).await;
+    // A refused narinfo is remembered for a few seconds (at most the
+    // negative TTL); off here, so the control below is asked at once.
+    let (up, node) = node_for_cache(dir.path(), &fx.public_key, &["--cache-negative-ttl=0".into()]).await;
     let c = reqwest::Client::new();
     for p in [&fx.mid, &fx.leaf, &fx.top, &fx.big] {
         let resp = c.get(format!("{}/{}.narinfo", node.url(), hash_of(p))).send().await.unwrap();

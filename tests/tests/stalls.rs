@@ -15,6 +15,10 @@ use ncps_edge_tests::upstream::FakeUpstream;
 const DEADLINE: &str = "--cache-backend-timeout=1s";
 /// What a request may take while a backend is stalled.
 const BOUND: Duration = Duration::from_secs(15);
+/// Longest a node may take to serve again once the network is back: a lock
+/// left by a holder that lost the stalled service lingers for its lease
+/// (15 s); a bound well above it, so a loaded machine does not fail it.
+const RECOVERY: Duration = Duration::from_secs(30);
 
 /// GET `url`: status and how long it took; a request past [`BOUND`] fails the test.
 async fn timed(c: &reqwest::Client, url: &str) -> (u16, Duration) {
@@ -38,7 +42,7 @@ async fn recovers(c: &reqwest::Client, url: &str, want: u16) -> Duration {
         if status == want {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "{url} still {status} after the network came back");
+        assert!(started.elapsed() < RECOVERY, "{url} still {status} after the network came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -74,8 +78,10 @@ async fn database_case(db: String, lock_backend: &str) {
         assert!(took < BOUND, "{lock_backend}: answered after {took:?}");
     }
     proxy.resume();
+    // Seconds, not minutes: at worst a lock whose holder lost the stalled
+    // service lingers for its lease (15 s), or a waiter's patience passes.
     let took = recovers(&c, &narinfo(&fx.mid), 200).await;
-    assert!(took < Duration::from_secs(10), "{lock_backend}: {took:?} to recover");
+    assert!(took < RECOVERY, "{lock_backend}: {took:?} to recover");
     assert_eq!(timed(&c, &narinfo(&fx.leaf)).await.0, 200);
 }
 
@@ -117,7 +123,7 @@ async fn stalled_redis_fails_misses_fast_serves_hits_and_recovers() {
     assert!(took < BOUND, "answered after {took:?}");
     proxy.resume();
     let took = recovers(&c, &narinfo(&fx.mid), 200).await;
-    assert!(took < Duration::from_secs(10), "{took:?} to recover");
+    assert!(took < RECOVERY, "{took:?} to recover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -21,6 +21,7 @@ use crate::host::upstream::{self, Trust};
 use crate::protocol::narinfo::NarInfo;
 use crate::protocol::route::NarPath;
 use crate::protocol::signature::{verify_any, PublicKey};
+use crate::protocol::timing;
 
 /// `GET|HEAD /<hash>.narinfo`.
 pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
@@ -31,14 +32,18 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     if absent > 0 {
         return not_found(settings, out, head, absent);
     }
-    // A narinfo fetch takes at most about one upstream timeout per round
-    // trip; wait that long for another instance's fetch, then fetch too
-    // (fetching twice is harmless).
-    let patience = Duration::from_millis(settings.upstream_timeout_ms.saturating_mul(3));
+    // A narinfo fetch ends by its deadline: wait longer than that for
+    // another instance's fetch, so waiters get what it found. A lock still
+    // held after that is held by no fetch (left by a holder that lost its
+    // lock service): look once more, then fetch without it.
+    let patience = timing::narinfo_patience(connect_timeout(settings), response_timeout(settings));
     let _lease = match download_lock::acquire_or_wait("narinfo", hash, settings, patience, || lookup(hash)) {
         Wait::Done(info) => return respond(settings, out, &info, CacheResult::Hit, head),
         Wait::Acquired(lease) => Some(lease),
-        Wait::GaveUp => None,
+        Wait::GaveUp => match lookup(hash) {
+            Some(info) => return respond(settings, out, &info, CacheResult::Hit, head),
+            None => None,
+        },
         Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
     };
     // The fetch this one waited for may have found that no upstream has it.
@@ -49,12 +54,29 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     match fetch(settings, hash) {
         Fetched::Found(info) => respond(settings, out, &info, CacheResult::Miss, head),
         Fetched::Absent => {
-            edge::mark_absent(hash);
+            edge::mark_absent(hash, settings.negative_ttl_s);
             not_found(settings, out, head, settings.negative_ttl_s)
         }
-        // Upstream trouble: not found now, asked again next time.
-        Fetched::Failed => text(out, 404, "not found\n", head),
+        // Upstream trouble: not found now, and for a few seconds, so the
+        // requests that waited for this fetch (and those right behind) take
+        // its outcome instead of asking the troubled upstreams once each.
+        Fetched::Failed => {
+            let seconds = FAILURE_MEMORY_S.min(settings.negative_ttl_s);
+            edge::mark_absent(hash, seconds);
+            not_found(settings, out, head, seconds)
+        }
     }
+}
+
+/// Seconds a failed narinfo fetch is remembered (at most the negative TTL).
+const FAILURE_MEMORY_S: u32 = 5;
+
+fn connect_timeout(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.upstream_connect_timeout_ms)
+}
+
+fn response_timeout(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.upstream_timeout_ms)
 }
 
 fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
@@ -111,11 +133,16 @@ impl Refusal {
 fn fetch(settings: &Settings, hash: &str) -> Fetched {
     let ups = upstream::ordered();
     let mut all_absent = !ups.is_empty();
-    let pending: Vec<_> =
-        ups.iter().map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), settings)).collect();
+    // The whole fetch, bodies included, ends by this deadline.
+    let deadline = Instant::now().after(timing::narinfo_fetch(connect_timeout(settings), response_timeout(settings)));
+    let pending: Vec<_> = ups
+        .iter()
+        .map(|u| upstream::start_get(&format!("{}/{hash}.narinfo", u.url), u.authorization.as_deref(), settings))
+        .collect();
     for (up, pending) in ups.iter().zip(pending) {
         let started = Instant::now();
-        let result = pending.map_err(|e| Refusal::Failed(e.to_string())).and_then(|p| take(settings, hash, up, p));
+        let result =
+            pending.map_err(|e| Refusal::Failed(e.to_string())).and_then(|p| take(settings, hash, up, p, deadline));
         let seconds = started.elapsed().as_secs_f64();
         let outcome = result.as_ref().map_or_else(Refusal::outcome, |_| FetchOutcome::Ok);
         metrics::upstream_fetch(ObjectKind::Narinfo, &up.url, seconds, outcome);
@@ -158,6 +185,7 @@ fn take(
     hash: &str,
     up: &upstream::Upstream,
     pending: upstream::Pending,
+    deadline: Instant,
 ) -> Result<NarInfo, Refusal> {
     let resp = pending.wait().map_err(|e| Refusal::Failed(e.to_string()))?;
     match resp.status {
@@ -167,7 +195,11 @@ fn take(
         status => return Err(Refusal::Failed(format!("status {status}"))),
     }
     let body = resp.body.ok_or_else(|| Refusal::Failed("no body".into()))?;
-    let body = body.read_to_end(settings.max_narinfo_size).map_err(|e| Refusal::Rejected(e.to_string()))?;
+    let body = match body.read_to_end_by(settings.max_narinfo_size, Some(deadline)) {
+        Ok(body) => body,
+        Err(e @ (BodyError::TooSlow | BodyError::Stream(_))) => return Err(Refusal::Failed(e.to_string())),
+        Err(e @ BodyError::TooLarge(_)) => return Err(Refusal::Rejected(e.to_string())),
+    };
     let text = std::str::from_utf8(&body).map_err(|e| Refusal::Rejected(e.to_string()))?;
     let info = NarInfo::parse(text).map_err(|e| Refusal::Rejected(format!("malformed: {e}")))?;
     if info.hash() != hash {
@@ -179,13 +211,16 @@ fn take(
         Trust::Unsigned => {}
         Trust::Refuse(why) => return Err(Refusal::Rejected(why.clone())),
     }
-    adopt(settings, info, &up.url).ok_or_else(|| Refusal::Rejected("unusable URL or compression".into()))
+    adopt(settings, info, &up.url)
+        .ok_or_else(|| Refusal::Rejected("unknown compression, or no FileHash to name its NAR by".into()))
 }
 
-/// Rewrite an upstream narinfo to our URL, sign it and record it with the
-/// upstream location of its NAR. Recording failures are logged: the narinfo
-/// is still served.
+/// Rewrite an upstream narinfo to our URL (named by its file hash: the
+/// NAR is stored under that name only if its bytes hash to it), sign it and
+/// record it with the upstream location of its NAR. Recording failures are
+/// logged: the narinfo is still served.
 fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<NarInfo> {
+    info.normalise();
     let path = NarPath::of_narinfo(&info)?;
     let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
     info.url = path.key();
@@ -222,13 +257,15 @@ pub fn put(settings: &Settings, req: &Request, hash: &str) -> Written {
     if info.hash() != hash {
         return Written::rejected(400, "narinfo is for another store path\n", target);
     }
-    let Some(path) = info.url.strip_prefix("nar/").and_then(NarPath::parse).filter(|p| p.key() == info.url) else {
-        return Written::rejected(400, "narinfo URL must be nar/<hash>.nar[.ext]\n", target);
-    };
     info.normalise();
-    // The NAR is named by its file hash, which its upload checked.
-    if info.file_hash.map(|h| h.to_nix32()).as_deref() != Some(path.hash.as_str()) {
-        return Written::rejected(400, "narinfo URL must be named by its FileHash\n", target);
+    // The NAR is named by its file hash (which its upload checked), with
+    // the extension of a compression Nix knows.
+    if NarPath::of_narinfo(&info).map(|p| p.key()).as_deref() != Some(info.url.as_str()) {
+        return Written::rejected(
+            400,
+            "narinfo URL must be nar/<its FileHash>.nar<the extension of its Compression>\n",
+            target,
+        );
     }
     if settings.require_trusted_upload || !settings.upload_trusted_keys.is_empty() {
         let keys: Vec<PublicKey> = settings.upload_trusted_keys.iter().filter_map(|k| PublicKey::parse(k)).collect();

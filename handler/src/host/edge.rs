@@ -42,9 +42,9 @@ pub fn purge(paths: &[String]) {
     }
 }
 
-/// Remember that no upstream has the narinfo of `hash`.
-pub fn mark_absent(hash: &str) {
-    edge_cache::mark_absent(hash);
+/// Remember for `seconds` that the narinfo of `hash` cannot be had now.
+pub fn mark_absent(hash: &str, seconds: u32) {
+    edge_cache::mark_absent(hash, seconds);
 }
 
 /// Seconds `hash` stays known to be absent upstream (0: not known).

@@ -4,7 +4,9 @@
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
+use crate::bindings::wasi::io::poll::poll;
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
+use crate::host::time::Instant;
 
 /// Bytes read from a stream per call.
 pub const CHUNK: u64 = 256 * 1024;
@@ -55,6 +57,9 @@ pub enum BodyError {
     /// The stream failed.
     #[error("body stream failed: {0}")]
     Stream(String),
+    /// It did not end by its deadline (a slow drip).
+    #[error("body not complete within its deadline")]
+    TooSlow,
 }
 
 /// An incoming body (request or upstream response). The stream is dropped
@@ -73,17 +78,39 @@ impl BodyReader {
 
     /// The next chunk; `Ok(None)` at the end.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, BodyError> {
-        match self.stream.blocking_read(CHUNK) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(StreamError::Closed) => Ok(None),
-            Err(StreamError::LastOperationFailed(e)) => Err(BodyError::Stream(e.to_debug_string())),
+        self.next_chunk_by(None)
+    }
+
+    /// The next chunk, waiting at most until `deadline`; `Ok(None)` at the end.
+    pub fn next_chunk_by(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>, BodyError> {
+        loop {
+            match self.stream.read(CHUNK) {
+                Ok(bytes) if !bytes.is_empty() => return Ok(Some(bytes)),
+                Ok(_) => {}
+                Err(StreamError::Closed) => return Ok(None),
+                Err(StreamError::LastOperationFailed(e)) => return Err(BodyError::Stream(e.to_debug_string())),
+            }
+            let ready = self.stream.subscribe();
+            match deadline {
+                None => ready.block(),
+                Some(deadline) => {
+                    if !poll(&[&ready, &deadline.timer()]).contains(&0) {
+                        return Err(BodyError::TooSlow);
+                    }
+                }
+            }
         }
     }
 
     /// Read everything, refusing more than `limit` bytes.
-    pub fn read_to_end(mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
+    pub fn read_to_end(self, limit: u64) -> Result<Vec<u8>, BodyError> {
+        self.read_to_end_by(limit, None)
+    }
+
+    /// Read everything by `deadline`, refusing more than `limit` bytes.
+    pub fn read_to_end_by(mut self, limit: u64, deadline: Option<Instant>) -> Result<Vec<u8>, BodyError> {
         let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk()? {
+        while let Some(chunk) = self.next_chunk_by(deadline)? {
             if (out.len() + chunk.len()) as u64 > limit {
                 return Err(BodyError::TooLarge(limit));
             }

@@ -5,7 +5,10 @@
 //!   narinfo points at it, then it is adopted (recorded as stored). Objects
 //!   are only ever published complete and checked, so adopting is safe.
 //! - A record marked stored whose object is gone is a phantom: unmarked, so
-//!   the size accounting is right and the next request fetches it again.
+//!   the size accounting is right and the next request fetches it again
+//!   from the upstream it came from; one that came from no upstream (an
+//!   upload) cannot be fetched again, so it is forgotten with its narinfos,
+//!   and no narinfo is left served whose NAR is gone.
 //! - Leftovers of unfinished writes older than the longest download are
 //!   removed (temporary files, incomplete multipart uploads).
 //!
@@ -240,10 +243,21 @@ fn clear_phantom(record: &NarRecord) -> Result<Mended, Error> {
     if current.stored_size.is_none() {
         return Ok(Mended::Nothing);
     }
-    current.stored_size = None;
-    metadata::put_nar(&current)?;
     // Copies kept by edge tiers (of a NAR deleted behind the cache's back) go too.
-    edge::purge(&[edge::object_path(&record.key)]);
-    logging::info("unmarked a NAR whose object is gone", &[("url", &record.key)]);
+    let mut purged = vec![edge::object_path(&record.key)];
+    if current.upstream_url.is_some() {
+        current.stored_size = None;
+        metadata::put_nar(&current)?;
+        logging::info("unmarked a NAR whose object is gone", &[("url", &record.key)]);
+    } else {
+        let eviction = metadata::evict(&record.key)?;
+        purged.extend(eviction.narinfos.iter().map(|h| edge::narinfo_path(h)));
+        let narinfos = eviction.narinfos.len().to_string();
+        logging::info(
+            "forgot an uploaded NAR whose object is gone, with its narinfos",
+            &[("url", &record.key), ("narinfos", &narinfos)],
+        );
+    }
+    edge::purge(&purged);
     Ok(Mended::Phantom)
 }

@@ -14,7 +14,10 @@ pub fn check() -> Vec<UpstreamHealth> {
     let ups = config::get_upstreams();
     let pending: Vec<_> = ups
         .iter()
-        .map(|u| upstream::start_get(&format!("{}/nix-cache-info", u.url.trim_end_matches('/')), &settings))
+        .map(|u| {
+            let url = format!("{}/nix-cache-info", u.url.trim_end_matches('/'));
+            upstream::start_get(&url, u.authorization.as_deref(), &settings)
+        })
         .collect();
     ups.iter()
         .zip(pending)

@@ -163,10 +163,12 @@ impl EdgeCache {
         }
     }
 
-    /// Remember that no upstream has the narinfo of `hash`.
-    pub fn mark_absent(&self, hash: &str) {
-        if !self.negative_ttl.is_zero() {
-            self.absent.insert(hash.to_owned(), Instant::now() + self.negative_ttl);
+    /// Remember for `ttl` (at most `--cache-negative-ttl`) that the
+    /// narinfo of `hash` cannot be had from the upstreams now.
+    pub fn mark_absent(&self, hash: &str, ttl: Duration) {
+        let ttl = ttl.min(self.negative_ttl);
+        if !ttl.is_zero() {
+            self.absent.insert(hash.to_owned(), Instant::now() + ttl);
         }
     }
 
@@ -188,15 +190,15 @@ mod tests {
     #[test]
     fn absent_marks_expire_and_are_purged() {
         let edge = EdgeCache::new(0, Duration::from_millis(50), None);
-        edge.mark_absent("a");
-        edge.mark_absent("b");
+        edge.mark_absent("a", Duration::MAX);
+        edge.mark_absent("b", Duration::MAX);
         assert!(edge.absent_for("a").is_some() && edge.absent_for("b").is_some());
         edge.purge_here(&["/a.narinfo".into()]);
         assert!(edge.absent_for("a").is_none(), "a purge of the narinfo did not clear its mark");
         std::thread::sleep(Duration::from_millis(60));
         assert!(edge.absent_for("b").is_none(), "kept past the TTL");
         let off = EdgeCache::new(0, Duration::ZERO, None);
-        off.mark_absent("a");
+        off.mark_absent("a", Duration::MAX);
         assert!(off.absent_for("a").is_none());
     }
 }

@@ -20,8 +20,8 @@ impl edge_cache::Host for EdgeView<'_> {
         Ok(())
     }
 
-    async fn mark_absent(&mut self, hash: String) -> wasmtime::Result<()> {
-        self.0.mark_absent(&hash);
+    async fn mark_absent(&mut self, hash: String, seconds: u32) -> wasmtime::Result<()> {
+        self.0.mark_absent(&hash, std::time::Duration::from_secs(seconds.into()));
         Ok(())
     }
 

@@ -203,9 +203,6 @@ pub struct Locks {
 /// Backend timeouts of an acquire are retried only this early in it.
 const RETRY_TIMEOUTS_WITHIN: Duration = Duration::from_secs(1);
 
-/// Longest key the guest may ask for (before the prefix).
-const MAX_KEY_LEN: usize = 200;
-
 impl Locks {
     /// A lock service over `backend` with keys under `prefix`.
     pub fn new(
@@ -231,7 +228,7 @@ impl Locks {
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()) {
+        if !ncps_edge_wire::locks::is_valid_key(key) {
             return Err(Error::invalid(format!("bad lock key {key:?}")));
         }
         Ok(format!("{}{key}", self.prefix))

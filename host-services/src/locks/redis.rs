@@ -15,11 +15,11 @@ use redis::Script;
 use super::{Lease, LockBackend, Mode};
 use crate::{Error, Result};
 
-// The Lua scripts of the lock protocol; the Spin adapter includes the same
-// files, so native and Spin nodes exclude each other on one Redis.
-const ACQUIRE_SCRIPT: &str = include_str!("redis_scripts/acquire.lua");
-const RELEASE_SCRIPT: &str = include_str!("redis_scripts/release.lua");
-const EXTEND_SCRIPT: &str = include_str!("redis_scripts/extend.lua");
+// The lock protocol's keys and Lua scripts are the Spin adapter's too, so
+// native and Spin nodes exclude each other on one Redis.
+use ncps_edge_wire::locks::redis::{
+    keys as keys_for, ACQUIRE as ACQUIRE_SCRIPT, EXTEND as EXTEND_SCRIPT, RELEASE as RELEASE_SCRIPT,
+};
 
 /// Connection settings of `--cache-redis-*`.
 #[derive(Debug, Clone, Default)]
@@ -132,13 +132,6 @@ impl Masters {
 #[derive(Clone)]
 pub struct RedisLocks {
     masters: Arc<Masters>,
-}
-
-/// The Redis keys of lock `key` (prefix included): the exclusive entry and
-/// the readers' set (the Spin adapter names them alike).
-fn keys_for(key: &str) -> [String; 2] {
-    // One hash tag, so both keys live in one Redis Cluster slot.
-    [format!("{{{key}}}"), format!("{{{key}}}:readers")]
 }
 
 fn mode_arg(mode: Mode) -> &'static str {

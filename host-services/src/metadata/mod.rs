@@ -5,16 +5,14 @@
 pub mod access;
 pub mod guarded;
 pub mod mysql;
-pub mod mysql_sql;
 pub mod postgres;
-pub mod postgres_sql;
 pub mod sqlite;
 pub mod wit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Result;
+use crate::{Error, Result};
 
 pub use crate::bindings::metadata::{NarRecord, NarinfoRecord};
 use access::AccessRecorder;
@@ -27,6 +25,17 @@ pub(crate) fn split(s: String, sep: char) -> Vec<String> {
 /// A stored size (signed in every database) as the record's `u64`.
 pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
     v.map(|n| n.max(0) as u64)
+}
+
+/// A size as every database stores it (signed 64-bit): a larger one is
+/// refused, never wrapped into another number.
+pub(crate) fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::invalid(format!("size {v} does not fit a database integer")))
+}
+
+/// [`to_i64`] of an optional size.
+pub(crate) fn opt_i64(v: Option<u64>) -> Result<Option<i64>> {
+    v.map(to_i64).transpose()
 }
 
 /// What [`MetadataStore::evict`] forgot.

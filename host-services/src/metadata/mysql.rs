@@ -6,8 +6,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Pool, Row, TxOpts};
 
 use super::access::now_ms;
-use super::mysql_sql::*;
-use super::{split, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
+use ncps_edge_wire::sql::mysql::*;
+
+use super::{opt_i64, split, to_i64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 fn db(e: impl Into<crate::error::Cause>) -> Error {
@@ -102,6 +103,7 @@ impl MetadataStore for MySqlMetadata {
     }
 
     async fn put_narinfo(&self, n: NarinfoRecord) -> Result<()> {
+        let (file_size, nar_size) = (opt_i64(n.file_size)?, to_i64(n.nar_size)?);
         let mut c = self.conn().await?;
         let t = now_ms();
         let params: Vec<mysql_async::Value> = vec![
@@ -110,9 +112,9 @@ impl MetadataStore for MySqlMetadata {
             n.url.into(),
             n.compression.into(),
             n.file_hash.into(),
-            n.file_size.into(),
+            file_size.into(),
             n.nar_hash.into(),
-            n.nar_size.into(),
+            nar_size.into(),
             n.references.join(" ").into(),
             n.deriver.into(),
             n.system.into(),
@@ -137,9 +139,10 @@ impl MetadataStore for MySqlMetadata {
     }
 
     async fn put_nar(&self, n: NarRecord) -> Result<()> {
+        let (file_size, stored_size) = (opt_i64(n.file_size)?, opt_i64(n.stored_size)?);
         let mut c = self.conn().await?;
         let t = now_ms();
-        c.exec_drop(PUT_NAR, (n.key, n.upstream_url, n.file_hash, n.file_size, n.stored_size, t, t)).await.map_err(db)
+        c.exec_drop(PUT_NAR, (n.key, n.upstream_url, n.file_hash, file_size, stored_size, t, t)).await.map_err(db)
     }
 
     async fn delete_nar(&self, key: &str) -> Result<bool> {

@@ -6,8 +6,9 @@ use deadpool_postgres::{Manager, Pool};
 use tokio_postgres::{NoTls, Row};
 
 use super::access::now_ms;
-use super::postgres_sql::*;
-use super::{split, to_u64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
+use ncps_edge_wire::sql::postgres::*;
+
+use super::{opt_i64, split, to_i64, to_u64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
 use crate::{Error, Result};
 
 fn db(e: impl Into<crate::error::Cause>) -> Error {
@@ -64,8 +65,10 @@ impl PgMetadata {
         tx.execute(LOCK_MIGRATIONS, &[&MIGRATION_LOCK]).await.map_err(db)?;
         tx.batch_execute(CREATE_SCHEMA_TABLE).await.map_err(db)?;
         let version: i64 = tx.query_one(SCHEMA_VERSION, &[]).await.map_err(db)?.get(0);
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.batch_execute(sql).await.map_err(db)?;
+        for (i, statements) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            for sql in statements.iter() {
+                tx.batch_execute(sql).await.map_err(db)?;
+            }
             tx.execute(RECORD_MIGRATION, &[&(i as i32 + 1)]).await.map_err(db)?;
             tracing::info!(version = i + 1, "applied PostgreSQL migration");
         }
@@ -86,6 +89,7 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn put_narinfo(&self, n: NarinfoRecord) -> Result<()> {
+        let (file_size, nar_size) = (opt_i64(n.file_size)?, to_i64(n.nar_size)?);
         let c = self.client().await?;
         let t = now_ms();
         c.execute(
@@ -96,9 +100,9 @@ impl MetadataStore for PgMetadata {
                 &n.url,
                 &n.compression,
                 &n.file_hash,
-                &n.file_size.map(|v| v as i64),
+                &file_size,
                 &n.nar_hash,
-                &(n.nar_size as i64),
+                &nar_size,
                 &n.references.join(" "),
                 &n.deriver,
                 &n.system,
@@ -124,20 +128,11 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn put_nar(&self, n: NarRecord) -> Result<()> {
+        let (file_size, stored_size) = (opt_i64(n.file_size)?, opt_i64(n.stored_size)?);
         let c = self.client().await?;
-        c.execute(
-            PUT_NAR,
-            &[
-                &n.key,
-                &n.upstream_url,
-                &n.file_hash,
-                &n.file_size.map(|v| v as i64),
-                &n.stored_size.map(|v| v as i64),
-                &now_ms(),
-            ],
-        )
-        .await
-        .map_err(db)?;
+        c.execute(PUT_NAR, &[&n.key, &n.upstream_url, &n.file_hash, &file_size, &stored_size, &now_ms()])
+            .await
+            .map_err(db)?;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt as _, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, FileRange, ObjectEntry, StorageKey};
 use crate::Result;
 
 /// Chunks a fill may lag behind its reader; beyond that the reader waits
@@ -160,6 +160,13 @@ impl DiskTier {
         })
     }
 
+    /// The local copy of `key` (or `range` of it) as a file, if there is one.
+    async fn open_copy_file(&self, key: &str, range: Option<ByteRange>) -> Option<FileRange> {
+        let size = self.size(key)?;
+        let file = tokio::fs::File::open(self.path(key)).await.ok()?;
+        Some(FileRange::of(file.into_std().await, size, range))
+    }
+
     /// Keep the bytes `body` yields, if they hash to `expected` (a part of
     /// the object, read by a reader that stopped early, never does).
     fn fill(self: &Arc<Self>, key: &str, expected: [u8; 32], body: Body) -> Body {
@@ -265,10 +272,7 @@ impl DiskTiered {
 
 /// The sha256 a NAR's key names (`nar/<nix32 sha256>.nar<ext>`).
 fn named_hash(key: &StorageKey) -> Option<[u8; 32]> {
-    let file = key.as_str().strip_prefix("nar/")?;
-    let hash = file.split('.').next()?;
-    (hash.len() == 52).then_some(())?;
-    nix_base32::from_nix_base32(hash)?.try_into().ok()
+    ncps_edge_wire::layout::named_sha256(key.as_str())
 }
 
 #[async_trait::async_trait]
@@ -290,6 +294,10 @@ impl BlobStore for DiskTiered {
             Some(expected) => self.tier.fill(key.as_str(), expected, body),
             None => body,
         }))
+    }
+
+    async fn open_file(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<FileRange>> {
+        Ok(self.tier.open_copy_file(key.as_str(), range).await)
     }
 
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {

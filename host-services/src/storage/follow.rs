@@ -14,19 +14,19 @@
 //! ([`Peers::token`]).
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, FileRange, ObjectEntry, StorageKey};
 use crate::Result;
-
-/// Bytes a follower reads from the spool at a time.
-const FOLLOW_CHUNK: usize = 256 * 1024;
 
 /// The internal route on which a node serves its downloads in progress to
 /// its peers: `<FOLLOW_ROUTE><storage key>`.
@@ -119,10 +119,7 @@ impl Followed {
     /// [`FOLLOW_ROUTE`] serves).
     pub fn follow_here(&self, key: &StorageKey) -> Option<Body> {
         let spool = self.downloads.lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()).cloned()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(follow_spool(spool, tx));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Some(Box::pin(tokio_util::io::StreamReader::new(stream)))
+        SpoolReader::open(spool).map(|r| Box::pin(r) as Body)
     }
 
     /// Whether `token` is what peers present.
@@ -163,9 +160,12 @@ impl Followed {
     }
 }
 
-/// A writer whose bytes are spooled for followers.
+/// A writer whose bytes are spooled for followers. When storage fails
+/// mid-write the writer detaches from it (nothing will be published) and
+/// keeps spooling, so the clients that follow still get the whole object.
 struct FollowedWriter {
-    inner: Box<dyn BlobWriter>,
+    /// Storage's writer; none once it failed (or was committed or aborted).
+    inner: Option<Box<dyn BlobWriter>>,
     peers: Option<Arc<Peers>>,
     key: String,
     spool: Arc<Spool>,
@@ -202,7 +202,15 @@ impl Drop for FollowedWriter {
 #[async_trait::async_trait]
 impl BlobWriter for FollowedWriter {
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.inner.write(data).await?;
+        let stored = match self.inner.as_mut() {
+            Some(inner) => inner.write(data).await,
+            None => Err(detached()),
+        };
+        if stored.is_err() {
+            if let Some(inner) = self.inner.take() {
+                inner.abort().await;
+            }
+        }
         // A spool that cannot be written fails its followers, not the download.
         if self.file.write_all(data).await.and(self.file.flush().await).is_err() {
             self.spool.progress.send_replace(Progress::Failed);
@@ -210,91 +218,96 @@ impl BlobWriter for FollowedWriter {
             self.spool.progress.send_replace(Progress::Safe(self.written));
         }
         self.written += data.len() as u64;
-        Ok(())
+        stored
     }
 
     fn written(&self) -> u64 {
-        self.inner.written()
+        self.written
     }
 
+    /// The caller commits only bytes it checked (nodes write through the
+    /// content-named store, which checks them against their name first),
+    /// so followers get them whole even when storage could not keep them.
     async fn commit(mut self: Box<Self>) -> Result<bool> {
-        let inner = std::mem::replace(&mut self.inner, Box::new(Gone));
-        let result = inner.commit().await;
+        let published = match self.inner.take() {
+            Some(inner) => inner.commit().await,
+            None => Err(detached()),
+        };
         let failed = *self.spool.progress.borrow() == Progress::Failed;
-        // Published now or by somebody else before: the same bytes (named by their hash).
-        self.end(if result.is_ok() && !failed { Progress::Done(self.written) } else { Progress::Failed });
-        result
+        self.end(if failed { Progress::Failed } else { Progress::Done(self.written) });
+        published
     }
 
     async fn abort(mut self: Box<Self>) {
-        let inner = std::mem::replace(&mut self.inner, Box::new(Gone));
-        inner.abort().await;
+        if let Some(inner) = self.inner.take() {
+            inner.abort().await;
+        }
         self.end(Progress::Failed);
     }
 }
 
-/// The writer left behind once the real one was committed or aborted.
-struct Gone;
-
-#[async_trait::async_trait]
-impl BlobWriter for Gone {
-    async fn write(&mut self, _data: &[u8]) -> Result<()> {
-        Err(crate::Error::internal("storage", "writer already finished"))
-    }
-    fn written(&self) -> u64 {
-        0
-    }
-    async fn commit(self: Box<Self>) -> Result<bool> {
-        Err(crate::Error::internal("storage", "writer already finished"))
-    }
-    async fn abort(self: Box<Self>) {}
+/// What a writer that lost its storage answers.
+fn detached() -> crate::Error {
+    crate::Error::unavailable("storage", "a write to storage failed earlier: nothing will be published")
 }
 
-/// Read `spool` as it grows, into `tx`, until it is done or failed.
-async fn follow_spool(spool: Arc<Spool>, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
-    let failed = || std::io::Error::other("the download being followed was abandoned");
-    let Ok(mut file) = tokio::fs::File::open(&spool.path).await else {
-        let _ = tx.send(Err(failed())).await;
-        return;
-    };
-    let mut progress = spool.progress.subscribe();
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; FOLLOW_CHUNK];
-    loop {
-        let now = *progress.borrow_and_update();
-        let (limit, done) = match now {
-            Progress::Safe(n) => (n, false),
-            Progress::Done(n) => (n, true),
-            Progress::Failed => {
-                let _ = tx.send(Err(failed())).await;
-                return;
-            }
-        };
-        while pos < limit {
-            let want = ((limit - pos) as usize).min(buf.len());
-            let read = match file.seek(SeekFrom::Start(pos)).await {
-                Ok(_) => file.read(&mut buf[..want]).await,
-                Err(e) => Err(e),
+/// A follower of one spool: reads what is safe to hand out, at its reader's
+/// own pace, straight from the spool file (nothing is buffered for it but
+/// what its reader asks for); waits when it has caught up with the writer;
+/// ends when the object is committed and fails when it is abandoned.
+struct SpoolReader {
+    /// Keeps the spool file's name until every follower is done.
+    _spool: Arc<Spool>,
+    file: tokio::fs::File,
+    progress: WatchStream<Progress>,
+    pos: u64,
+    now: Progress,
+}
+
+impl SpoolReader {
+    fn open(spool: Arc<Spool>) -> Option<Self> {
+        let file = std::fs::File::open(&spool.path).ok()?;
+        let now = *spool.progress.borrow();
+        let progress = WatchStream::from_changes(spool.progress.subscribe());
+        Some(Self { _spool: spool, file: tokio::fs::File::from_std(file), progress, pos: 0, now })
+    }
+}
+
+fn abandoned() -> std::io::Error {
+    std::io::Error::other("the download being followed was abandoned")
+}
+
+impl AsyncRead for SpoolReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            let (limit, done) = match this.now {
+                Progress::Safe(n) => (n, false),
+                Progress::Done(n) => (n, true),
+                Progress::Failed => return Poll::Ready(Err(abandoned())),
             };
-            match read {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(Err(failed())).await;
-                    return;
+            if this.pos < limit && buf.remaining() > 0 {
+                let want = usize::try_from(limit - this.pos).unwrap_or(usize::MAX).min(buf.remaining());
+                let mut part = buf.take(want);
+                ready!(Pin::new(&mut this.file).poll_read(cx, &mut part))?;
+                let n = part.filled().len();
+                if n == 0 {
+                    // The spool is shorter than what its writer wrote.
+                    return Poll::Ready(Err(abandoned()));
                 }
-                Ok(n) => {
-                    pos += n as u64;
-                    if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        return;
-                    }
-                }
+                // SAFETY: `part` borrows `buf`'s unfilled part, and the read filled `n` bytes of it.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                this.pos += n as u64;
+                return Poll::Ready(Ok(()));
             }
-        }
-        if done {
-            return;
-        }
-        if progress.changed().await.is_err() {
-            let _ = tx.send(Err(failed())).await;
-            return;
+            if done || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.progress.poll_next_unpin(cx)) {
+                Some(progress) => this.now = progress,
+                None => this.now = Progress::Failed,
+            }
         }
     }
 }
@@ -309,6 +322,10 @@ impl BlobStore for Followed {
         self.inner.read(key, range).await
     }
 
+    async fn open_file(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<FileRange>> {
+        self.inner.open_file(key, range).await
+    }
+
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
         let inner = self.inner.create(key).await?;
         let path = self.dir.join(format!("{:016x}", rand::random::<u64>()));
@@ -320,7 +337,7 @@ impl BlobStore for Followed {
             peers.edge.announce_download(key.as_str(), Some(&peers.url)).await;
         }
         Ok(Box::new(FollowedWriter {
-            inner,
+            inner: Some(inner),
             peers: self.peers.clone(),
             key: key.as_str().to_owned(),
             spool,
@@ -359,6 +376,7 @@ impl BlobStore for Followed {
 mod tests {
     use super::*;
     use crate::storage::local::LocalStore;
+    use tokio::io::AsyncReadExt as _;
 
     async fn store() -> (tempfile::TempDir, Followed) {
         let dir = tempfile::tempdir().unwrap();
@@ -410,6 +428,8 @@ mod tests {
         let mut got = Vec::new();
         assert!(follower.read_to_end(&mut got).await.is_err(), "an abandoned download ended cleanly");
         assert!(got.len() <= 1000);
+        // A follower keeps its spool until it is dropped.
+        drop(follower);
         // Dropping a writer is an abort too; no spool is left behind.
         let w = store.create(&key).await.unwrap();
         drop(w);
@@ -419,5 +439,85 @@ mod tests {
             std::fs::read_dir(&store.dir).unwrap().flatten().filter(|e| e.file_name() != "lock").collect();
         assert!(spools.is_empty(), "spools left behind: {spools:?}");
         drop(dir);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_never_reads_does_not_hold_the_writer_back() {
+        let (_dir, store) = store().await;
+        let key = StorageKey::parse("nar/z.nar").unwrap();
+        let mut w = store.create(&key).await.unwrap();
+        let mut idle = store.follow(&key).await.unwrap().unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let wrote = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            for _ in 0..64 {
+                w.write(&chunk).await.unwrap();
+            }
+        })
+        .await;
+        assert!(wrote.is_ok(), "64 MiB were not written while a follower read nothing");
+        assert!(w.commit().await.unwrap());
+        let mut all = Vec::new();
+        idle.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 64 << 20);
+    }
+
+    /// Storage that takes one write, then fails.
+    struct Flaky;
+    struct FlakyWriter(u32);
+
+    #[async_trait::async_trait]
+    impl BlobWriter for FlakyWriter {
+        async fn write(&mut self, _data: &[u8]) -> Result<()> {
+            self.0 += 1;
+            match self.0 {
+                1 => Ok(()),
+                _ => Err(crate::Error::unavailable("storage", "gone")),
+            }
+        }
+        fn written(&self) -> u64 {
+            0
+        }
+        async fn commit(self: Box<Self>) -> Result<bool> {
+            Ok(true)
+        }
+        async fn abort(self: Box<Self>) {}
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for Flaky {
+        async fn stat(&self, _: &StorageKey) -> Result<Option<u64>> {
+            Ok(None)
+        }
+        async fn read(&self, _: &StorageKey, _: Option<ByteRange>) -> Result<Option<Body>> {
+            Ok(None)
+        }
+        async fn create(&self, _: &StorageKey) -> Result<Box<dyn BlobWriter>> {
+            Ok(Box::new(FlakyWriter(0)))
+        }
+        async fn delete(&self, _: &StorageKey) -> Result<bool> {
+            Ok(false)
+        }
+        async fn list(&self, _: Option<&str>, _: u32) -> Result<Vec<ObjectEntry>> {
+            Ok(Vec::new())
+        }
+        async fn sweep_incomplete(&self, _: std::time::Duration) -> Result<u32> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn followers_finish_when_storage_fails_mid_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Followed::new(Arc::new(Flaky), dir.path()).unwrap();
+        let key = StorageKey::parse("nar/f.nar").unwrap();
+        let mut w = store.create(&key).await.unwrap();
+        w.write(b"first ").await.unwrap();
+        let mut follower = store.follow(&key).await.unwrap().unwrap();
+        assert!(w.write(b"second ").await.is_err(), "the storage failure is not reported");
+        assert!(w.write(b"third").await.is_err(), "a detached writer claims to store");
+        assert!(w.commit().await.is_err(), "published without storage");
+        let mut all = Vec::new();
+        follower.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"first second third");
     }
 }

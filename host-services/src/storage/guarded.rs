@@ -11,7 +11,7 @@ use std::future::Future as _;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, FileRange, ObjectEntry, StorageKey};
 use crate::breaker::Guard;
 use crate::Result;
 
@@ -40,6 +40,10 @@ impl BlobStore for GuardedStore {
     async fn read(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<Body>> {
         let body = self.guard.call(self.store.read(key, range)).await?;
         Ok(body.map(|inner| Box::pin(StallTimeout::new(inner, self.guard.timeout())) as Body))
+    }
+
+    async fn open_file(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<FileRange>> {
+        self.guard.call(self.store.open_file(key, range)).await
     }
 
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::fs::{self, File};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
-use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
+use super::{BlobStore, BlobWriter, Body, ByteRange, FileRange, ObjectEntry, StorageKey};
 use crate::{Error, Result};
 
 /// Local-disk blob store rooted at a data directory.
@@ -63,6 +63,14 @@ impl BlobStore for LocalStore {
         }))
     }
 
+    async fn open_file(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Option<FileRange>> {
+        let Some(file) = absent_is_none(File::open(self.path_of(key)).await)? else {
+            return Ok(None);
+        };
+        let size = file.metadata().await?.len();
+        Ok(Some(FileRange::of(file.into_std().await, size, range)))
+    }
+
     async fn create(&self, key: &StorageKey) -> Result<Box<dyn BlobWriter>> {
         let tmp = self.root.join("tmp").join(format!("{:016x}.part", rand::random::<u64>()));
         let file = File::create(&tmp).await?;
@@ -81,28 +89,9 @@ impl BlobStore for LocalStore {
     async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<ObjectEntry>> {
         let nar = self.root.join("nar");
         let after = after.unwrap_or_default().to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut found = Vec::new();
-            if !nar.exists() {
-                return Ok(found);
-            }
-            for entry in walkdir::WalkDir::new(&nar).min_depth(3).max_depth(3) {
-                let entry = entry.map_err(|e| Error::unavailable("disk", e))?;
-                if !entry.file_type().is_file() {
-                    continue;
-                }
-                let key = format!("nar/{}", entry.file_name().to_string_lossy());
-                if key.as_str() > after.as_str() {
-                    let size = entry.metadata().map_err(|e| Error::unavailable("disk", e))?.len();
-                    found.push(ObjectEntry { key, size });
-                }
-            }
-            found.sort_by(|a, b| a.key.cmp(&b.key));
-            found.truncate(limit as usize);
-            Ok(found)
-        })
-        .await
-        .map_err(|e| Error::internal("disk", e))?
+        tokio::task::spawn_blocking(move || list_after(&nar, &after, limit as usize))
+            .await
+            .map_err(|e| Error::internal("disk", e))?
     }
 
     async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32> {
@@ -118,6 +107,50 @@ impl BlobStore for LocalStore {
         }
         Ok(removed)
     }
+}
+
+/// The entries of `dir` whose names are at least `from`, sorted.
+fn sorted_entries(dir: &Path, from: &str) -> Result<Vec<(String, std::fs::DirEntry)>> {
+    let mut entries = Vec::new();
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
+        Err(e) => return Err(Error::unavailable("disk", e)),
+    };
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::unavailable("disk", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() >= from {
+            entries.push((name, entry));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// Up to `limit` objects under `nar` (`<h0>/<h0h1>/<file>`) whose keys sort
+/// after `after`, in key order. The folders sort like the file names in
+/// them, so a page reads only the folders it returns from, never the tree.
+fn list_after(nar: &Path, after: &str, limit: usize) -> Result<Vec<ObjectEntry>> {
+    let file = after.strip_prefix("nar/").unwrap_or_default();
+    let prefix = |n: usize| file.get(..n).unwrap_or(file);
+    let mut found = Vec::new();
+    for (_, h0) in sorted_entries(nar, prefix(1))? {
+        for (_, h01) in sorted_entries(&h0.path(), prefix(2))? {
+            for (name, entry) in sorted_entries(&h01.path(), "")? {
+                let key = format!("nar/{name}");
+                if key.as_str() <= after || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
+                let size = entry.metadata().map_err(|e| Error::unavailable("disk", e))?.len();
+                found.push(ObjectEntry { key, size });
+                if found.len() == limit {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 struct LocalWriter {
@@ -173,5 +206,39 @@ impl Drop for LocalWriter {
                 tracing::warn!(path = %self.tmp.display(), error = %e, "failed to remove temporary file");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_list_every_object_once_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        use sha2::Digest as _;
+        let mut keys = Vec::new();
+        for i in 0..700usize {
+            let name = nix_base32::to_nix_base32(&sha2::Sha256::digest(i.to_le_bytes()));
+            let key = StorageKey::parse(&format!("nar/{name}.nar")).unwrap();
+            let path = store.path_of(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; i % 13]).unwrap();
+            keys.push(key.as_str().to_owned());
+        }
+        keys.sort();
+        let (mut listed, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = store.list(after.as_deref(), 64).await.unwrap();
+            listed.extend(page.iter().map(|e| e.key.clone()));
+            match page.last() {
+                Some(last) if page.len() == 64 => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        assert_eq!(listed, keys);
+        let from_middle = store.list(Some(&keys[300]), 5).await.unwrap();
+        assert_eq!(from_middle.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), &keys[301..306]);
     }
 }

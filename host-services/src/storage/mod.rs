@@ -3,14 +3,16 @@
 pub mod disk_tier;
 pub mod follow;
 pub mod guarded;
-pub mod layout;
 pub mod local;
+pub mod named;
 pub mod s3;
 pub mod wit;
 
 use std::pin::Pin;
 
 use tokio::io::AsyncRead;
+
+pub use ncps_edge_wire::layout;
 
 use crate::{Error, Result};
 
@@ -59,10 +61,41 @@ pub struct ObjectEntry {
 /// A streamed object body.
 pub type Body = Pin<Box<dyn AsyncRead + Send>>;
 
+/// A byte range of a local file.
+#[derive(Debug)]
+pub struct FileRange {
+    /// The open file (an open file outlives a delete of its name).
+    pub file: std::fs::File,
+    /// First byte.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+impl FileRange {
+    /// `range` of `file`, cut to its size.
+    pub fn of(file: std::fs::File, size: u64, range: Option<ByteRange>) -> Self {
+        let range = range.unwrap_or_default();
+        let offset = range.offset.min(size);
+        let len = range.length.map_or(size - offset, |len| len.min(size - offset));
+        Self { file, offset, len }
+    }
+}
+
+/// A body the runtime sends for an instance: a stream, or a range of a
+/// local file (sent with positioned reads: nothing is buffered for a
+/// client beyond the chunk it is being sent).
+pub enum HandedOff {
+    /// Bytes as a stream yields them.
+    Stream(Body),
+    /// A range of a local file.
+    File(FileRange),
+}
+
 /// Where `storage.hand-off` puts the body of a request's response (the
 /// object, or the range asked for), for the runtime to send; shared by the
 /// request's store and the runtime.
-pub type HandOff = std::sync::Arc<std::sync::Mutex<Option<Body>>>;
+pub type HandOff = std::sync::Arc<std::sync::Mutex<Option<HandedOff>>>;
 
 /// An object being written; nothing is visible until [`BlobWriter::commit`].
 #[async_trait::async_trait]
@@ -95,6 +128,12 @@ pub trait BlobStore: Send + Sync {
 
     /// Remove leftovers of unfinished writes older than `older_than`; how many.
     async fn sweep_incomplete(&self, older_than: std::time::Duration) -> Result<u32>;
+
+    /// The object (or `range` of it) as a local file, when this store keeps
+    /// it in one; `None` otherwise (then [`BlobStore::read`] streams it).
+    async fn open_file(&self, _key: &StorageKey, _range: Option<ByteRange>) -> Result<Option<FileRange>> {
+        Ok(None)
+    }
 
     /// The object `key` as it is being written on this node, if it is
     /// ([`follow`]); `None` from stores that do not keep track.

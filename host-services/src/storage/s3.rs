@@ -16,12 +16,11 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
+/// Bytes buffered per multipart part (S3's minimum is 5 MiB).
+pub use super::layout::PART_SIZE;
 use super::layout::{nar_key_of, upload_marker, NAR_PREFIX, UPLOADS_PREFIX};
 use super::{BlobStore, BlobWriter, Body, ByteRange, ObjectEntry, StorageKey};
 use crate::{Error, Result};
-
-/// Bytes buffered per multipart part (S3's minimum is 5 MiB).
-pub const PART_SIZE: usize = 8 << 20;
 
 /// Settings of `--cache-storage-s3-*`.
 #[derive(Debug, Clone, Default)]

@@ -7,7 +7,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 use wasmtime_wasi::p2::DynInputStream;
 
-use super::{BlobStore, ByteRange, HandOff, StorageKey, WriterHandle};
+use super::{BlobStore, ByteRange, HandOff, HandedOff, StorageKey, WriterHandle};
 use crate::bindings::storage;
 use crate::{HostResult, NcpsEdgeView, Result};
 
@@ -50,10 +50,23 @@ impl storage::Host for StorageView<'_> {
     ) -> HostResult<storage::HandOffOutcome> {
         let key = StorageKey::parse(&key)?;
         let range = range.map(|r| ByteRange { offset: r.offset, length: r.length });
-        let Some(body) = self.store.read(&key, range).await? else {
-            return Ok(storage::HandOffOutcome::Absent);
+        let body = match self.store.open_file(&key, range).await? {
+            Some(file) => HandedOff::File(file),
+            None => match self.store.read(&key, range).await? {
+                Some(body) => HandedOff::Stream(body),
+                None => return Ok(storage::HandOffOutcome::Absent),
+            },
         };
         *self.hand_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+        Ok(storage::HandOffOutcome::Taken)
+    }
+
+    async fn hand_off_download(&mut self, key: String) -> HostResult<storage::HandOffOutcome> {
+        let key = StorageKey::parse(&key)?;
+        let Some(body) = self.store.follow(&key).await? else {
+            return Ok(storage::HandOffOutcome::Absent);
+        };
+        *self.hand_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(HandedOff::Stream(body));
         Ok(storage::HandOffOutcome::Taken)
     }
 

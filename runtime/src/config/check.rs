@@ -21,7 +21,7 @@ const SECRETS: &[&str] = &[
 ];
 
 /// Settings that may carry a password inside a URL.
-const URLS: &[&str] = &["cache_database_url"];
+const URLS: &[&str] = &["cache_database_url", "cache_upstream_url"];
 
 fn source(s: Option<ValueSource>) -> &'static str {
     match s {

@@ -216,13 +216,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHE_LOCK_BACKEND", value_enum)]
     pub cache_lock_backend: Option<LockBackendKind>,
     /// Prefix of every Redis lock key.
-    #[arg(long, env = "CACHE_LOCK_REDIS_KEY_PREFIX", default_value = "ncps:lock:")]
+    #[arg(long, env = "CACHE_LOCK_REDIS_KEY_PREFIX", default_value = ncps_edge_wire::locks::DEFAULT_PREFIX)]
     pub cache_lock_redis_key_prefix: String,
     /// Prefix of every PostgreSQL advisory lock key (hashed into the lock id).
-    #[arg(long, env = "CACHE_LOCK_POSTGRES_KEY_PREFIX", default_value = "ncps:lock:")]
+    #[arg(long, env = "CACHE_LOCK_POSTGRES_KEY_PREFIX", default_value = ncps_edge_wire::locks::DEFAULT_PREFIX)]
     pub cache_lock_postgres_key_prefix: String,
     /// Prefix of every MySQL lock name (hashed into the name).
-    #[arg(long, env = "CACHE_LOCK_MYSQL_KEY_PREFIX", default_value = "ncps:lock:")]
+    #[arg(long, env = "CACHE_LOCK_MYSQL_KEY_PREFIX", default_value = ncps_edge_wire::locks::DEFAULT_PREFIX)]
     pub cache_lock_mysql_key_prefix: String,
     /// Fall back to local locks while the lock backend is unreachable (breaks HA guarantees).
     #[arg(long, env = "CACHE_LOCK_ALLOW_DEGRADED_MODE", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]

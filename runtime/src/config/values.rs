@@ -31,17 +31,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
 }
 
 /// One upstream cache from `--cache-upstream-url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
-    /// Base URL without query or trailing slash.
+    /// Base URL without credentials, query or trailing slash.
     pub url: String,
     /// Priority from `?priority=N`, if given.
     pub priority: Option<u32>,
+    /// `Basic …` of the credentials in the URL (`http://user:password@host`).
+    pub authorization: Option<String>,
 }
 
-/// Parse an upstream URL: http(s) only, optional `?priority=N`.
+impl std::fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamUrl")
+            .field("url", &self.url)
+            .field("priority", &self.priority)
+            .field("authorization", &self.authorization.as_ref().map(|_| "****"))
+            .finish()
+    }
+}
+
+/// Parse an upstream URL: http(s) only, optional `?priority=N`; credentials
+/// in it become the `authorization` it is sent and leave the URL, so they
+/// are never logged, shown in metrics or in `config check`.
 pub fn parse_upstream(raw: &str) -> anyhow::Result<UpstreamUrl> {
-    let parsed = url::Url::parse(raw.trim()).with_context(|| format!("upstream URL {raw:?}"))?;
+    let (without_credentials, authorization) = ncps_edge_protocol::auth::split_credentials(raw.trim());
+    let raw = mask_url(raw.trim());
+    let parsed = url::Url::parse(&without_credentials).with_context(|| format!("upstream URL {raw:?}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         bail!("upstream URL {raw:?} must be http:// or https:// with a host");
     }
@@ -54,7 +70,7 @@ pub fn parse_upstream(raw: &str) -> anyhow::Result<UpstreamUrl> {
     }
     let mut base = parsed.clone();
     base.set_query(None);
-    Ok(UpstreamUrl { url: base.as_str().trim_end_matches('/').to_owned(), priority })
+    Ok(UpstreamUrl { url: base.as_str().trim_end_matches('/').to_owned(), priority, authorization })
 }
 
 /// Check a Nix public key `name:base64`: it must decode to a valid ed25519
@@ -124,8 +140,14 @@ mod tests {
     fn upstream_urls_and_priorities() {
         assert_eq!(
             parse_upstream("https://cache.nixos.org/?priority=40").unwrap(),
-            UpstreamUrl { url: "https://cache.nixos.org".into(), priority: Some(40) }
+            UpstreamUrl { url: "https://cache.nixos.org".into(), priority: Some(40), authorization: None }
         );
+        let with_credentials = parse_upstream("http://us%3Aer:s%40cret@cache.example:8080/x?priority=2").unwrap();
+        assert_eq!(with_credentials.url, "http://cache.example:8080/x");
+        assert_eq!(with_credentials.priority, Some(2));
+        // base64 of "us:er:s@cret": the user name and password decoded.
+        assert_eq!(with_credentials.authorization.as_deref(), Some("Basic dXM6ZXI6c0BjcmV0"));
+        assert!(!format!("{with_credentials:?}").contains("cret"), "credentials in a debug print");
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x?prio=1").is_err());
         assert_eq!(listen_addr(":8501"), "0.0.0.0:8501");

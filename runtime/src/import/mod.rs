@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use ncps_edge_handler::protocol::hash::Sha256;
-use ncps_edge_handler::protocol::narinfo::NarInfo;
-use ncps_edge_handler::protocol::route::NarPath;
 use ncps_edge_host_services::metadata::{Database, NarRecord, NarinfoRecord};
 use ncps_edge_host_services::signer::{Signer, SECRET_KEY_CONFIG};
 use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::storage::s3::{S3Options, S3Store};
 use ncps_edge_host_services::storage::{BlobStore, StorageKey};
+use ncps_edge_protocol::hash::Sha256;
+use ncps_edge_protocol::narinfo::NarInfo;
+use ncps_edge_protocol::route::NarPath;
 use sha2::Digest as _;
 use tokio::io::AsyncReadExt as _;
 
@@ -100,7 +100,7 @@ const BATCH: u32 = 500;
 /// Run the import into the node `config` describes.
 pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<Summary> {
     let database = crate::backends::metadata(config).await?;
-    let storage = crate::backends::storage(config).await?;
+    let storage = crate::backends::content_named(crate::backends::storage(config).await?);
     let from = ncps_storage(args).await?;
     let mut source = Source::open(&parse_database_url(&args.ncps_database_url)?).await?;
     let mut summary = Summary { dry_run: args.dry_run, ..Summary::default() };

@@ -1,6 +1,6 @@
 //! `ncps:edge/metadata` over Spin's PostgreSQL or MySQL
 //! (`fermyon:spin/{postgres,mysql}`), chosen by `database_url`, with the
-//! native backends' schema and statements (the same files, included), so
+//! native backends' schema and statements (`ncps_edge_wire::sql`), so
 //! Spin and native nodes share one database.
 //!
 //! One connection per instance. A statement that finds the schema missing

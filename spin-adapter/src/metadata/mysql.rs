@@ -7,9 +7,7 @@ use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterVal
 
 use super::{first_int, str_at, transaction, Statements};
 
-#[allow(dead_code, missing_docs)]
-#[path = "../../../host-services/src/metadata/mysql_sql.rs"]
-mod sql;
+use ncps_edge_wire::sql::mysql as sql;
 
 /// The statements.
 pub static STATEMENTS: Statements = statements_of!(sql, true);

@@ -7,9 +7,7 @@ use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterVal
 
 use super::{first_int, int_at, str_at, transaction, Statements};
 
-#[allow(dead_code, missing_docs)]
-#[path = "../../../host-services/src/metadata/postgres_sql.rs"]
-mod sql;
+use ncps_edge_wire::sql::postgres as sql;
 
 /// The statements.
 pub static STATEMENTS: Statements = statements_of!(sql, false);
@@ -35,7 +33,7 @@ impl Db {
                 self.run(sql::CREATE_SCHEMA_TABLE)?;
                 let version = first_int(&self.0.query(sql::SCHEMA_VERSION, &[])?).unwrap_or(0).max(0) as usize;
                 for (i, migration) in sql::MIGRATIONS.iter().enumerate().skip(version) {
-                    for statement in migration.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                    for statement in migration.iter() {
                         self.run(statement)?;
                     }
                     self.0.execute(sql::RECORD_MIGRATION, &[P::Int32(i as i32 + 1)])?;

@@ -10,14 +10,17 @@ pub mod upload;
 use std::time::Duration;
 
 use crate::bindings::ncps::edge::config::Settings;
-use crate::bindings::ncps::edge::metadata;
+use crate::bindings::ncps::edge::metadata::{self, NarRecord};
 use crate::bindings::ncps::edge::storage;
+use crate::bindings::ncps::edge::types::Error as HostError;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
-use crate::cache::nars::stat;
+use crate::cache::nars::{lock_for_eviction, stat};
 use crate::endpoints::writes::Written;
+use crate::host::edge;
 use crate::host::http::{text, Request};
 use crate::host::logging;
+use crate::protocol::hash::Sha256;
 use crate::protocol::route::NarPath;
 
 /// Content type of NAR files.
@@ -29,32 +32,37 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
     if let Some(size) = stat(&key) {
         return hit::serve(settings, req, &key, size, out, head);
     }
+    let record = named_record(path);
     if head {
-        return text(out, 404, "not found\n", true);
+        return miss::head(settings, path, record.as_ref(), out);
     }
-    let record = match metadata::get_nar(&key) {
-        Ok(r) => r,
-        Err(e) => {
-            logging::warn("metadata lookup failed", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
-            None
-        }
-    };
-    // A whole-NAR request follows a download in progress on this node.
+    // A whole-NAR request follows a download in progress (here or at a peer).
     let whole = req.header("range").is_none();
-    if let Some(stream) = follow::find(&key).filter(|_| whole) {
-        return follow::serve(&key, record.as_ref(), stream, out);
-    }
+    let out = match whole {
+        true => match follow::serve(&key, record.as_ref(), out) {
+            Ok(()) => return,
+            Err(out) => out,
+        },
+        false => out,
+    };
     // Wait for a download in progress elsewhere rather than answering 5xx;
     // a download may hold the lock for up to its TTL. Meanwhile, a download
     // that starts on this node is followed.
     let patience = Duration::from_millis(settings.download_lock_ttl_ms) + Duration::from_secs(5);
     let ready = || match stat(&key) {
         Some(size) => Some(Ready::Stored(size)),
-        None => follow::find(&key).filter(|_| whole).map(Ready::Following),
+        None => (whole && follow::in_progress(&key)).then_some(Ready::Following),
     };
     match download_lock::acquire_or_wait("nar", &path.hash, settings, patience, ready) {
         Wait::Done(Ready::Stored(size)) => hit::serve(settings, req, &key, size, out, head),
-        Wait::Done(Ready::Following(stream)) => follow::serve(&key, record.as_ref(), stream, out),
+        Wait::Done(Ready::Following) => match follow::serve(&key, record.as_ref(), out) {
+            Ok(()) => {}
+            // It ended between the two looks: stored, or given up.
+            Err(out) => match stat(&key) {
+                Some(size) => hit::serve(settings, req, &key, size, out, head),
+                None => text(out, 503, "the download was abandoned; retry\n", false),
+            },
+        },
         Wait::Acquired(lease) => miss::download(settings, path, record, Some(lease), out),
         Wait::GaveUp => {
             logging::warn("download lock still held after its TTL; downloading without it", &[("hash", &path.hash)]);
@@ -70,21 +78,58 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
 enum Ready {
     /// It is stored, this size.
     Stored(u64),
-    /// This node is downloading it.
-    Following(crate::bindings::wasi::io::streams::InputStream),
+    /// It is being downloaded.
+    Following,
 }
 
-/// `DELETE /nar/<hash>.nar<ext>` (with `--cache-allow-delete-verb`).
+/// The record of `path`'s NAR, when it agrees with the name: a record that
+/// gives the file another hash (written before names were checked) is not
+/// believed, nor is where it says to fetch from.
+fn named_record(path: &NarPath) -> Option<NarRecord> {
+    let record = match metadata::get_nar(&path.key()) {
+        Ok(r) => r?,
+        Err(e) => {
+            logging::warn("metadata lookup failed", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
+            return None;
+        }
+    };
+    let agrees = match record.file_hash.as_deref() {
+        Some(h) => Sha256::parse(h).ok().is_some_and(|h| Some(h) == path.named_sha256()),
+        None => true,
+    };
+    if !agrees {
+        logging::warn("NAR record names another file hash; ignored", &[("url", &record.key)]);
+    }
+    agrees.then_some(record)
+}
+
+/// `DELETE /nar/<hash>.nar<ext>` (with `--cache-allow-delete-verb`): the
+/// object, its record and every narinfo that points at it go, as in an
+/// eviction (object first, under its publish lock taken exclusively), so
+/// no narinfo is left served whose NAR is gone.
 pub fn delete(path: &NarPath) -> Written {
     let key = path.key();
-    let deleted = storage::delete(&key);
-    let _ = metadata::delete_nar(&key);
-    match deleted {
-        Ok(true) => Written::accepted(key),
-        Ok(false) => Written::rejected(404, "not found\n", key),
-        Err(e) => {
-            logging::warn("failed to delete NAR", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
-            Written::failed("storage unavailable\n", key)
-        }
+    let failed = |what: &str, e: HostError| {
+        logging::warn("failed to delete NAR", &[("hash", &path.hash), ("error", &format!("{e:?}"))]);
+        Written::failed(format!("{what} unavailable\n"), key.clone())
+    };
+    let _evicting = match lock_for_eviction(&key) {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return Written::failed("the NAR is being published; retry\n", key),
+        Err(e) => return failed("lock service", e),
+    };
+    let existed = match storage::delete(&key) {
+        Ok(existed) => existed,
+        Err(e) => return failed("storage", e),
+    };
+    let narinfos = match metadata::evict(&key) {
+        Ok(eviction) => eviction.narinfos,
+        Err(e) => return failed("metadata", e),
+    };
+    edge::purge(&narinfos.iter().map(|h| edge::narinfo_path(h)).collect::<Vec<_>>());
+    if existed || !narinfos.is_empty() {
+        Written::accepted(key)
+    } else {
+        Written::rejected(404, "not found\n", key)
     }
 }

@@ -1,7 +1,7 @@
 //! `PUT /nar/<hash>.nar<ext>` (with `--cache-allow-put-verb`): the body is
 //! streamed to storage and published only when complete, within
-//! `--cache-max-upload-size`, and, for a 52-character name, when it hashes
-//! to its name. Nothing partial is ever visible.
+//! `--cache-max-upload-size`, and when it hashes to its name (a NAR is
+//! named by the sha256 of its file). Nothing partial is ever visible.
 
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
@@ -19,6 +19,13 @@ use crate::protocol::route::NarPath;
 pub fn put(settings: &Settings, req: &Request, path: &NarPath) -> Written {
     let key = path.key();
     let declared = req.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(want) = path.named_sha256() else {
+        return Written::rejected(
+            400,
+            "a NAR is named by the sha256 of its file: nar/<52 nix32 characters>.nar…\n",
+            key,
+        );
+    };
     if declared.is_some_and(|n| n > settings.max_upload_size) {
         return Written::rejected(413, format!("larger than {} bytes\n", settings.max_upload_size), key);
     }
@@ -64,7 +71,7 @@ pub fn put(settings: &Settings, req: &Request, path: &NarPath) -> Written {
         return Written::rejected(400, "body shorter than its Content-Length\n", key);
     }
     let digest = Sha256(hasher.finalize().into());
-    if Sha256::from_nix32(&path.hash).is_some_and(|want| want != digest) {
+    if want != digest {
         Writer::abort(writer);
         logging::warn("uploaded NAR does not match its name", &[("hash", &path.hash)]);
         return Written::rejected(400, "NAR hash does not match its name\n", key);

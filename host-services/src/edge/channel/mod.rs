@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use ncps_edge_wire::channel::Message;
+
 use super::EdgeCache;
 use crate::Result;
 
@@ -107,35 +109,17 @@ pub trait Channel: Publisher {
     async fn listen(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()>;
 }
 
-const PURGE: &str = "purge\n";
-const HEARTBEAT_PREFIX: &str = "heartbeat\n";
-/// `download\n<key>\n<url>`: a download to follow; `download\n<key>`: it ended.
-const DOWNLOAD: &str = "download\n";
-
 /// Announce that `key` is downloaded here, to follow at `url` (`None`: done).
 pub async fn publish_download(publisher: &dyn Publisher, key: &str, url: Option<&str>) -> Result<()> {
-    let message = match url {
-        Some(url) => format!("{DOWNLOAD}{key}\n{url}"),
-        None => format!("{DOWNLOAD}{key}"),
-    };
-    publisher.publish(&message).await
+    publisher.publish(&Message::Download { key, url }.encode()).await
 }
 
 /// Announce a purge of `paths`, in as many messages as the channel needs.
 pub async fn publish_purge(publisher: &dyn Publisher, paths: &[String]) -> Result<()> {
-    let max = publisher.max_message().max(PURGE.len() + 256);
-    let mut message = String::from(PURGE);
-    for path in paths {
-        if message.len() > PURGE.len() && message.len() + path.len() + 1 > max {
-            publisher.publish(&message).await?;
-            message.truncate(PURGE.len());
-        }
-        if message.len() > PURGE.len() {
-            message.push('\n');
-        }
-        message.push_str(path);
+    for message in ncps_edge_wire::channel::purges(paths, publisher.max_message()) {
+        publisher.publish(&message).await?;
     }
-    publisher.publish(&message).await
+    Ok(())
 }
 
 /// Listen on `channel` and announce this node's heartbeat, for `edge`
@@ -147,7 +131,7 @@ pub fn spawn(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>) -> Vec<tokio::task
         .map(|i| tokio::spawn(listen(edge.clone(), channel.clone(), i, node.clone())))
         .collect();
     if !channel.polled() {
-        let beat = format!("{HEARTBEAT_PREFIX}{node}");
+        let beat = Message::Heartbeat(&node).encode();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
@@ -164,28 +148,21 @@ pub fn spawn(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>) -> Vec<tokio::task
 /// One listener, reconnected whenever it fails or hears nothing for twice
 /// [`HEARD_WITHIN`] (a connection that died without closing).
 async fn listen(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>, index: usize, node: String) {
-    let own_heartbeat = format!("{HEARTBEAT_PREFIX}{node}");
     loop {
         let last = Arc::new(AtomicU64::new(now_ms()));
         let heard = {
-            let (edge, last, own_heartbeat) = (edge.clone(), last.clone(), own_heartbeat.clone());
+            let (edge, last, node) = (edge.clone(), last.clone(), node.clone());
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
-                match h {
-                    Heard::Alive => proof(&edge),
-                    Heard::Message(m) if m == own_heartbeat => proof(&edge),
-                    Heard::Message(m) => {
-                        if let Some(paths) = m.strip_prefix(PURGE) {
-                            let paths: Vec<String> = paths.split('\n').map(str::to_owned).collect();
-                            edge.purge_here(&paths);
-                        } else if let Some(download) = m.strip_prefix(DOWNLOAD) {
-                            let (key, url) = match download.split_once('\n') {
-                                Some((key, url)) => (key, Some(url)),
-                                None => (download, None),
-                            };
-                            edge.heard_download(key, url);
-                        }
+                let Heard::Message(m) = h else { return proof(&edge) };
+                match Message::decode(&m) {
+                    Some(Message::Heartbeat(beat)) if beat == node => proof(&edge),
+                    Some(Message::Purge(paths)) => {
+                        let paths: Vec<String> = paths.into_iter().map(str::to_owned).collect();
+                        edge.purge_here(&paths);
                     }
+                    Some(Message::Download { key, url }) => edge.heard_download(key, url),
+                    Some(Message::Heartbeat(_)) | None => {}
                 }
             }
         };
@@ -220,32 +197,6 @@ fn proof(edge: &EdgeCache) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    struct Recorder(Mutex<Vec<String>>, usize);
-
-    #[async_trait::async_trait]
-    impl Publisher for Recorder {
-        async fn publish(&self, message: &str) -> Result<()> {
-            self.0.lock().unwrap().push(message.to_owned());
-            Ok(())
-        }
-        fn max_message(&self) -> usize {
-            self.1
-        }
-    }
-
-    #[tokio::test]
-    async fn purges_are_split_to_the_channel_limit() {
-        let recorder = Recorder(Mutex::new(Vec::new()), 300);
-        let paths: Vec<String> = (0..20).map(|i| format!("/{i:032}.narinfo")).collect();
-        publish_purge(&recorder, &paths).await.unwrap();
-        let sent = recorder.0.lock().unwrap().clone();
-        assert!(sent.len() > 1 && sent.iter().all(|m| m.len() <= 300 && m.starts_with(PURGE)), "{sent:?}");
-        let all: Vec<String> =
-            sent.iter().flat_map(|m| m[PURGE.len()..].split('\n').map(str::to_owned).collect::<Vec<_>>()).collect();
-        assert_eq!(all, paths);
-    }
 
     #[test]
     fn a_node_without_proof_is_not_heard() {

@@ -26,7 +26,7 @@ impl PgChannel {
     /// The channel on the database at `url`, named after `prefix`.
     pub fn new(url: &str, prefix: &str) -> Self {
         // Channel names are identifiers: at most 63 bytes.
-        let mut name = format!("{prefix}edge-cache");
+        let mut name = ncps_edge_wire::channel::name(prefix);
         while name.len() > 63 {
             name.remove(0);
         }

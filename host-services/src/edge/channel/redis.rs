@@ -28,7 +28,7 @@ impl RedisChannel {
             .iter()
             .map(|addr| Ok((addr.clone(), opts.client(addr)?, OnceCell::new())))
             .collect::<Result<_>>()?;
-        Ok(Self { name: format!("{prefix}edge-cache"), masters })
+        Ok(Self { name: ncps_edge_wire::channel::name(prefix), masters })
     }
 }
 

@@ -44,10 +44,10 @@ pub fn verify_any(fingerprint: &str, sigs: &[String], keys: &[PublicKey]) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::narinfo::NarInfo;
+    use crate::narinfo::NarInfo;
 
-    const TOP: &str = include_str!("../../testdata/top.narinfo");
-    const KEY: &str = include_str!("../../testdata/fixture-1.pub");
+    const TOP: &str = include_str!("../testdata/top.narinfo");
+    const KEY: &str = include_str!("../testdata/fixture-1.pub");
 
     #[test]
     fn verifies_signature_made_by_nix() {

@@ -17,6 +17,39 @@ pub fn presented(authorization: Option<&str>) -> Option<String> {
     pair.split_once(':').map(|(_, password)| password.to_owned())
 }
 
+/// Split the credentials off a URL (`scheme://user:password@host/…`): the
+/// URL without them, and the `authorization` header value that carries
+/// them (`Basic …` of the percent-decoded user name and password).
+pub fn split_credentials(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_owned(), None) };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_owned(), None) };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+    (format!("{scheme}://{host}{tail}"), Some(format!("Basic {}", B64.encode(pair))))
+}
+
+/// `%XX` escapes decoded (anything else kept as it is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Compare secrets without an early exit on the first differing byte.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -61,5 +94,17 @@ mod tests {
         assert!(may_read(Some("Bearer w"), Some("r"), [Some("w"), None]));
         assert!(!may_read(Some("Bearer x"), Some("r"), [Some("w"), Some("")]));
         assert!(!may_read(Some("Bearer "), Some("r"), [Some(""), None]), "an empty write token matched");
+    }
+
+    #[test]
+    fn credentials_leave_the_url_for_a_header() {
+        let (url, auth) = split_credentials("http://u%40ser:s%3Acret@cache.example:8080/x?priority=2");
+        assert_eq!(url, "http://cache.example:8080/x?priority=2");
+        // base64 of "u@ser:s:cret": the user name and password decoded.
+        assert_eq!(auth.as_deref(), Some("Basic dUBzZXI6czpjcmV0"));
+        assert_eq!(presented(auth.as_deref()).as_deref(), Some("s:cret"));
+        assert_eq!(split_credentials("https://cache.nixos.org/"), ("https://cache.nixos.org/".to_owned(), None));
+        assert_eq!(split_credentials("http://h/a@b").1, None, "an @ in the path is no credential");
+        assert_eq!(split_credentials("http://token@h").1.as_deref(), Some("Basic dG9rZW46"));
     }
 }

@@ -2,10 +2,10 @@
 //! panic, what they accept round-trips, and no request path can name a
 //! storage key outside `nar/`.
 
-use ncps_edge_handler::protocol::hash::{is_nix32, Sha256};
-use ncps_edge_handler::protocol::narinfo::NarInfo;
-use ncps_edge_handler::protocol::range::{self, Range};
-use ncps_edge_handler::protocol::route::{self, Route};
+use ncps_edge_protocol::hash::{is_nix32, Sha256};
+use ncps_edge_protocol::narinfo::{NarInfo, MAX_SIZE};
+use ncps_edge_protocol::range::{self, Range};
+use ncps_edge_protocol::route::{self, Route};
 use proptest::prelude::*;
 
 const NIX32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
@@ -28,9 +28,9 @@ prop_compose! {
         base in base_name(),
         file in digest(),
         compression in proptest::sample::select(vec!["none", "xz", "zstd", "bzip2"]),
-        file_size in proptest::option::of(any::<u64>()),
+        file_size in proptest::option::of(0..=MAX_SIZE),
         nar_hash in digest(),
-        nar_size in any::<u64>(),
+        nar_size in 0..=MAX_SIZE,
         references in proptest::collection::vec(base_name(), 0..5),
         deriver in proptest::option::of(base_name()),
         system in proptest::option::of("[a-z0-9_-]{1,20}"),

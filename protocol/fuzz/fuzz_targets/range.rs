@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ncps_edge_handler::protocol::range::{parse, Range};
+use ncps_edge_protocol::range::{parse, Range};
 
 fuzz_target!(|input: (&str, u64)| {
     let (header, size) = input;

@@ -1,11 +1,9 @@
-//! The PostgreSQL schema and statements of the metadata store. Plain
-//! constants: the Spin adapter includes this file as it is, so native and
-//! Spin nodes share one database with one schema.
+//! The PostgreSQL schema and statements of the metadata store.
 
-/// The migrations, in order; `ncps_edge_schema` counts the applied ones.
-/// Statements are separated by `;` at the end of a line.
-pub const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE narinfos (
+/// The migrations, in order, each a list of statements;
+/// `ncps_edge_schema` counts the applied ones.
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE narinfos (
     hash TEXT PRIMARY KEY,
     store_path TEXT NOT NULL,
     url TEXT NOT NULL,
@@ -21,9 +19,9 @@ CREATE TABLE narinfos (
     sigs TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     last_accessed_at BIGINT NOT NULL
-);
-CREATE INDEX narinfos_url ON narinfos (url);
-CREATE TABLE nars (
+)",
+    "CREATE INDEX narinfos_url ON narinfos (url)",
+    "CREATE TABLE nars (
     key TEXT PRIMARY KEY,
     upstream_url TEXT,
     file_hash TEXT,
@@ -31,13 +29,10 @@ CREATE TABLE nars (
     stored_size BIGINT,
     created_at BIGINT NOT NULL,
     last_accessed_at BIGINT NOT NULL
-);
-CREATE INDEX nars_lru ON nars (last_accessed_at) WHERE stored_size IS NOT NULL;
-CREATE TABLE config (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"#];
+)",
+    "CREATE INDEX nars_lru ON nars (last_accessed_at) WHERE stored_size IS NOT NULL",
+    "CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]];
 
 /// Advisory lock id serializing migrations across nodes.
 pub const MIGRATION_LOCK: i64 = 0x6e63_7073_6564_6765;

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ncps_edge_handler::protocol::route::{parse, Route};
+use ncps_edge_protocol::route::{parse, Route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };

@@ -1,7 +1,7 @@
 //! Request paths of the binary-cache protocol.
 
-use super::hash::{is_nix32, is_store_hash};
-use super::narinfo::{compression_extension, NarInfo};
+use crate::hash::{is_nix32, is_store_hash};
+use crate::narinfo::{compression_extension, NarInfo};
 
 /// NAR file extensions this cache serves.
 pub const NAR_EXTENSIONS: &[&str] = &["", ".xz", ".zst", ".bz2", ".lz4", ".br", ".lzip"];
@@ -43,17 +43,20 @@ impl NarPath {
         let ok_hash = (hash.len() == 32 || hash.len() == 52) && is_nix32(hash);
         (ok_hash && NAR_EXTENSIONS.contains(&rest)).then(|| Self { hash: hash.to_owned(), ext: rest.to_owned() })
     }
-    /// The NAR path this cache serves a narinfo's file under: the hash its
-    /// URL names (else its file hash), the extension of its compression.
+    /// The NAR path this cache serves a narinfo's file under: named by the
+    /// sha256 of the file (its `FileHash`; an uncompressed NAR's is its
+    /// `NarHash`), never by what its `URL` says, with the extension of its
+    /// compression. None for an unknown compression or an unknown file
+    /// hash: such a file cannot be named by its content.
     pub fn of_narinfo(info: &NarInfo) -> Option<Self> {
         let ext = compression_extension(&info.compression)?;
-        let file = info.url.rsplit('/').next().unwrap_or_default();
-        let url_hash = file.split('.').next().filter(|h| (h.len() == 52 || h.len() == 32) && is_nix32(h));
-        let hash = match url_hash {
-            Some(h) => h.to_owned(),
-            None => info.file_hash.unwrap_or(info.nar_hash).to_nix32(),
-        };
-        Some(Self { hash, ext: ext.to_owned() })
+        let file_hash = info.file_hash.or((info.compression == "none").then_some(info.nar_hash))?;
+        Some(Self { hash: file_hash.to_nix32(), ext: ext.to_owned() })
+    }
+
+    /// The sha256 this path's name promises (52-character names only).
+    pub fn named_sha256(&self) -> Option<crate::hash::Sha256> {
+        crate::hash::Sha256::from_nix32(&self.hash)
     }
     /// The storage key, `nar/<hash>.nar<ext>`.
     pub fn key(&self) -> String {
@@ -115,6 +118,27 @@ mod tests {
             assert_eq!(n.key(), format!("nar/{F}.nar.xz"));
         }
         assert_eq!(parse(&format!("/nar/{F}.nar")), Ok(Route::Nar(NarPath { hash: F.into(), ext: String::new() })));
+    }
+
+    #[test]
+    fn a_narinfo_s_nar_is_named_by_its_file_hash_not_its_url() {
+        let text = include_str!("../testdata/top.narinfo");
+        let info = NarInfo::parse(text).unwrap();
+        let own = NarPath::of_narinfo(&info).unwrap();
+        assert_eq!(Some(own.hash.as_str()), info.file_hash.map(|h| h.to_nix32()).as_deref());
+        // A URL that borrows another NAR's name changes nothing.
+        let mut lender = info.clone();
+        lender.url = format!("nar/{F}.nar.xz");
+        assert_eq!(NarPath::of_narinfo(&lender), Some(own.clone()));
+        // No file hash, compressed: no name.
+        let mut unnamed = info.clone();
+        unnamed.file_hash = None;
+        assert_eq!(NarPath::of_narinfo(&unnamed), None);
+        unnamed.compression = "none".into();
+        assert_eq!(NarPath::of_narinfo(&unnamed).map(|p| p.hash), Some(info.nar_hash.to_nix32()));
+        let mut evil = info;
+        evil.compression = "evil comp".into();
+        assert_eq!(NarPath::of_narinfo(&evil), None);
     }
 
     #[test]

@@ -1,6 +1,4 @@
-//! The MySQL/MariaDB schema and statements of the metadata store. Plain
-//! constants: the Spin adapter includes this file as it is, so native and
-//! Spin nodes share one database with one schema.
+//! The MySQL/MariaDB schema and statements of the metadata store.
 
 macro_rules! table_options {
     () => {
@@ -8,7 +6,8 @@ macro_rules! table_options {
     };
 }
 
-/// Schema versions; each is a list of statements.
+/// The migrations, in order, each a list of statements;
+/// `ncps_edge_schema` counts the applied ones.
 pub const MIGRATIONS: &[&[&str]] = &[&[
     concat!(
         "CREATE TABLE narinfos (

@@ -1,6 +1,6 @@
 //! Narinfo files: parse, validate, render, and the fingerprint Nix signs.
 
-use super::hash::{is_store_hash, Sha256};
+use crate::hash::{is_store_hash, Sha256};
 
 /// The store directory this cache serves.
 pub const STORE_DIR: &str = "/nix/store";
@@ -66,8 +66,12 @@ pub fn store_path_hash(store_path: &str) -> Option<&str> {
     is_store_base_name(base).then(|| &base[..32])
 }
 
+/// Largest size a narinfo may state: what every database stores (a signed
+/// 64-bit integer), so a stated size is never stored as another number.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
 fn parse_u64(field: &'static str, v: &str) -> Result<u64, NarInfoError> {
-    v.parse().map_err(|_| NarInfoError::Bad(field, v.to_owned()))
+    v.parse().ok().filter(|n| *n <= MAX_SIZE).ok_or_else(|| NarInfoError::Bad(field, v.to_owned()))
 }
 
 fn parse_hash(field: &'static str, v: &str) -> Result<Sha256, NarInfoError> {
@@ -216,8 +220,8 @@ pub fn compression_extension(compression: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    const TOP: &str = include_str!("../../testdata/top.narinfo");
-    const HELLO: &str = include_str!("../../testdata/hello-ca.narinfo");
+    const TOP: &str = include_str!("../testdata/top.narinfo");
+    const HELLO: &str = include_str!("../testdata/hello-ca.narinfo");
 
     #[test]
     fn round_trips_real_nix_narinfos() {
@@ -251,6 +255,12 @@ mod tests {
             Err(NarInfoError::Bad("NarSize", _))
         ));
         assert!(matches!(NarInfo::parse(&TOP.replace("-leaf ", "-../leaf ")), Err(NarInfoError::Bad("References", _))));
+        for huge in ["9223372036854775808", "18446744073709551615", "18446744073709551616"] {
+            let text = TOP.replace("NarSize: 384", &format!("NarSize: {huge}"));
+            assert!(matches!(NarInfo::parse(&text), Err(NarInfoError::Bad("NarSize", _))), "{huge}");
+        }
+        let largest = TOP.replace("NarSize: 384", "NarSize: 9223372036854775807");
+        assert_eq!(NarInfo::parse(&largest).unwrap().nar_size, MAX_SIZE);
         let no_url: String = TOP.lines().filter(|l| !l.starts_with("URL")).map(|l| format!("{l}\n")).collect();
         assert_eq!(NarInfo::parse(&no_url), Err(NarInfoError::Missing("URL")));
     }

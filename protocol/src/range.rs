@@ -18,18 +18,25 @@ pub enum Range {
 
 /// Parse a single `Range: bytes=…` against `size`. Several ranges, other
 /// units and malformed values are ignored (the whole object is served), as
-/// HTTP allows.
+/// HTTP allows. Only HTTP's own whitespace (space, tab) is skipped: a value
+/// with any other character, a Unicode space included, is malformed.
 pub fn parse(header: Option<&str>, size: u64) -> Range {
     parse_spec(header, size).unwrap_or(Range::Whole)
 }
 
+/// `s` without HTTP's optional whitespace around it.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
 fn parse_spec(header: Option<&str>, size: u64) -> Option<Range> {
-    let spec = header?.trim().strip_prefix("bytes=")?;
+    let header = header.filter(|h| h.is_ascii())?;
+    let spec = trim_ows(header).strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
     }
     let (a, b) = spec.split_once('-')?;
-    let (first, last) = match (a.trim(), b.trim()) {
+    let (first, last) = match (trim_ows(a), trim_ows(b)) {
         ("", suffix) => {
             let n: u64 = suffix.parse().ok()?;
             if n == 0 || size == 0 {
@@ -77,5 +84,10 @@ mod tests {
         assert_eq!(parse(Some("bytes=0-1,3-4"), 10), Range::Whole);
         assert_eq!(parse(Some("items=0-1"), 10), Range::Whole);
         assert_eq!(Range::Part { first: 2, last: 4 }.length(10), 3);
+        assert_eq!(parse(Some(" bytes=0-4\t"), 10), Range::Part { first: 0, last: 4 });
+        // Unicode whitespace is not HTTP's: the whole object, as the tier answers.
+        assert_eq!(parse(Some("bytes=0-4\u{a0}"), 10), Range::Whole);
+        assert_eq!(parse(Some("\u{2003}bytes=0-4"), 10), Range::Whole);
+        assert_eq!(parse(Some("bytes=\u{3000}0-4"), 10), Range::Whole);
     }
 }
