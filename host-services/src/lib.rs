@@ -4,12 +4,15 @@
 //! imports. This crate implements them, one module per capability —
 //! [`locks`], [`storage`], [`metadata`], [`signer`], [`config`],
 //! [`metrics`], [`log`], [`edge`] — each with its backends as sub-modules behind one
-//! trait and its WIT implementation in its own `wit` module. [`services`]
-//! gathers them for a wasmtime [`Linker`](wasmtime::component::Linker).
+//! trait and its WIT implementation in its own `wit` module. [`cluster`]
+//! is what the nodes of one cache share below them (the channel, purges,
+//! downloads to follow). [`services`] gathers them for a wasmtime
+//! [`Linker`](wasmtime::component::Linker).
 #![deny(missing_docs)]
 
 pub mod bindings;
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod error;

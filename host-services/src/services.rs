@@ -35,6 +35,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// `ncps:edge/edge-cache`: the node's edge tier.
     pub edge: Arc<EdgeCache>,
+    /// The node's view of the other nodes of the cache.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// What one request's store lends to the host traits: its resource table

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ncps_edge_host_services::edge::channel::mysql::MySqlChannel;
-use ncps_edge_host_services::edge::channel::postgres::PgChannel;
-use ncps_edge_host_services::edge::channel::redis::RedisChannel;
-use ncps_edge_host_services::edge::channel::Channel;
+use ncps_edge_host_services::cluster::channel::mysql::MySqlChannel;
+use ncps_edge_host_services::cluster::channel::postgres::PgChannel;
+use ncps_edge_host_services::cluster::channel::redis::RedisChannel;
+use ncps_edge_host_services::cluster::channel::Channel;
 use ncps_edge_host_services::locks::guard::Guarded;
 use ncps_edge_host_services::locks::local::LocalLocks;
 use ncps_edge_host_services::locks::mysql::MySqlSession;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use ncps_edge_host_services::cluster::{channel, Cluster};
 use ncps_edge_host_services::config::{NodeConfig, Settings, Upstream};
-use ncps_edge_host_services::edge::channel;
 use ncps_edge_host_services::edge::EdgeCache;
 use ncps_edge_host_services::locks::Locks;
 use ncps_edge_host_services::metadata::Metadata;
@@ -116,17 +116,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     let lock_backend = backends::locks(config).await?;
     let database = backends::metadata(config).await?;
     let (storage, disk_tier) = backends::with_disk_tier(config, backends::storage(config).await?)?;
-    let edge = Arc::new(EdgeCache::new(args.edge_cache_memory, args.cache_negative_ttl, disk_tier));
+    let cluster = Cluster::new();
+    let edge = Arc::new(EdgeCache::new(args.edge_cache_memory, args.cache_negative_ttl, disk_tier, cluster.clone()));
     let channel = backends::edge_channel(config).await?;
     if let Some(channel) = &channel {
-        edge.connect(channel.clone());
+        cluster.connect(channel.clone());
     }
     let signer =
         Signer::load_or_generate(config.secret_key_path.as_deref(), database.as_ref(), &args.cache_hostname).await?;
     tracing::info!(public_key = signer.public_key(), "signing key loaded");
     let peers = match (&args.cache_node_url, &channel) {
         (Some(url), Some(_)) => Some(Peers {
-            edge: edge.clone(),
+            cluster: cluster.clone(),
             url: url.trim_end_matches('/').to_owned(),
             token: Peers::token_for(&signer.to_secret_string()),
             timeout: args.cache_backend_timeout,
@@ -172,6 +173,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
         config: NodeConfig::new(settings, upstreams(config)),
         metrics,
         edge,
+        cluster,
     });
     let handler = engine::load(&EngineOptions {
         max_instances: args.wasm_max_instances,
@@ -213,7 +215,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningNode> {
         ),
     ];
     if let Some(channel) = handle.edge_channel() {
-        background.extend(channel::spawn(services.edge.clone(), channel.clone()));
+        background.extend(channel::spawn(services.cluster.clone(), services.edge.clone(), channel.clone()));
     }
     if let Some(schedule) = config.lru.clone() {
         background.push(schedulers::spawn_lru(handle.clone(), schedule));

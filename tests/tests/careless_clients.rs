@@ -97,7 +97,7 @@ async fn a_slow_client_at_one_node_does_not_hold_back_a_client_at_another() {
     };
     let a = start_node(&with_address(&flags)).await;
     let b = start_node(&with_address(&flags)).await;
-    tokio::time::sleep(ncps_edge_host_services::edge::channel::HEARD_WITHIN).await;
+    tokio::time::sleep(ncps_edge_host_services::cluster::channel::HEARD_WITHIN).await;
     slow_and_fast(&a, &b, &up).await;
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use ncps_edge_host_services::edge::channel::HEARD_WITHIN;
+use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_test_support::{fresh_bucket, host_port, StallProxy};
 use ncps_edge_tests::cluster::backend_flags;

@@ -6,6 +6,7 @@ mod info;
 mod nar;
 mod narinfo;
 mod writes;
+mod written;
 
 use crate::bindings::ncps::edge::config;
 use crate::bindings::wasi::http::types::{Method, ResponseOutparam};

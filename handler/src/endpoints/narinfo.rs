@@ -12,7 +12,7 @@ use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
 use crate::cache::narinfos::{lookup, normalise_and_sign, record};
 use crate::cache::nars::lock_for_publish;
-use crate::endpoints::writes::Written;
+use crate::endpoints::written::Written;
 use crate::host::edge;
 use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;

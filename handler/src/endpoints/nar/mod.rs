@@ -16,7 +16,7 @@ use crate::bindings::ncps::edge::types::Error as HostError;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
 use crate::cache::nars::{lock_for_eviction, stat};
-use crate::endpoints::writes::Written;
+use crate::endpoints::written::Written;
 use crate::host::edge;
 use crate::host::http::{text, Request};
 use crate::host::logging;

@@ -9,7 +9,7 @@ use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metadata;
 use crate::bindings::ncps::edge::storage::{self, Writer};
 use crate::cache::nars::{publish, stat};
-use crate::endpoints::writes::Written;
+use crate::endpoints::written::Written;
 use crate::host::http::Request;
 use crate::host::logging;
 use crate::protocol::hash::Sha256;

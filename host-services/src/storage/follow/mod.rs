@@ -7,75 +7,24 @@
 //! complete-looking object that was then refused; an abort ends every
 //! follower's stream with an error.
 //!
-//! Across nodes: a node with an address for its peers (`--cache-node-url`)
-//! announces each download on the edge channel; a waiting node follows it
-//! over the downloading node's internal route ([`FOLLOW_ROUTE`]), which
-//! answers with the same stream, for the cache's nodes only
-//! ([`Peers::token`]).
+//! Across nodes ([`peers`]): the downloading node's internal route
+//! answers a peer with the same stream.
+
+mod peers;
+mod spool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use futures_util::StreamExt as _;
-use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
+
+pub use peers::{Peers, FOLLOW_ROUTE};
+use spool::{Progress, Spool, SpoolReader};
 
 use super::{BlobStore, BlobWriter, Body, ByteRange, FileRange, ObjectEntry, StorageKey};
 use crate::Result;
-
-/// The internal route on which a node serves its downloads in progress to
-/// its peers: `<FOLLOW_ROUTE><storage key>`.
-pub const FOLLOW_ROUTE: &str = "/_ncps-edge/follow/";
-
-/// How a node reaches its peers' downloads and lets them reach its own.
-pub struct Peers {
-    /// The edge channel, where downloads are announced.
-    pub edge: Arc<crate::edge::EdgeCache>,
-    /// This node's address for its peers (`http://host:port`).
-    pub url: String,
-    /// What a peer presents on [`FOLLOW_ROUTE`] (the same on every node of a cache).
-    pub token: String,
-    /// Deadline of connecting to a peer and of its answer's head.
-    pub timeout: std::time::Duration,
-}
-
-impl Peers {
-    /// The token of a cache whose signing key is `secret_key`: nodes that
-    /// sign alike follow each other.
-    pub fn token_for(secret_key: &str) -> String {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(format!("ncps-edge follow\n{secret_key}"));
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// How far a download is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
-    /// This many bytes may be handed out.
-    Safe(u64),
-    /// Committed with this many bytes.
-    Done(u64),
-    /// Aborted: followers fail.
-    Failed,
-}
-
-/// One object being written.
-struct Spool {
-    path: PathBuf,
-    progress: watch::Sender<Progress>,
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// The objects being written on this node, by key.
 type Downloads = Mutex<HashMap<String, Arc<Spool>>>;
@@ -124,39 +73,7 @@ impl Followed {
 
     /// Whether `token` is what peers present.
     pub fn is_peer(&self, token: &str) -> bool {
-        use subtle::ConstantTimeEq as _;
-        self.peers.as_ref().is_some_and(|p| bool::from(p.token.as_bytes().ct_eq(token.as_bytes())))
-    }
-
-    /// Follow `key` at the peer at `url`.
-    async fn follow_peer(&self, peers: &Peers, url: &str, key: &StorageKey) -> Option<Body> {
-        use futures_util::TryStreamExt as _;
-        use http_body_util::BodyExt as _;
-        let uri: hyper::Uri = format!("{url}{FOLLOW_ROUTE}{}", key.as_str()).parse().ok()?;
-        let req = hyper::Request::get(uri)
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", peers.token))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .ok()?;
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-        let resp = match tokio::time::timeout(peers.timeout, client.request(req)).await {
-            Ok(Ok(resp)) if resp.status() == hyper::StatusCode::OK => resp,
-            Ok(Ok(resp)) => {
-                tracing::debug!(key = key.as_str(), peer = url, status = %resp.status(), "peer has no download to follow");
-                return None;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(key = key.as_str(), peer = url, error = %e, "cannot follow a peer's download");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(key = key.as_str(), peer = url, "peer did not answer in time");
-                return None;
-            }
-        };
-        let stream = resp.into_body().into_data_stream().map_err(std::io::Error::other);
-        tracing::info!(key = key.as_str(), peer = url, "following a peer's download");
-        Some(Box::pin(tokio_util::io::StreamReader::new(stream)))
+        self.peers.as_ref().is_some_and(|p| p.is_peer(token))
     }
 }
 
@@ -186,7 +103,7 @@ impl FollowedWriter {
         }
         if let Some(peers) = self.peers.clone() {
             let key = self.key.clone();
-            tokio::spawn(async move { peers.edge.announce_download(&key, None).await });
+            tokio::spawn(async move { peers.cluster.announce_download(&key, None).await });
         }
     }
 }
@@ -251,67 +168,6 @@ fn detached() -> crate::Error {
     crate::Error::unavailable("storage", "a write to storage failed earlier: nothing will be published")
 }
 
-/// A follower of one spool: reads what is safe to hand out, at its reader's
-/// own pace, straight from the spool file (nothing is buffered for it but
-/// what its reader asks for); waits when it has caught up with the writer;
-/// ends when the object is committed and fails when it is abandoned.
-struct SpoolReader {
-    /// Keeps the spool file's name until every follower is done.
-    _spool: Arc<Spool>,
-    file: tokio::fs::File,
-    progress: WatchStream<Progress>,
-    pos: u64,
-    now: Progress,
-}
-
-impl SpoolReader {
-    fn open(spool: Arc<Spool>) -> Option<Self> {
-        let file = std::fs::File::open(&spool.path).ok()?;
-        let now = *spool.progress.borrow();
-        let progress = WatchStream::from_changes(spool.progress.subscribe());
-        Some(Self { _spool: spool, file: tokio::fs::File::from_std(file), progress, pos: 0, now })
-    }
-}
-
-fn abandoned() -> std::io::Error {
-    std::io::Error::other("the download being followed was abandoned")
-}
-
-impl AsyncRead for SpoolReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            let (limit, done) = match this.now {
-                Progress::Safe(n) => (n, false),
-                Progress::Done(n) => (n, true),
-                Progress::Failed => return Poll::Ready(Err(abandoned())),
-            };
-            if this.pos < limit && buf.remaining() > 0 {
-                let want = usize::try_from(limit - this.pos).unwrap_or(usize::MAX).min(buf.remaining());
-                let mut part = buf.take(want);
-                ready!(Pin::new(&mut this.file).poll_read(cx, &mut part))?;
-                let n = part.filled().len();
-                if n == 0 {
-                    // The spool is shorter than what its writer wrote.
-                    return Poll::Ready(Err(abandoned()));
-                }
-                // SAFETY: `part` borrows `buf`'s unfilled part, and the read filled `n` bytes of it.
-                unsafe { buf.assume_init(n) };
-                buf.advance(n);
-                this.pos += n as u64;
-                return Poll::Ready(Ok(()));
-            }
-            if done || buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.progress.poll_next_unpin(cx)) {
-                Some(progress) => this.now = progress,
-                None => this.now = Progress::Failed,
-            }
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl BlobStore for Followed {
     async fn stat(&self, key: &StorageKey) -> Result<Option<u64>> {
@@ -334,7 +190,7 @@ impl BlobStore for Followed {
         let spool = Arc::new(Spool { path, progress });
         self.downloads.lock().unwrap_or_else(|p| p.into_inner()).insert(key.as_str().to_owned(), spool.clone());
         if let Some(peers) = &self.peers {
-            peers.edge.announce_download(key.as_str(), Some(&peers.url)).await;
+            peers.cluster.announce_download(key.as_str(), Some(&peers.url)).await;
         }
         Ok(Box::new(FollowedWriter {
             inner: Some(inner),
@@ -365,8 +221,8 @@ impl BlobStore for Followed {
             return Ok(Some(body));
         }
         let Some(peers) = &self.peers else { return Ok(None) };
-        match peers.edge.download_elsewhere(key.as_str()).filter(|url| *url != peers.url) {
-            Some(url) => Ok(self.follow_peer(peers, &url, key).await),
+        match peers.cluster.download_elsewhere(key.as_str()).filter(|url| *url != peers.url) {
+            Some(url) => Ok(peers.follow(&url, key).await),
             None => Ok(None),
         }
     }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ncps_edge_wire::channel::Message;
 
-use super::EdgeCache;
+use super::{Cluster, Kept};
 use crate::Result;
 
 /// How often a node publishes its heartbeat.
@@ -122,13 +122,18 @@ pub async fn publish_purge(publisher: &dyn Publisher, paths: &[String]) -> Resul
     Ok(())
 }
 
-/// Listen on `channel` and announce this node's heartbeat, for `edge`
-/// (which publishes its purges there: [`EdgeCache::connect`]), until the
+/// Listen on `channel` and announce this node's heartbeat, for `cluster`
+/// (which publishes there: [`Cluster::connect`]) and for what the node
+/// keeps (`kept`, which purges heard reach), until the
 /// returned tasks are aborted.
-pub fn spawn(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    cluster: Arc<Cluster>,
+    kept: Arc<dyn Kept>,
+    channel: Arc<dyn Channel>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let node = format!("{:016x}", rand::random::<u64>());
     let mut tasks: Vec<_> = (0..channel.listeners())
-        .map(|i| tokio::spawn(listen(edge.clone(), channel.clone(), i, node.clone())))
+        .map(|i| tokio::spawn(listen(cluster.clone(), kept.clone(), channel.clone(), i, node.clone())))
         .collect();
     if !channel.polled() {
         let beat = Message::Heartbeat(&node).encode();
@@ -147,21 +152,21 @@ pub fn spawn(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>) -> Vec<tokio::task
 
 /// One listener, reconnected whenever it fails or hears nothing for twice
 /// [`HEARD_WITHIN`] (a connection that died without closing).
-async fn listen(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>, index: usize, node: String) {
+async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Channel>, index: usize, node: String) {
     loop {
         let last = Arc::new(AtomicU64::new(now_ms()));
         let heard = {
-            let (edge, last, node) = (edge.clone(), last.clone(), node.clone());
+            let (cluster, kept, last, node) = (cluster.clone(), kept.clone(), last.clone(), node.clone());
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
-                let Heard::Message(m) = h else { return proof(&edge) };
+                let Heard::Message(m) = h else { return proof(&cluster, kept.as_ref()) };
                 match Message::decode(&m) {
-                    Some(Message::Heartbeat(beat)) if beat == node => proof(&edge),
+                    Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref()),
                     Some(Message::Purge(paths)) => {
                         let paths: Vec<String> = paths.into_iter().map(str::to_owned).collect();
-                        edge.purge_here(&paths);
+                        kept.purge_here(&paths);
                     }
-                    Some(Message::Download { key, url }) => edge.heard_download(key, url),
+                    Some(Message::Download { key, url }) => cluster.heard_download(key, url),
                     Some(Message::Heartbeat(_)) | None => {}
                 }
             }
@@ -186,10 +191,10 @@ async fn listen(edge: Arc<EdgeCache>, channel: Arc<dyn Channel>, index: usize, n
     }
 }
 
-fn proof(edge: &EdgeCache) {
-    if edge.health().proof() {
+fn proof(cluster: &Cluster, kept: &dyn Kept) {
+    if cluster.health().proof() {
         // Purges may have been missed while the channel was not heard.
-        edge.clear_here();
+        kept.clear_here();
         tracing::info!("edge-cache channel heard; the tier starts empty");
     }
 }
