@@ -44,17 +44,17 @@ async fn connecting<T>(
     what: &str,
     connect: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let limit = config.args.cache_backend_timeout * CONNECT_DEADLINES;
+    let limit = config.backend_timeout * CONNECT_DEADLINES;
     tokio::time::timeout(limit, connect).await.map_err(|_| anyhow::anyhow!("{what}: no answer within {limit:?}"))?
 }
 
 /// Open the metadata database (migrations applied), behind its deadline.
 pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
-    let timeout = config.args.cache_backend_timeout;
-    let (db, name): (Arc<dyn Database>, &'static str) = match &config.database {
+    let timeout = config.backend_timeout;
+    let pool = config.database.pool_size;
+    let (db, name): (Arc<dyn Database>, &'static str) = match &config.database.url {
         DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite"),
         DatabaseUrl::Postgres(url) => {
-            let pool = config.args.cache_database_pool_max_open_conns;
             let db = connecting(config, "PostgreSQL metadata", async {
                 PgMetadata::connect(url, pool).await.context("PostgreSQL metadata")
             })
@@ -62,7 +62,6 @@ pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
             (Arc::new(db), "postgres")
         }
         DatabaseUrl::Mysql(url) => {
-            let pool = config.args.cache_database_pool_max_open_conns;
             let db = connecting(config, "MySQL metadata", async {
                 MySqlMetadata::connect(url, pool).await.context("MySQL metadata")
             })
@@ -76,15 +75,14 @@ pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
 /// The lock backend, behind a deadline and a circuit breaker when it is
 /// distributed.
 pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
-    let args = &config.args;
-    let (timeout, lease, heartbeat) =
-        (args.cache_backend_timeout, args.cache_lock_download_lease, args.cache_lock_heartbeat_interval);
+    let locks = &config.locks;
+    let (timeout, lease, heartbeat) = (config.backend_timeout, locks.download_lease, locks.heartbeat);
     let guard = |backend: Box<dyn LockBackend>, label, limit| -> Arc<dyn LockBackend> {
-        Arc::new(Guarded::new(backend, label, args.cache_lock_allow_degraded_mode, limit, BREAKER_COOL_DOWN))
+        Arc::new(Guarded::new(backend, label, locks.allow_degraded, limit, BREAKER_COOL_DOWN))
     };
     // A database lock call may first wait for its turn on the node's session.
     let session_limit = timeout * (QUEUE_DEADLINES + 1);
-    Ok(match (config.lock_backend, &config.database, &config.redis) {
+    Ok(match (locks.backend, &config.database.url, &locks.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => {
             let redis =
                 connecting(config, "Redis", async { RedisLocks::connect(opts).await.context("connecting to Redis") })
@@ -115,8 +113,9 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
 /// The channel that carries edge-tier purges between nodes: the lock
 /// service's own (none with local locks: a single node).
 pub async fn edge_channel(config: &Config) -> anyhow::Result<Option<Arc<dyn Channel>>> {
-    let prefix = &config.lock_prefix;
-    Ok(match (config.lock_backend, &config.database, &config.redis) {
+    let locks = &config.locks;
+    let prefix = &locks.prefix;
+    Ok(match (locks.backend, &config.database.url, &locks.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => Some(Arc::new(RedisChannel::new(opts, prefix)?)),
         (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => Some(Arc::new(PgChannel::new(url, prefix))),
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
@@ -133,7 +132,7 @@ pub async fn edge_channel(config: &Config) -> anyhow::Result<Option<Arc<dyn Chan
 /// NAR storage: the S3 bucket when one is given, else the local folder;
 /// behind its deadline. (What writes to it goes through [`ContentNamed`].)
 pub async fn storage(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
-    let timeout = config.args.cache_backend_timeout;
+    let timeout = config.backend_timeout;
     let (store, name): (Arc<dyn BlobStore>, &'static str) = match &config.storage {
         StorageConfig::Local(dir) => (Arc::new(LocalStore::open(dir).await?), "disk"),
         StorageConfig::S3(opts) => {
@@ -170,15 +169,16 @@ type Tiered = (Arc<dyn BlobStore>, Option<Arc<DiskTier>>);
 /// that cannot be opened (nodes sharing one data folder) is left off with a
 /// warning; one in a folder given with `--edge-cache-dir` is an error.
 pub fn with_disk_tier(config: &Config, storage: Arc<dyn BlobStore>) -> anyhow::Result<Tiered> {
-    let Some(dir) = &config.edge_cache_dir else { return Ok((storage, None)) };
-    let tier = match DiskTier::open(dir, config.args.edge_cache_size) {
+    let Some(disk) = &config.edge.disk else { return Ok((storage, None)) };
+    let dir = &disk.dir;
+    let tier = match DiskTier::open(dir, disk.size) {
         Ok(tier) => Arc::new(tier),
-        Err(e) if config.args.edge_cache_dir.is_none() => {
+        Err(e) if !disk.explicit => {
             tracing::warn!(dir = %dir.display(), error = %e, "local-disk tier of NARs off");
             return Ok((storage, None));
         }
         Err(e) => return Err(e).with_context(|| format!("opening the edge cache in {}", dir.display())),
     };
-    tracing::info!(dir = %dir.display(), bytes = config.args.edge_cache_size, "local-disk tier of NARs");
+    tracing::info!(dir = %dir.display(), bytes = disk.size, "local-disk tier of NARs");
     Ok((Arc::new(DiskTiered::new(storage, tier.clone())), Some(tier)))
 }

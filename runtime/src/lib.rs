@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod bindings;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engine;

@@ -1,6 +1,7 @@
 //! `ncps-edge`: serve the cache, check the configuration, make keys.
 
-use ncps_edge::config::{parse_cli, Command, Config, ConfigCommand};
+use ncps_edge::cli::{parse_cli, Command, ConfigCommand};
+use ncps_edge::config::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,14 +23,14 @@ async fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down: no new connections; requests in flight may finish");
-            node.stop(config.args.shutdown_timeout).await;
+            node.stop(config.shutdown_timeout).await;
             Ok(())
         }
         Command::Config(ConfigCommand::Check(args)) => {
             let matches = parsed.matches.ok_or_else(|| anyhow::anyhow!("no configuration to check"))?;
-            ncps_edge::commands::config_check(*args, &matches, parsed.without_effect, &mut std::io::stdout())
+            ncps_edge::commands::check::run(*args, &matches, parsed.without_effect, &mut std::io::stdout())
         }
-        Command::Keygen(args) => ncps_edge::commands::keygen(&args, &mut std::io::stdout()),
+        Command::Keygen(args) => ncps_edge::commands::keygen::run(&args, &mut std::io::stdout()),
         Command::ImportNcps(args) => {
             ncps_edge::logs::init(&args.serve.log_level, std::io::stderr);
             let config = Config::from_args(args.serve.clone(), parsed.without_effect)?;
@@ -40,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fsck(args) => {
             ncps_edge::logs::init(&args.serve.log_level, std::io::stderr);
             let config = Config::from_args(args.serve, parsed.without_effect)?;
-            ncps_edge::commands::fsck(&config, args.dry_run, &mut std::io::stdout()).await
+            ncps_edge::commands::fsck::run(&config, args.dry_run, &mut std::io::stdout()).await
         }
     }
 }

@@ -1,6 +1,7 @@
 //! ncps-edge nodes started in-process with the same flags as the binary.
 
-use ncps_edge::config::{parse_cli, Command, Config};
+use ncps_edge::cli::{parse_cli, Command};
+use ncps_edge::config::Config;
 use ncps_edge::node::{start, RunningNode};
 
 /// A node and its data folder.

@@ -105,7 +105,7 @@ async fn sqlite_is_refused_with_a_distributed_lock_backend() {
         "--cache-hostname=h".into(),
         format!("--cache-redis-addrs={}", redis_addr()),
     ];
-    let ncps_edge::config::Command::Serve(args) = ncps_edge::config::parse_cli(args).unwrap().cli.command else {
+    let ncps_edge::cli::Command::Serve(args) = ncps_edge::cli::parse_cli(args).unwrap().cli.command else {
         panic!("not serve")
     };
     let err = ncps_edge::config::Config::from_args(*args, vec![]).expect_err("accepted SQLite with Redis locks");
@@ -337,7 +337,7 @@ async fn redis_over_tls_with_a_password_that_is_not_url_safe() {
     };
     let start = |flags: Vec<String>| async move {
         let storage = format!("--cache-storage-local={}", file("refused"));
-        let parsed = ncps_edge::config::parse_cli(
+        let parsed = ncps_edge::cli::parse_cli(
             ["ncps-edge", "serve", "--cache-hostname=h", "--server-addr=127.0.0.1:0", storage.as_str()]
                 .iter()
                 .map(|s| s.to_string())
@@ -345,7 +345,7 @@ async fn redis_over_tls_with_a_password_that_is_not_url_safe() {
                 .collect(),
         )
         .unwrap();
-        let ncps_edge::config::Command::Serve(args) = parsed.cli.command else { panic!() };
+        let ncps_edge::cli::Command::Serve(args) = parsed.cli.command else { panic!() };
         let config = ncps_edge::config::Config::from_args(*args, vec![]).unwrap();
         ncps_edge::node::start(&config).await
     };

@@ -61,24 +61,25 @@ pub fn effective(matches: &ArgMatches, config: &Config) -> String {
     }
     let _ = writeln!(out, "# resolved");
     let _ = writeln!(out, "data-dir: {}", config.data_dir.display());
-    let database = match &config.database {
+    let database = match &config.database.url {
         DatabaseUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
         DatabaseUrl::Postgres(u) | DatabaseUrl::Mysql(u) => mask_url(u),
     };
     let _ = writeln!(out, "database: {database}");
-    let _ = writeln!(out, "lock-backend: {} (prefix {:?})", lock_name(config.lock_backend), config.lock_prefix);
+    let _ = writeln!(out, "lock-backend: {} (prefix {:?})", lock_name(config.locks.backend), config.locks.prefix);
     let storage = match &config.storage {
         StorageConfig::Local(dir) => format!("local {}", dir.join("store").display()),
         StorageConfig::S3(s3) => format!("s3 bucket {} at {}", s3.bucket, s3.endpoint.as_deref().unwrap_or("AWS")),
     };
     let _ = writeln!(out, "storage: {storage}");
-    let _ = writeln!(out, "wasm-cache-dir: {}", config.wasm_cache_dir.display());
-    let memory = match config.args.edge_cache_memory {
+    let wasm_cache = config.engine.cache_dir.as_deref().map_or("none".into(), |d| d.display().to_string());
+    let _ = writeln!(out, "wasm-cache-dir: {wasm_cache}");
+    let memory = match config.edge.memory {
         0 => "off".to_owned(),
         bytes => format!("{bytes} bytes in memory"),
     };
-    let disk = match &config.edge_cache_dir {
-        Some(dir) => format!("{} bytes of NARs in {}", config.args.edge_cache_size, dir.display()),
+    let disk = match &config.edge.disk {
+        Some(disk) => format!("{} bytes of NARs in {}", disk.size, disk.dir.display()),
         None => "no local-disk tier".to_owned(),
     };
     let _ = writeln!(out, "edge-cache: {memory}, {disk}");

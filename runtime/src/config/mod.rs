@@ -1,71 +1,66 @@
-//! One checked configuration: the command line ([`cli`]: flags and
+//! One checked configuration: a node's flags ([`flags`]: flags and
 //! environment variables with ncps's names), the config file ([`yaml`]:
 //! ncps's keys), single values ([`values`]), and [`Config`], where every
-//! setting is validated and resolved in one place before anything touches
-//! a database.
+//! setting is validated and resolved once, into typed settings per
+//! capability, before anything touches a database.
 
-pub mod cli;
+pub mod flags;
+pub mod settings;
 pub mod values;
 pub mod yaml;
 
 mod check;
+mod guest;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use ncps_edge_host_services::config::{Settings, Upstream};
 use ncps_edge_host_services::locks::redis::RedisOptions;
 use ncps_edge_host_services::locks::RetryPolicy;
 use ncps_edge_host_services::storage::s3::S3Options;
 
+use crate::engine::EngineOptions;
+use crate::server::ServerOptions;
 pub use check::effective;
-pub use cli::{parse_cli, Cli, Command, ConfigCommand, LockBackendKind, Parsed, ServeArgs};
+pub use flags::{LockBackendKind, ServeArgs};
+pub use settings::*;
 pub use values::{listen_addr, DatabaseUrl, UpstreamUrl};
 
-/// Where NARs are stored.
-#[derive(Debug, Clone)]
-pub enum StorageConfig {
-    /// Under the data folder.
-    Local(PathBuf),
-    /// An S3 bucket.
-    S3(S3Options),
-}
-
-/// When LRU passes run.
-#[derive(Debug, Clone)]
-pub struct LruSchedule {
-    /// The cron expression.
-    pub cron: croner::Cron,
-    /// Its time zone.
-    pub timezone: chrono_tz::Tz,
-}
-
-/// A node's validated configuration.
+/// A node's validated configuration: typed settings per capability.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The typed command line (after the config file and environment).
-    pub args: ServeArgs,
     /// The data folder, absolute.
     pub data_dir: PathBuf,
-    /// The metadata database (an SQLite path is absolute).
-    pub database: DatabaseUrl,
-    /// The lock backend.
-    pub lock_backend: LockBackendKind,
-    /// The key prefix of that backend.
-    pub lock_prefix: String,
-    /// Redis connection settings (with the Redis lock backend).
-    pub redis: Option<RedisOptions>,
-    /// Lock retry policy.
-    pub retry: RetryPolicy,
+    /// Log level (an `EnvFilter` directive).
+    pub log_level: String,
+    /// The address to listen on.
+    pub listen: String,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    pub shutdown_timeout: Duration,
+    /// The HTTP front door.
+    pub server: ServerOptions,
+    /// The wasmtime engine and its pool.
+    pub engine: EngineOptions,
+    /// Deadline of every database, lock service and S3 call.
+    pub backend_timeout: Duration,
+    /// The metadata database.
+    pub database: DatabaseSettings,
+    /// The lock service.
+    pub locks: LockSettings,
     /// NAR storage.
     pub storage: StorageConfig,
-    /// The signing key file, absolute, when one is given.
-    pub secret_key_path: Option<PathBuf>,
-    /// Compiled-code cache, absolute.
-    pub wasm_cache_dir: PathBuf,
-    /// The local-disk tier of NAR bytes (with S3 storage and a size), absolute.
-    pub edge_cache_dir: Option<PathBuf>,
-    /// LRU passes, with `--cache-max-size`.
-    pub lru: Option<LruSchedule>,
+    /// The edge tier and the node's place in the cluster.
+    pub edge: EdgeSettings,
+    /// The signing key.
+    pub signing: SigningSettings,
+    /// What the guest is told (`ncps:edge/config.get-settings`).
+    pub guest: Settings,
+    /// The upstream caches, as the guest is told of them.
+    pub upstreams: Vec<Upstream>,
+    /// Background work.
+    pub schedules: Schedules,
     /// ncps keys of the config file that have no effect here.
     pub without_effect: Vec<String>,
 }
@@ -224,19 +219,54 @@ impl Config {
             .parse()
             .map_err(|e| anyhow::anyhow!("--cache-lru-schedule {:?}: {e}", args.cache_lru_schedule))?;
         let lru = args.cache_max_size.map(|_| LruSchedule { cron, timezone });
+        let disk = edge_cache_dir.map(|dir| DiskTierSettings {
+            dir,
+            size: args.edge_cache_size,
+            explicit: args.edge_cache_dir.is_some(),
+        });
         Ok(Self {
-            args,
             data_dir,
-            database,
-            lock_backend,
-            lock_prefix,
-            redis,
-            retry,
+            log_level: args.log_level.clone(),
+            listen: args.server_addr.clone(),
+            shutdown_timeout: args.shutdown_timeout,
+            server: ServerOptions {
+                request_timeout: args.request_timeout,
+                prometheus: args.prometheus_enabled,
+                read_header_timeout: args.server_read_header_timeout,
+                max_connections: args.server_max_connections,
+                max_header_size: args.server_max_header_size.min(usize::MAX as u64) as usize,
+            },
+            engine: EngineOptions {
+                max_instances: args.wasm_max_instances,
+                memory_limit: args.wasm_memory_limit,
+                cache_dir: Some(wasm_cache_dir),
+            },
+            backend_timeout: args.cache_backend_timeout,
+            database: DatabaseSettings { url: database, pool_size: args.cache_database_pool_max_open_conns },
+            locks: LockSettings {
+                backend: lock_backend,
+                prefix: lock_prefix,
+                redis,
+                retry,
+                download_lease: args.cache_lock_download_lease,
+                heartbeat: args.cache_lock_heartbeat_interval,
+                allow_degraded: args.cache_lock_allow_degraded_mode,
+            },
             storage,
-            secret_key_path,
-            wasm_cache_dir,
-            edge_cache_dir,
-            lru,
+            edge: EdgeSettings {
+                memory: args.edge_cache_memory,
+                negative_ttl: args.cache_negative_ttl,
+                disk,
+                node_url: args.cache_node_url.as_deref().map(|u| u.trim_end_matches('/').to_owned()),
+            },
+            signing: SigningSettings { hostname: args.cache_hostname.clone(), secret_key_path },
+            guest: guest::settings(&args),
+            upstreams: guest::upstreams(&args),
+            schedules: Schedules {
+                lru,
+                upstream_health: args.cache_upstream_health_interval,
+                explicit_priorities: args.cache_upstream_url.iter().map(|u| u.priority.is_some()).collect(),
+            },
             without_effect,
         })
     }

@@ -12,7 +12,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use serde_yaml::Value;
 
-use super::cli::ServeArgs;
+use super::flags::ServeArgs;
 
 /// `config.yaml` key paths and the flag (clap id) each one sets.
 pub const KEYS: &[(&str, &str)] = &[

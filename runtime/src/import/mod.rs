@@ -28,7 +28,7 @@ use ncps_edge_protocol::route::NarPath;
 use sha2::Digest as _;
 use tokio::io::AsyncReadExt as _;
 
-use crate::config::cli::ServeArgs;
+use crate::config::flags::ServeArgs;
 use crate::config::values::parse_database_url;
 use crate::config::Config;
 use source::{NcpsNarinfo, Source};
@@ -104,11 +104,15 @@ pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<Summary> 
     let from = ncps_storage(args).await?;
     let mut source = Source::open(&parse_database_url(&args.ncps_database_url)?).await?;
     let mut summary = Summary { dry_run: args.dry_run, ..Summary::default() };
-    summary.key = import_key(&mut source, args, config.secret_key_path.as_deref(), database.as_ref()).await?;
-    let signer = match (args.dry_run, config.args.cache_sign_narinfo) {
+    summary.key = import_key(&mut source, args, config.signing.secret_key_path.as_deref(), database.as_ref()).await?;
+    let signer = match (args.dry_run, config.guest.sign_narinfo) {
         (false, true) => Some(
-            Signer::load_or_generate(config.secret_key_path.as_deref(), database.as_ref(), &config.args.cache_hostname)
-                .await?,
+            Signer::load_or_generate(
+                config.signing.secret_key_path.as_deref(),
+                database.as_ref(),
+                &config.signing.hostname,
+            )
+            .await?,
         ),
         _ => None,
     };
