@@ -48,6 +48,63 @@ pub struct NarInfo {
     pub sigs: Vec<String>,
 }
 
+/// A narinfo's fields as they are stored (a metadata record, a database
+/// row): hashes in Nix's notation, nothing checked yet
+/// ([`NarInfo::from_fields`] checks them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// `/nix/store/<hash>-<name>`.
+    pub store_path: String,
+    /// Where the NAR file is, relative to the cache.
+    pub url: String,
+    /// `none`, `xz`, `zstd`, `bzip2`, …
+    pub compression: String,
+    /// `sha256:…` of the (compressed) file.
+    pub file_hash: Option<String>,
+    /// Size of the (compressed) file.
+    pub file_size: Option<u64>,
+    /// `sha256:…` of the uncompressed NAR.
+    pub nar_hash: String,
+    /// Size of the uncompressed NAR.
+    pub nar_size: u64,
+    /// Base names of the references.
+    pub references: Vec<String>,
+    /// Base name of the deriver.
+    pub deriver: Option<String>,
+    /// Build platform.
+    pub system: Option<String>,
+    /// Content address.
+    pub ca: Option<String>,
+    /// `name:base64` signatures.
+    pub sigs: Vec<String>,
+}
+
+/// Move the [`Fields`] of a narinfo from `$from` into a `$to { … }` that
+/// has fields of the same names and types (plus `$extra`): the stored
+/// fields and the metadata records on either side of the WIT boundary, so
+/// the mapping is written once.
+#[macro_export]
+macro_rules! narinfo_fields {
+    ($to:path { $($extra:tt)* } from $from:expr) => {{
+        let f = $from;
+        $to {
+            store_path: f.store_path,
+            url: f.url,
+            compression: f.compression,
+            file_hash: f.file_hash,
+            file_size: f.file_size,
+            nar_hash: f.nar_hash,
+            nar_size: f.nar_size,
+            references: f.references,
+            deriver: f.deriver,
+            system: f.system,
+            ca: f.ca,
+            sigs: f.sigs,
+            $($extra)*
+        }
+    }};
+}
+
 /// Whether `name` is a valid store path base name `<hash>-<name>`.
 pub fn is_store_base_name(base: &str) -> bool {
     let Some((hash, name)) = base.split_once('-') else {
@@ -90,43 +147,26 @@ impl NarInfo {
                 continue;
             }
             let (key, value) = line.split_once(':').ok_or(NarInfoError::Syntax(i + 1))?;
-            let value = value.trim();
+            let value = value.trim().to_owned();
             match key {
-                "StorePath" => {
-                    store_path_hash(value).ok_or_else(|| NarInfoError::Bad("StorePath", value.into()))?;
-                    store_path = Some(value.to_owned());
-                }
-                "URL" => url = Some(value.to_owned()),
-                "Compression" => compression = Some(value.to_owned()),
-                "FileHash" => file_hash = Some(parse_hash("FileHash", value)?),
-                "FileSize" => file_size = Some(parse_u64("FileSize", value)?),
-                "NarHash" => nar_hash = Some(parse_hash("NarHash", value)?),
-                "NarSize" => nar_size = Some(parse_u64("NarSize", value)?),
-                "References" => {
-                    references = value.split_whitespace().map(str::to_owned).collect();
-                    if let Some(bad) = references.iter().find(|r| !is_store_base_name(r)) {
-                        return Err(NarInfoError::Bad("References", bad.clone()));
-                    }
-                }
-                "Deriver" if value != "unknown-deriver" => {
-                    if !is_store_base_name(value) {
-                        return Err(NarInfoError::Bad("Deriver", value.into()));
-                    }
-                    deriver = Some(value.to_owned());
-                }
-                "System" => system = Some(value.to_owned()),
-                "Sig" => sigs.push(value.to_owned()),
-                "CA" => ca = Some(value.to_owned()),
+                "StorePath" => store_path = Some(value),
+                "URL" => url = Some(value),
+                "Compression" => compression = Some(value),
+                "FileHash" => file_hash = Some(value),
+                "FileSize" => file_size = Some(parse_u64("FileSize", &value)?),
+                "NarHash" => nar_hash = Some(value),
+                "NarSize" => nar_size = Some(parse_u64("NarSize", &value)?),
+                "References" => references = value.split_whitespace().map(str::to_owned).collect(),
+                "Deriver" if value != "unknown-deriver" => deriver = Some(value),
+                "System" => system = Some(value),
+                "Sig" => sigs.push(value),
+                "CA" => ca = Some(value),
                 _ => {}
             }
         }
-        let url = url.ok_or(NarInfoError::Missing("URL"))?;
-        if url.is_empty() || url.contains(char::is_whitespace) {
-            return Err(NarInfoError::Bad("URL", url));
-        }
-        Ok(NarInfo {
+        Self::from_fields(Fields {
             store_path: store_path.ok_or(NarInfoError::Missing("StorePath"))?,
-            url,
+            url: url.ok_or(NarInfoError::Missing("URL"))?,
             // Nix's default when the field is absent.
             compression: compression.unwrap_or_else(|| "bzip2".to_owned()),
             file_hash,
@@ -139,6 +179,58 @@ impl NarInfo {
             ca,
             sigs,
         })
+    }
+
+    /// Check stored fields (a metadata record, a database row) as
+    /// [`NarInfo::parse`] checks a narinfo file.
+    pub fn from_fields(f: Fields) -> Result<Self, NarInfoError> {
+        store_path_hash(&f.store_path).ok_or_else(|| NarInfoError::Bad("StorePath", f.store_path.clone()))?;
+        if f.url.is_empty() || f.url.contains(char::is_whitespace) {
+            return Err(NarInfoError::Bad("URL", f.url));
+        }
+        for (field, size) in [("FileSize", f.file_size), ("NarSize", Some(f.nar_size))] {
+            if size.is_some_and(|n| n > MAX_SIZE) {
+                return Err(NarInfoError::Bad(field, size.unwrap_or_default().to_string()));
+            }
+        }
+        if let Some(bad) = f.references.iter().find(|r| !is_store_base_name(r)) {
+            return Err(NarInfoError::Bad("References", bad.clone()));
+        }
+        if let Some(bad) = f.deriver.as_ref().filter(|d| !is_store_base_name(d)) {
+            return Err(NarInfoError::Bad("Deriver", bad.clone()));
+        }
+        Ok(NarInfo {
+            store_path: f.store_path,
+            url: f.url,
+            compression: f.compression,
+            file_hash: f.file_hash.map(|h| parse_hash("FileHash", &h)).transpose()?,
+            file_size: f.file_size,
+            nar_hash: parse_hash("NarHash", &f.nar_hash)?,
+            nar_size: f.nar_size,
+            references: f.references,
+            deriver: f.deriver,
+            system: f.system,
+            ca: f.ca,
+            sigs: f.sigs,
+        })
+    }
+
+    /// The stored form of this narinfo.
+    pub fn to_fields(&self) -> Fields {
+        Fields {
+            store_path: self.store_path.clone(),
+            url: self.url.clone(),
+            compression: self.compression.clone(),
+            file_hash: self.file_hash.map(|h| h.to_nix_string()),
+            file_size: self.file_size,
+            nar_hash: self.nar_hash.to_nix_string(),
+            nar_size: self.nar_size,
+            references: self.references.clone(),
+            deriver: self.deriver.clone(),
+            system: self.system.clone(),
+            ca: self.ca.clone(),
+            sigs: self.sigs.clone(),
+        }
     }
 
     /// The store-path hash (32 nix32 characters).
@@ -192,6 +284,12 @@ impl NarInfo {
         self.sigs.retain(|s| s.split(':').next() != Some(key_name));
         self.sigs.push(sign(&self.fingerprint())?);
         Ok(())
+    }
+
+    /// Sign as the key whose public half is `public_key` (`name:base64`):
+    /// [`NarInfo::sign_with`] its name.
+    pub fn sign_as<E>(&mut self, public_key: &str, sign: impl FnOnce(&str) -> Result<String, E>) -> Result<(), E> {
+        self.sign_with(public_key.split(':').next().unwrap_or_default(), sign)
     }
 
     /// What Nix signs: `1;<path>;<narhash>;<narsize>;<sorted full references>`.
@@ -263,6 +361,21 @@ mod tests {
         assert_eq!(NarInfo::parse(&largest).unwrap().nar_size, MAX_SIZE);
         let no_url: String = TOP.lines().filter(|l| !l.starts_with("URL")).map(|l| format!("{l}\n")).collect();
         assert_eq!(NarInfo::parse(&no_url), Err(NarInfoError::Missing("URL")));
+    }
+
+    #[test]
+    fn stored_fields_round_trip_and_are_checked_like_a_file() {
+        let info = NarInfo::parse(TOP).unwrap();
+        assert_eq!(NarInfo::from_fields(info.to_fields()), Ok(info.clone()));
+        let mut bad = info.to_fields();
+        bad.references.push("../etc".into());
+        assert!(matches!(NarInfo::from_fields(bad), Err(NarInfoError::Bad("References", _))));
+        let mut huge = info.to_fields();
+        huge.nar_size = MAX_SIZE + 1;
+        assert!(matches!(NarInfo::from_fields(huge), Err(NarInfoError::Bad("NarSize", _))));
+        let mut hash = info.to_fields();
+        hash.nar_hash = "sha256:nope".into();
+        assert!(matches!(NarInfo::from_fields(hash), Err(NarInfoError::Bad("NarHash", _))));
     }
 
     #[test]

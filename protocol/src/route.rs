@@ -54,6 +54,18 @@ impl NarPath {
         Some(Self { hash: file_hash.to_nix32(), ext: ext.to_owned() })
     }
 
+    /// Make `info` a narinfo this cache serves: normalised (an
+    /// uncompressed NAR's file hash is its NAR hash), its `URL` the NAR
+    /// path named by its file hash ([`NarPath::of_narinfo`]); that path.
+    /// `None` (and `info` unchanged but for normalising) when it cannot be
+    /// named. What the cache, its uploads and `import-ncps` all do.
+    pub fn adopt(info: &mut NarInfo) -> Option<Self> {
+        info.normalise();
+        let path = Self::of_narinfo(info)?;
+        info.url = path.key();
+        Some(path)
+    }
+
     /// The sha256 this path's name promises (52-character names only).
     pub fn named_sha256(&self) -> Option<crate::hash::Sha256> {
         crate::hash::Sha256::from_nix32(&self.hash)

@@ -31,9 +31,7 @@ pub fn normalise_and_sign(settings: &Settings, info: &mut NarInfo) {
     if !settings.sign_narinfo {
         return;
     }
-    let ours = signer::public_key();
-    let name = ours.split(':').next().unwrap_or_default();
-    if let Err(e) = info.sign_with(name, signer::sign) {
+    if let Err(e) = info.sign_as(&signer::public_key(), signer::sign) {
         logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
     }
 }

@@ -220,10 +220,8 @@ fn take(
 /// record it with the upstream location of its NAR. Recording failures are
 /// logged: the narinfo is still served.
 fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<NarInfo> {
-    info.normalise();
-    let path = NarPath::of_narinfo(&info)?;
     let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
-    info.url = path.key();
+    NarPath::adopt(&mut info)?;
     normalise_and_sign(settings, &mut info);
     if let Err(e) = record(&info, Some(upstream_nar)) {
         logging::warn("failed to record narinfo", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);

@@ -23,7 +23,8 @@ use ncps_edge_host_services::storage::local::LocalStore;
 use ncps_edge_host_services::storage::s3::{S3Options, S3Store};
 use ncps_edge_host_services::storage::{BlobStore, StorageKey};
 use ncps_edge_protocol::hash::Sha256;
-use ncps_edge_protocol::narinfo::NarInfo;
+use ncps_edge_protocol::narinfo::{Fields, NarInfo};
+use ncps_edge_protocol::narinfo_fields;
 use ncps_edge_protocol::route::NarPath;
 use sha2::Digest as _;
 use tokio::io::AsyncReadExt as _;
@@ -211,25 +212,23 @@ async fn narinfo_of(row: &NcpsNarinfo, storage: &dyn BlobStore) -> anyhow::Resul
         body.read_to_string(&mut text).await?;
         return Ok(NarInfo::parse(&text)?);
     };
-    let text = [
-        format!("StorePath: {store_path}"),
-        format!("URL: {}", row.url.as_deref().unwrap_or_default()),
-        format!("Compression: {}", row.compression.as_deref().unwrap_or("none")),
-        row.file_hash.as_ref().map(|h| format!("FileHash: {h}")).unwrap_or_default(),
-        row.file_size.map(|s| format!("FileSize: {s}")).unwrap_or_default(),
-        format!("NarHash: {}", row.nar_hash.as_deref().unwrap_or_default()),
-        format!("NarSize: {}", row.nar_size.unwrap_or(0)),
-        format!("References: {}", row.references.join(" ")),
-        row.deriver.as_ref().map(|d| format!("Deriver: {d}")).unwrap_or_default(),
-        row.system.as_ref().map(|s| format!("System: {s}")).unwrap_or_default(),
-        row.ca.as_ref().map(|c| format!("CA: {c}")).unwrap_or_default(),
-    ]
-    .into_iter()
-    .chain(row.sigs.iter().map(|s| format!("Sig: {s}")))
-    .filter(|l| !l.is_empty())
-    .map(|l| format!("{l}\n"))
-    .collect::<String>();
-    Ok(NarInfo::parse(&text)?)
+    let size = |field: &str, n: Option<i64>| {
+        n.map(|n| u64::try_from(n).with_context(|| format!("{field} {n} of {}", row.hash))).transpose()
+    };
+    Ok(NarInfo::from_fields(Fields {
+        store_path: store_path.clone(),
+        url: row.url.clone().unwrap_or_default(),
+        compression: row.compression.clone().unwrap_or_else(|| "none".into()),
+        file_hash: row.file_hash.clone(),
+        file_size: size("FileSize", row.file_size)?,
+        nar_hash: row.nar_hash.clone().unwrap_or_default(),
+        nar_size: size("NarSize", row.nar_size)?.unwrap_or(0),
+        references: row.references.clone(),
+        deriver: row.deriver.clone().filter(|d| d != "unknown-deriver"),
+        system: row.system.clone(),
+        ca: row.ca.clone(),
+        sigs: row.sigs.clone(),
+    })?)
 }
 
 /// Where an import writes: this node's database, storage and key.
@@ -255,8 +254,11 @@ async fn import_one(
     if info.hash() != row.hash {
         bail!("its narinfo is for {}", info.store_path);
     }
-    // ncps names a NAR file as ncps-edge does: by the hash its URL names.
-    let path = NarPath::of_narinfo(&info).with_context(|| format!("unknown compression {:?}", info.compression))?;
+    // Adopted as the cache adopts an upstream's narinfo: its NAR named by
+    // its file hash (as ncps names the files of cache.nixos.org's narinfos,
+    // whose URLs name their file hash).
+    let path = NarPath::adopt(&mut info)
+        .with_context(|| format!("its NAR cannot be named (compression {:?}, or no FileHash)", info.compression))?;
     let key = StorageKey::parse(&path.key())?;
     // A narinfo is only imported with its NAR: one without would be a hit
     // whose NAR 404s. Left out, it is an ordinary miss, fetched from upstream.
@@ -283,12 +285,8 @@ async fn import_one(
     if dry_run {
         return Ok(());
     }
-    info.url = path.key();
-    info.normalise();
     if let Some(signer) = &target.signer {
-        let public = signer.public_key();
-        let name = public.split(':').next().unwrap_or_default();
-        info.sign_with(name, |fingerprint| Ok::<_, std::convert::Infallible>(signer.sign(fingerprint)))?;
+        info.sign_as(&signer.public_key(), |fingerprint| Ok::<_, std::convert::Infallible>(signer.sign(fingerprint)))?;
     }
     target
         .database
@@ -300,30 +298,14 @@ async fn import_one(
             stored_size: Some(stored),
         })
         .await?;
-    target.database.put_narinfo(record_of(&row.hash, &info)).await?;
+    target
+        .database
+        .put_narinfo(narinfo_fields!(NarinfoRecord { hash: row.hash.clone() } from info.to_fields()))
+        .await?;
     if let Some(at) = row.last_accessed_ms {
         target.database.record_accesses(vec![(info.url.clone(), at)]).await?;
     }
     Ok(())
-}
-
-/// The metadata record of `info` under store-path hash `hash`.
-fn record_of(hash: &str, info: &NarInfo) -> NarinfoRecord {
-    NarinfoRecord {
-        hash: hash.to_owned(),
-        store_path: info.store_path.clone(),
-        url: info.url.clone(),
-        compression: info.compression.clone(),
-        file_hash: info.file_hash.map(|h| h.to_nix_string()),
-        file_size: info.file_size,
-        nar_hash: info.nar_hash.to_nix_string(),
-        nar_size: info.nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        system: info.system.clone(),
-        ca: info.ca.clone(),
-        sigs: info.sigs.clone(),
-    }
 }
 
 /// Copy `key` from `from` to `to`, checked against its name (the file's
