@@ -4,9 +4,11 @@
 
 pub mod cluster;
 pub mod fixture;
+pub mod logs;
 pub mod nix;
 pub mod node;
 pub mod process;
+pub mod scenario;
 pub mod scrape;
 pub mod spin_host;
 pub mod upstream;

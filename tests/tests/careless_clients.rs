@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ncps_edge_tests::cluster::backend_flags;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{is_stored, start_node, upstream_flags, TestNode};
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::upstream::FakeUpstream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -74,12 +75,10 @@ async fn slow_and_fast(slow: &TestNode, fast: &TestNode, up: &FakeUpstream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_reads_slowly_does_not_hold_the_download_back() {
-    let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("zstd")).await;
+    let s = Scenario::setup().cache("zstd").start().await;
     // About a second for the whole NAR.
-    up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    slow_and_fast(&node, &node, &up).await;
+    s.up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
+    slow_and_fast(&s.node, &s.node, &s.up).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,10 +138,9 @@ async fn sockets_that_never_read_hold_no_handler_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dripping_upstream_is_cut_off_and_asked_once_for_all_waiters() {
-    let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("none")).await;
+    let s = Scenario::setup().start().await;
+    let (fx, up, node) = (s.fx, &s.up, &s.node);
     up.faults().drip_narinfos.store(true, Ordering::SeqCst);
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
     let narinfo = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
     let started = Instant::now();
     let asks: Vec<_> = (0..5)
@@ -177,8 +175,8 @@ async fn raw(node: &str, request: &[u8]) -> String {
 async fn requests_without_host_odd_ranges_and_large_heads_get_their_answers() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
+    let s = Scenario::setup().start().await;
+    let node = &s.node;
     // An HTTP/1.0 health check names no host: the guest answers it, then the tier.
     for path in ["/healthz", "/nix-cache-info", "/nix-cache-info"] {
         let answer = raw(&node.url(), format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await;
@@ -213,9 +211,8 @@ async fn requests_without_host_odd_ranges_and_large_heads_get_their_answers() {
 async fn upstream_failures_and_redirects_on_a_nar() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     let path = nar_url(&cache, &fx.leaf);
     let url = format!("{}{path}", node.url());
     assert_eq!(c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).send().await.unwrap().status(), 200);
@@ -233,5 +230,5 @@ async fn upstream_failures_and_redirects_on_a_nar() {
     assert_eq!(body.status(), 200);
     assert_eq!(body.bytes().await.unwrap(), std::fs::read(nar_file(&cache, &fx.leaf)).unwrap());
     assert_eq!(mirror.hits(&path), 1);
-    assert!(is_stored(&c, &url).await);
+    assert!(is_stored(c, &url).await);
 }

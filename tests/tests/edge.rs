@@ -17,6 +17,7 @@ use ncps_edge_tests::cluster::backend_flags;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{memory_tier_on, start_node, upstream_flags, TestNode};
 use ncps_edge_tests::process::NodeProcess;
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::scrape::sample;
 use ncps_edge_tests::upstream::FakeUpstream;
 
@@ -337,11 +338,10 @@ async fn a_waiter_on_the_same_node_follows_the_download() {
     use std::sync::atomic::Ordering;
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
     // About 5 s for the 30 MB path.
+    let s = Scenario::setup().start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     up.faults().nar_chunk_delay_ms.store(10, Ordering::SeqCst);
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
     let narinfo = format!("{}/{}.narinfo", node.url(), hash_of(&fx.big));
     assert_eq!(c.get(&narinfo).send().await.unwrap().status(), 200);
     let nar = nar_url(&cache, &fx.big);

@@ -2,7 +2,8 @@
 //! misses, ranges, HEAD, verbs and access control.
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
-use ncps_edge_tests::node::{start_node, upstream_flags};
+use ncps_edge_tests::node::start_node;
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::upstream::FakeUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,18 +30,15 @@ async fn informational_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn narinfo_miss_is_rewritten_signed_and_then_hit() {
-    let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("zstd")).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
-    let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.top));
-    let first = c.get(&url).send().await.unwrap();
+    let s = Scenario::setup().cache("zstd").start().await;
+    let (fx, c) = (s.fx, &s.c);
+    let url = s.narinfo(&fx.top);
+    let first = s.get(&url).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["content-type"], "text/x-nix-narinfo");
     assert_eq!(first.headers()["x-cache"], "MISS");
     let body = first.text().await.unwrap();
-    let upstream_url = nar_url(&fx.cache("zstd"), &fx.top);
-    assert!(body.contains(&format!("URL: {}\n", &upstream_url[1..])), "{body}");
+    assert!(body.contains(&format!("URL: {}\n", &s.nar_path(&fx.top)[1..])), "{body}");
     assert!(body.contains("Compression: zstd\n"));
     let sigs: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("Sig: ")).collect();
     assert_eq!(sigs.len(), 2, "upstream signature kept, ours added: {sigs:?}");
@@ -51,27 +49,22 @@ async fn narinfo_miss_is_rewritten_signed_and_then_hit() {
     let head = c.head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["content-length"], body.len().to_string().as_str());
-    assert_eq!(up.hits(&format!("/{}.narinfo", hash_of(&fx.top))), 1, "one upstream lookup");
-    let missing = c.get(format!("{}/{}.narinfo", node.url(), "0".repeat(32))).send().await.unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(s.up.hits(&format!("/{}.narinfo", hash_of(&fx.top))), 1, "one upstream lookup");
+    assert_eq!(s.status(&s.url(&format!("/{}.narinfo", "0".repeat(32)))).await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nar_hit_supports_head_and_ranges() {
-    let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("none")).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
-    let path = nar_url(&fx.cache("none"), &fx.mid);
-    let original = std::fs::read(nar_file(&fx.cache("none"), &fx.mid)).unwrap();
-    let url = format!("{}{path}", node.url());
+    let s = Scenario::setup().start().await;
+    let (up, c) = (&s.up, &s.c);
+    let (path, url, original) = (s.nar_path(&s.fx.mid), s.nar(&s.fx.mid), s.nar_bytes(&s.fx.mid));
     // HEAD answers as GET would, asking the upstream with HEAD: nothing is downloaded.
     let head_miss = c.head(&url).send().await.unwrap();
     assert_eq!(head_miss.status(), 200);
     assert_eq!(head_miss.headers()["x-cache"], "MISS");
     assert_eq!(head_miss.headers()["content-length"], original.len().to_string().as_str());
     assert_eq!((up.heads(&path), up.hits(&path)), (1, 0), "HEAD downloaded the NAR");
-    let absent = format!("{}/nar/{}.nar", node.url(), "1".repeat(52));
+    let absent = s.url(&format!("/nar/{}.nar", "1".repeat(52)));
     assert_eq!(c.head(&absent).send().await.unwrap().status(), 404);
     let miss = c.get(&url).send().await.unwrap();
     assert_eq!(miss.status(), 200);

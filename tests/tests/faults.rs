@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{is_stored, start_node, upstream_flags};
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_upstream_nar_is_not_cached_and_is_retried() {
     let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("none")).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     let path = nar_url(&fx.cache("none"), &fx.top);
     let original = std::fs::read(nar_file(&fx.cache("none"), &fx.top)).unwrap();
     let url = format!("{}{path}", node.url());
@@ -28,14 +28,14 @@ async fn corrupt_upstream_nar_is_not_cached_and_is_retried() {
     };
     assert!(got.as_ref().map_or(true, |b| *b != original), "a corrupt NAR must not look complete and correct");
     assert!(got.is_err(), "the transfer of a corrupt NAR must fail, got {} bytes", got.map(|b| b.len()).unwrap_or(0));
-    assert!(!is_stored(&c, &url).await, "corrupt NAR was stored");
+    assert!(!is_stored(c, &url).await, "corrupt NAR was stored");
 
     up.faults().corrupt_nars.store(false, Ordering::SeqCst);
     let good = c.get(&url).send().await.unwrap();
     assert_eq!(good.status(), 200);
     assert_eq!(good.bytes().await.unwrap(), original);
     assert_eq!(up.hits(&path), 2, "the next request went upstream again");
-    assert!(is_stored(&c, &url).await, "good NAR not stored");
+    assert!(is_stored(c, &url).await, "good NAR not stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,10 +84,10 @@ async fn guest_trap_gives_500_and_the_next_request_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cold_requests_share_one_download() {
     let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("zstd")).await;
     // Slow the body down so the requests overlap the download.
+    let s = Scenario::setup().cache("zstd").start().await;
+    let (up, node) = (&s.up, &s.node);
     up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
     let path = nar_url(&fx.cache("zstd"), &fx.big);
     let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&fx.cache("zstd"), &fx.big)).unwrap()));
     let c = reqwest::Client::new();

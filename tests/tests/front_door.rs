@@ -105,18 +105,14 @@ async fn connections_beyond_the_cap_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_beyond_the_instance_pool_wait_for_an_instance() {
     use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
-    use ncps_edge_tests::node::upstream_flags;
-    use ncps_edge_tests::upstream::FakeUpstream;
+    use ncps_edge_tests::scenario::Scenario;
     use std::sync::atomic::Ordering;
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
+    let s = Scenario::setup().flags(["--wasm-max-instances=2", "--edge-cache-memory=0"]).start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     // A download that takes a while, so instances stay busy.
     up.faults().nar_chunk_delay_ms.store(2, Ordering::SeqCst);
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend(["--wasm-max-instances=2".into(), "--edge-cache-memory=0".into()]);
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
     let narinfo = format!("{}/{}.narinfo", node.url(), hash_of(&fx.big));
     assert_eq!(c.get(&narinfo).send().await.unwrap().status(), 200);
     let url = format!("{}{}", node.url(), nar_url(&cache, &fx.big));

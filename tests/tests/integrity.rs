@@ -4,8 +4,8 @@
 //! Nix knows.
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
-use ncps_edge_tests::node::{start_node, upstream_flags};
-use ncps_edge_tests::upstream::FakeUpstream;
+use ncps_edge_tests::node::start_node;
+use ncps_edge_tests::scenario::Scenario;
 use sha2::{Digest, Sha256};
 
 /// Every NAR object under `data`, as (file name, nix32 sha256 of its bytes).
@@ -56,9 +56,8 @@ async fn a_hostile_upstream_cannot_store_bytes_under_another_nars_name() {
     let top_info = std::fs::read_to_string(cache.join(format!("{}.narinfo", hash_of(&fx.top)))).unwrap();
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.top))), &top_info).unwrap();
 
-    let up = FakeUpstream::start(dir.path().to_path_buf()).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().upstream_dir(dir.path()).start().await;
+    let (node, c) = (&s.node, &s.c);
     // A client of mid: its narinfo names its NAR by its FileHash, whatever
     // the upstream's URL said, and gets mid's own bytes.
     let served = c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.mid))).send().await.unwrap();
@@ -100,9 +99,8 @@ async fn bytes_that_do_not_hash_to_a_borrowed_name_are_not_stored() {
         .replace(field(&mid_info, "FileHash"), &evil_hash)
         .replace(&format!("FileSize: {}", field(&mid_info, "FileSize")), &format!("FileSize: {}", evil.len()));
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.mid))), &lending).unwrap();
-    let up = FakeUpstream::start(dir.path().to_path_buf()).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().upstream_dir(dir.path()).start().await;
+    let (node, c) = (&s.node, &s.c);
     let served = c.get(format!("{}/{}.narinfo", node.url(), hash_of(&fx.mid))).send().await.unwrap();
     let served = served.text().await.unwrap();
     let ours = format!("/{}", field(&served, "URL"));

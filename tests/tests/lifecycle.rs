@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use ncps_edge_host_services::locks::Mode;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
-use ncps_edge_tests::node::{is_stored, start_node, upstream_flags, TestNode};
-use ncps_edge_tests::upstream::FakeUpstream;
+use ncps_edge_tests::node::{is_stored, start_node, TestNode};
+use ncps_edge_tests::scenario::Scenario;
 use sha2::{Digest, Sha256};
 
 async fn warm(c: &reqwest::Client, node: &TestNode, cache: &std::path::Path, path: &str) -> u64 {
@@ -27,21 +27,18 @@ async fn status(c: &reqwest::Client, url: String) -> (u16, Option<String>) {
 async fn lru_evicts_least_recently_used_until_under_max_size() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
     let sizes: Vec<u64> =
         [&fx.leaf, &fx.mid, &fx.top].iter().map(|p| std::fs::metadata(nar_file(&cache, p)).unwrap().len()).collect();
     let total: u64 = sizes.iter().sum();
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.push(format!("--cache-max-size={}", total - 1));
-    flags.push("--admin-token=adm".into());
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s =
+        Scenario::setup().flags([format!("--cache-max-size={}", total - 1)]).flags(["--admin-token=adm"]).start().await;
+    let (node, c) = (&s.node, &s.c);
     for p in [&fx.leaf, &fx.mid, &fx.top] {
-        warm(&c, &node, &cache, p).await;
+        warm(c, node, &cache, p).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // leaf is used again: mid is now the least recently used.
-    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    let (_, x) = status(c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
     assert_eq!(x.as_deref(), Some("HIT"));
 
     let report: String =
@@ -53,14 +50,14 @@ async fn lru_evicts_least_recently_used_until_under_max_size() {
     );
     assert_eq!(report, want);
     let mid_nar = format!("{}{}", node.url(), nar_url(&cache, &fx.mid));
-    assert!(!is_stored(&c, &mid_nar).await, "evicted NAR still stored");
+    assert!(!is_stored(c, &mid_nar).await, "evicted NAR still stored");
     let on_disk = node.data.path().join("store/nar").join(&nar_url(&cache, &fx.mid)[5..6]);
     let still_there = walk(&on_disk).iter().any(|f| f.ends_with(&nar_url(&cache, &fx.mid)[5..]));
     assert!(!still_there, "evicted NAR file left on disk");
-    let (_, x) = status(&c, format!("{}/{}.narinfo", node.url(), hash_of(&fx.mid))).await;
+    let (_, x) = status(c, format!("{}/{}.narinfo", node.url(), hash_of(&fx.mid))).await;
     assert_eq!(x.as_deref(), Some("MISS"), "its narinfo went with it");
     for p in [&fx.leaf, &fx.top] {
-        let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, p))).await;
+        let (_, x) = status(c, format!("{}{}", node.url(), nar_url(&cache, p))).await;
         assert_eq!(x.as_deref(), Some("HIT"), "{p} should have stayed");
     }
     // Under the limit now: another pass evicts nothing.
@@ -81,16 +78,13 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn lru_pass_skips_while_another_holds_the_lru_lock() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.push("--cache-max-size=1".into());
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
-    warm(&c, &node, &cache, &fx.leaf).await;
+    let s = Scenario::setup().flags(["--cache-max-size=1"]).start().await;
+    let (node, c) = (&s.node, &s.c);
+    warm(c, node, &cache, &fx.leaf).await;
     let other = node.node.services().locks.try_acquire("lru", Mode::Exclusive, Duration::from_secs(60)).await.unwrap();
     let skipped = node.node.server().run_lru().await.unwrap();
     assert!(!skipped.ran, "ran while another instance held the LRU lock");
-    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    let (_, x) = status(c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
     assert_eq!(x.as_deref(), Some("HIT"));
     drop(other);
     let ran = node.node.server().run_lru().await.unwrap();
@@ -103,12 +97,9 @@ async fn lru_pass_skips_while_another_holds_the_lru_lock() {
 async fn eviction_during_a_slow_download_leaves_it_intact() {
     let fx = fixture();
     let cache = fx.cache("zstd");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.push("--cache-max-size=1".into());
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
-    let size = warm(&c, &node, &cache, &fx.big).await;
+    let s = Scenario::setup().cache("zstd").flags(["--cache-max-size=1"]).start().await;
+    let (node, c) = (&s.node, &s.c);
+    let size = warm(c, node, &cache, &fx.big).await;
     let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
     let url = format!("{}{}", node.url(), nar_url(&cache, &fx.big));
     let resp = c.get(&url).send().await.unwrap();
@@ -122,7 +113,7 @@ async fn eviction_during_a_slow_download_leaves_it_intact() {
     // Evict while the client has barely started.
     let report = node.node.server().run_lru().await.unwrap();
     assert_eq!(report.evicted, 1);
-    assert!(!is_stored(&c, &url).await, "not evicted");
+    assert!(!is_stored(c, &url).await, "not evicted");
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("download broken by eviction");
         hasher.update(&chunk);
@@ -152,13 +143,10 @@ async fn admin_route_needs_its_token() {
 async fn lru_skips_a_nar_while_it_is_being_published() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.push("--cache-max-size=1".into());
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().flags(["--cache-max-size=1"]).start().await;
+    let (node, c) = (&s.node, &s.c);
     for p in [&fx.leaf, &fx.mid] {
-        warm(&c, &node, &cache, p).await;
+        warm(c, node, &cache, p).await;
     }
     // A publisher of leaf's NAR (a download or upload committing it) holds
     // its publish lock shared: the pass must leave that NAR alone.
@@ -172,12 +160,12 @@ async fn lru_skips_a_nar_while_it_is_being_published() {
         .expect("publish lock free");
     let report = node.node.server().run_lru().await.unwrap();
     assert_eq!(report.evicted, 1, "only mid is evicted: {report:?}");
-    let (_, x) = status(&c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
+    let (_, x) = status(c, format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await;
     assert_eq!(x.as_deref(), Some("HIT"), "a NAR being published was evicted");
     drop(publishing);
     let report = node.node.server().run_lru().await.unwrap();
     assert_eq!(report.evicted, 1, "leaf goes once nobody publishes it: {report:?}");
-    assert!(!is_stored(&c, &format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await);
+    assert!(!is_stored(c, &format!("{}{}", node.url(), nar_url(&cache, &fx.leaf))).await);
 }
 
 fn nar_path_on_disk(data: &std::path::Path, file: &str) -> std::path::PathBuf {
@@ -188,13 +176,10 @@ fn nar_path_on_disk(data: &std::path::Path, file: &str) -> std::path::PathBuf {
 async fn reconcile_mends_orphans_phantoms_and_leftovers() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend(["--admin-token=adm".into(), "--cache-lock-download-ttl=1m".into()]);
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().flags(["--admin-token=adm", "--cache-lock-download-ttl=1m"]).start().await;
+    let (node, c) = (&s.node, &s.c);
     for p in [&fx.leaf, &fx.mid, &fx.top] {
-        warm(&c, &node, &cache, p).await;
+        warm(c, node, &cache, p).await;
     }
     let data = node.data.path();
     let db = node.node.services().metadata.store().clone();
@@ -259,17 +244,17 @@ async fn an_lru_pass_cut_by_a_stalled_store_loses_no_accounting() {
     use ncps_edge_test_support::{fresh_bucket, host_port, StallProxy};
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
     let bucket = fresh_bucket().await;
     let proxy = StallProxy::start(&host_port(&bucket.endpoint)).await;
     let routed = bucket.through(&proxy);
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend(routed.flags());
-    flags.extend(["--cache-max-size=1".into(), "--cache-backend-timeout=1s".into()]);
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup()
+        .flags(routed.flags())
+        .flags(["--cache-max-size=1", "--cache-backend-timeout=1s"])
+        .start()
+        .await;
+    let (node, c) = (&s.node, &s.c);
     for p in [&fx.leaf, &fx.mid] {
-        warm(&c, &node, &cache, p).await;
+        warm(c, node, &cache, p).await;
     }
     let db = node.node.services().metadata.store().clone();
     let before = db.total_size().await.unwrap();

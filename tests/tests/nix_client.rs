@@ -5,6 +5,7 @@
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, upstream_flags};
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::upstream::FakeUpstream;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -66,8 +67,8 @@ async fn nix_substitutes_closures_cold_then_warm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_store_realises_through_the_substituter_option() {
     let fx = fixture();
-    let up = FakeUpstream::start(fx.cache("zstd")).await;
-    let node = start_node(&upstream_flags(&up.url(), &fx.public_key)).await;
+    let s = Scenario::setup().cache("zstd").start().await;
+    let node = &s.node;
     let (url, key, top) = (node.url(), node.public_key(), fx.top.clone());
     let (ok, stderr, env) = blocking(move || {
         let env = NixEnv::new();

@@ -1,48 +1,24 @@
 //! Metrics, logs and upstream health, checked the way an operator sees them:
 //! /metrics scraped and parsed, JSON log lines parsed.
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ncps_edge_host_services::locks::Mode;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{memory_tier_on, start_node, upstream_flags};
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::scrape::sample;
 use ncps_edge_tests::upstream::{hanging_upstream, FakeUpstream};
 
-/// Every log line of this test process, in the production JSON format.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let installed = ncps_edge::logs::init("info,ncps_edge::handler=debug", move || Capture(writer.clone()));
-        assert!(installed, "another subscriber was installed first");
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Capture this process's log lines (debug for the handler).
+fn logs() {
+    ncps_edge_tests::logs::capture("info,ncps_edge::handler=debug");
 }
 
 /// Parsed log lines whose `message` is `message`.
 fn lines_with(message: &str) -> Vec<serde_json::Value> {
-    let text = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .filter(|v| v["message"] == message)
-        .collect()
+    ncps_edge_tests::logs::with_message(message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,11 +26,9 @@ async fn metrics_count_a_scripted_workload() {
     logs();
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend(["--prometheus-enabled".into(), "--cache-max-size=10G".into(), "--admin-token=adm".into()]);
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s =
+        Scenario::setup().flags(["--prometheus-enabled", "--cache-max-size=10G", "--admin-token=adm"]).start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     let scrape = || async { c.get(format!("{}/metrics", node.url())).send().await.unwrap().text().await.unwrap() };
     let before = scrape().await;
     for (name, labels) in [

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ncps_edge_test_support::{fresh_bucket, fresh_mysql, fresh_postgres, host_port, redis_addr, via, StallProxy};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
+use ncps_edge_tests::scenario::Scenario;
 use ncps_edge_tests::upstream::FakeUpstream;
 
 /// Per-call deadline in these tests.
@@ -71,7 +72,9 @@ async fn database_case(db: String, lock_backend: &str) {
     // A stored NAR needs no database: still a hit.
     let (status, took) = timed(&c, &leaf_nar).await;
     assert_eq!(status, 200, "{lock_backend}: NAR hit while the database is stalled ({took:?})");
-    // A narinfo needs the database and the lock: 503 within the bound.
+    // A narinfo needs the database and the lock: 503 within the bound, once
+    // the edge tier knows it no longer hears the cluster (its staleness bound).
+    tokio::time::sleep(ncps_edge_host_services::cluster::channel::HEARD_WITHIN + Duration::from_secs(1)).await;
     for p in [&fx.leaf, &fx.mid] {
         let (status, took) = timed(&c, &narinfo(p)).await;
         assert_eq!(status, 503, "{lock_backend}: narinfo while the database is stalled");
@@ -130,25 +133,21 @@ async fn stalled_redis_fails_misses_fast_serves_hits_and_recovers() {
 async fn stalled_s3_serves_from_upstream_within_the_bound_and_recovers() {
     let fx = fixture();
     let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
     let bucket = fresh_bucket().await;
     let proxy = StallProxy::start(&host_port(&bucket.endpoint)).await;
     let routed = bucket.through(&proxy);
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend(routed.flags());
-    flags.push(DEADLINE.into());
-    let node = start_node(&flags).await;
-    let c = reqwest::Client::new();
+    let s = Scenario::setup().flags(routed.flags()).flags([DEADLINE]).start().await;
+    let (up, node, c) = (&s.up, &s.node, &s.c);
     let nar = |p: &str| format!("{}{}", node.url(), nar_url(&cache, p));
     for p in [&fx.leaf, &fx.mid] {
-        assert_eq!(timed(&c, &format!("{}/{}.narinfo", node.url(), hash_of(p))).await.0, 200);
+        assert_eq!(timed(c, &format!("{}/{}.narinfo", node.url(), hash_of(p))).await.0, 200);
     }
-    assert_eq!(timed(&c, &nar(&fx.leaf)).await.0, 200);
+    assert_eq!(timed(c, &nar(&fx.leaf)).await.0, 200);
     assert_eq!(up.hits(&nar_url(&cache, &fx.leaf)), 1);
     proxy.stall();
     // The stored NAR cannot be read: it is served from upstream instead.
     for p in [&fx.leaf, &fx.mid] {
-        let (status, took) = timed(&c, &nar(p)).await;
+        let (status, took) = timed(c, &nar(p)).await;
         assert_eq!(status, 200, "{p} while S3 is stalled");
         assert!(took < BOUND, "answered after {took:?}");
     }

@@ -3,44 +3,21 @@
 //! trusted upload keys, and one audit line and metric count per write.
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::node::{start_node, TestNode};
 use ncps_edge_tests::scrape::sample;
 
-/// Every log line of this test process, in the production JSON format.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        assert!(ncps_edge::logs::init("info", move || Capture(writer.clone())), "a subscriber was installed first");
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Capture this process's log lines.
+fn logs() {
+    ncps_edge_tests::logs::capture("info");
 }
 
 /// The `write` audit lines of the node at `node_url`.
 fn audit(node_url: &str) -> Vec<serde_json::Value> {
     let host = node_url.trim_start_matches("http://");
-    let text = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "write" && v["host"] == host)
-        .collect()
+    ncps_edge_tests::logs::with_message("write").into_iter().filter(|v| v["host"] == host).collect()
 }
 
 const FLAGS: [&str; 6] = [
@@ -154,7 +131,7 @@ async fn only_write_tokens_write_and_every_write_is_audited() {
     );
     assert!(count("PUT", "forbidden") >= 2.0, "the reader's upload and the delete token's");
     assert_eq!(count("PUT", "unauthorized"), 1.0);
-    let text = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
+    let text = ncps_edge_tests::logs::text();
     for secret in ["reader-secret", "writer-secret", "deleter-secret"] {
         assert!(!text.contains(secret), "{secret} in the log");
     }
