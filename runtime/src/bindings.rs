@@ -20,6 +20,7 @@ wasmtime::component::bindgen!({
         "ncps:edge/config": ncps_edge_host_services::bindings::config,
         "ncps:edge/log": ncps_edge_host_services::bindings::log,
         "ncps:edge/metrics": ncps_edge_host_services::bindings::metrics,
+        "ncps:edge/edge-cache": ncps_edge_host_services::bindings::edge_cache,
     },
     require_store_data_send: true,
 });

@@ -1,5 +1,7 @@
 //! Named locks: the contract every backend implements, and the policy
 //! (key prefix, retry with backoff and jitter) shared by all of them.
+//! (A little over 300 lines: the lease handle, its keep-alive and the
+//! service's metrics are one lifecycle, read together.)
 
 pub mod guard;
 pub mod local;

@@ -6,7 +6,8 @@
 //! or corrupt file. The folder is bounded in bytes and evicted
 //! least-recently-used first (by `quick_cache`); the content is addressed by
 //! its hash, so it is never stale, and purges (deletes, evictions on any
-//! node) remove the local copy too.
+//! node) remove the local copy too. (A little over 300 lines: the tier and
+//! the store layer in front of it share one fill-and-check lifecycle.)
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

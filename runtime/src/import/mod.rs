@@ -5,6 +5,8 @@
 //! old key keep working); its storage has the NARs in the same layout as
 //! ncps-edge's (`store/nar/<h0>/<h0h1>/<file>`), so pointing the node at the
 //! same folder or bucket needs no copy, and another one gets a checked copy.
+//! (A little over 300 lines: one pass, from the row to the recorded
+//! narinfo, read top to bottom; ncps's side is in [`source`].)
 //!
 //! Idempotent and resumable: every record is an upsert, narinfos already
 //! imported are skipped, NARs already stored are not copied again.

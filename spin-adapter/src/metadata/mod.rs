@@ -57,12 +57,16 @@ macro_rules! dialect_connection {
 
 mod mysql;
 mod postgres;
+mod rows;
+
+pub use rows::{first_int, int_at, str_at};
+use rows::{nar, narinfo, opt_int, opt_text, text};
 
 use std::cell::OnceCell;
 
 use crate::bindings::exports::ncps::edge::metadata::{Eviction, Guest, NarRecord, NarinfoRecord};
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
-use crate::bindings::fermyon::spin::rdbms_types::{DbValue, Error as DbError, ParameterValue as P, RowSet};
+use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
 use crate::error::{Error, Result};
 use crate::settings;
 
@@ -189,81 +193,6 @@ pub fn now_ms() -> i64 {
     now.seconds as i64 * 1000 + i64::from(now.nanoseconds / 1_000_000)
 }
 
-fn text(v: &str) -> P {
-    P::Str(v.to_owned())
-}
-
-fn opt_text(v: &Option<String>) -> P {
-    v.as_deref().map_or(P::DbNull, text)
-}
-
-fn opt_int(v: Option<u64>) -> P {
-    v.map_or(P::DbNull, |v| P::Int64(v as i64))
-}
-
-/// Text of column `i` (MySQL may answer text as bytes).
-pub fn str_at(row: &[DbValue], i: usize) -> Option<String> {
-    match row.get(i) {
-        Some(DbValue::Str(s)) => Some(s.clone()),
-        Some(DbValue::Binary(b)) => String::from_utf8(b.clone()).ok(),
-        _ => None,
-    }
-}
-
-/// Integer of column `i`.
-pub fn int_at(row: &[DbValue], i: usize) -> Option<i64> {
-    match row.get(i) {
-        Some(DbValue::Int64(v)) => Some(*v),
-        Some(DbValue::Int32(v)) => Some(i64::from(*v)),
-        Some(DbValue::Int16(v)) => Some(i64::from(*v)),
-        Some(DbValue::Int8(v)) => Some(i64::from(*v)),
-        Some(DbValue::Uint64(v)) => i64::try_from(*v).ok(),
-        Some(DbValue::Uint32(v)) => Some(i64::from(*v)),
-        _ => None,
-    }
-}
-
-/// Integer of the first column of the first row.
-pub fn first_int(rows: &RowSet) -> Option<i64> {
-    rows.rows.first().and_then(|r| int_at(r, 0))
-}
-
-fn split(v: Option<String>, sep: char) -> Vec<String> {
-    v.map(|v| v.split(sep).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
-}
-
-fn unsigned(v: Option<i64>) -> Option<u64> {
-    v.map(|v| v.max(0) as u64)
-}
-
-fn narinfo(r: &[DbValue]) -> NarinfoRecord {
-    NarinfoRecord {
-        hash: str_at(r, 0).unwrap_or_default(),
-        store_path: str_at(r, 1).unwrap_or_default(),
-        url: str_at(r, 2).unwrap_or_default(),
-        compression: str_at(r, 3).unwrap_or_default(),
-        file_hash: str_at(r, 4),
-        file_size: unsigned(int_at(r, 5)),
-        nar_hash: str_at(r, 6).unwrap_or_default(),
-        nar_size: unsigned(int_at(r, 7)).unwrap_or(0),
-        references: split(str_at(r, 8), ' '),
-        deriver: str_at(r, 9),
-        system: str_at(r, 10),
-        ca: str_at(r, 11),
-        sigs: split(str_at(r, 12), '\n'),
-    }
-}
-
-fn nar(r: &[DbValue]) -> NarRecord {
-    NarRecord {
-        key: str_at(r, 0).unwrap_or_default(),
-        upstream_url: str_at(r, 1),
-        file_hash: str_at(r, 2),
-        file_size: unsigned(int_at(r, 3)),
-        stored_size: unsigned(int_at(r, 4)),
-    }
-}
-
 /// The time parameters of an upsert.
 fn times(s: &Statements) -> Vec<P> {
     let t = now_ms();
@@ -297,6 +226,7 @@ impl Guest for crate::Adapter {
     }
 
     fn put_narinfo(n: NarinfoRecord) -> std::result::Result<(), WitError> {
+        let (file_size, nar_size) = (wit(opt_int(n.file_size))?, wit(opt_int(Some(n.nar_size)))?);
         wit(run(|c| {
             let mut params = vec![
                 text(&n.hash),
@@ -304,9 +234,9 @@ impl Guest for crate::Adapter {
                 text(&n.url),
                 text(&n.compression),
                 opt_text(&n.file_hash),
-                opt_int(n.file_size),
+                file_size.clone(),
                 text(&n.nar_hash),
-                P::Int64(n.nar_size as i64),
+                nar_size.clone(),
                 text(&n.references.join(" ")),
                 opt_text(&n.deriver),
                 opt_text(&n.system),
@@ -328,13 +258,14 @@ impl Guest for crate::Adapter {
     }
 
     fn put_nar(n: NarRecord) -> std::result::Result<(), WitError> {
+        let (file_size, stored_size) = (wit(opt_int(n.file_size))?, wit(opt_int(n.stored_size))?);
         wit(run(|c| {
             let mut params = vec![
                 text(&n.key),
                 opt_text(&n.upstream_url),
                 opt_text(&n.file_hash),
-                opt_int(n.file_size),
-                opt_int(n.stored_size),
+                file_size.clone(),
+                stored_size.clone(),
             ];
             params.extend(times(c.statements()));
             c.execute(c.statements().put_nar, &params).map(|_| ())
