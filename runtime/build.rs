@@ -43,9 +43,12 @@ fn main() {
     let mut watched = std::collections::BTreeSet::new();
     for component in ["ncps_edge_handler", "ncps_edge_spin_adapter"] {
         for source in sources_of(&release.join(format!("{component}.d")), &root) {
-            // The manifest of the crate the source belongs to, too.
-            let manifest = source.ancestors().map(|d| d.join("Cargo.toml")).find(|m| m.is_file());
-            watched.extend(manifest);
+            // The manifest of the crate the source belongs to, and its build
+            // script if it has one, too.
+            if let Some(dir) = source.ancestors().find(|d| d.join("Cargo.toml").is_file()) {
+                watched.insert(dir.join("Cargo.toml"));
+                watched.extend(Some(dir.join("build.rs")).filter(|b| b.is_file()));
+            }
             watched.insert(source);
         }
     }

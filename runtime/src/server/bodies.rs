@@ -36,9 +36,10 @@ pub(super) fn stream_body(body: HandedOff) -> HyperOutgoingBody {
     }
 }
 
-/// A range of a file as chunks, each read (with a positioned read, on the
-/// blocking pool) only when the client has taken the one before: a client
-/// that stops reading holds no buffer but the chunk it was being sent.
+/// A range of a file as chunks, each read (with a positioned read) only
+/// when the client has taken the one before: a client that stops reading
+/// holds no buffer but the chunk it was being sent. A chunk in the page
+/// cache is read at once; one that is not is read on the blocking pool.
 fn file_chunks(range: FileRange) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
     let file = Arc::new(range.file);
     let end = range.offset + range.len;
@@ -49,16 +50,48 @@ fn file_chunks(range: FileRange) -> impl futures_util::Stream<Item = std::io::Re
                 return Ok(None);
             }
             let want = (end - pos).min(HAND_OFF_CHUNK as u64) as usize;
-            let chunk = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt as _;
-                let mut buf = vec![0u8; want];
-                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            Ok(Some((chunk, pos + want as u64)))
+            let chunk = match read_cached(&file, pos, want)? {
+                Some(chunk) => chunk,
+                None => tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut buf = vec![0u8; want];
+                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??,
+            };
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, next)))
         }
     })
+}
+
+/// Up to `want` bytes of `file` at `pos` that are in the page cache, read
+/// without waiting for the disk (`preadv2` with `RWF_NOWAIT`); none when the
+/// first of them is not there (or the kernel cannot tell).
+fn read_cached(file: &std::fs::File, pos: u64, want: usize) -> std::io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd as _;
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: want };
+    let offset = libc::off_t::try_from(pos).map_err(std::io::Error::other)?;
+    // SAFETY: `iov` describes `want` bytes of `buf`'s allocation, which
+    // outlives the call; the kernel writes at most that many bytes there.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    match usize::try_from(read) {
+        Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(n) => {
+            // SAFETY: the kernel initialised the first `n` bytes.
+            unsafe { buf.set_len(n) };
+            Ok(Some(Bytes::from(buf)))
+        }
+        Err(_) => {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 pub(super) fn full_body(bytes: Bytes) -> HyperOutgoingBody {
