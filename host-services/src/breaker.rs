@@ -8,7 +8,16 @@
 //! opens and calls fail at once; after the cool-down exactly one call is let
 //! through as a probe (half-open) while every other call keeps failing fast;
 //! the probe's success closes the breaker, its failure opens it again.
+//!
+//! Deadlines do not stack within a request: a request runs with a budget
+//! of time it may lose to stalled backends ([`with_stall_budget`]). A call
+//! that times out spends what it waited; a later call of the same request
+//! gets at most what is left as its deadline, and once the budget is spent
+//! calls fail at once ([`Error::Unavailable`], not counted by the breaker),
+//! so a request is answered within the budget plus its own work, whichever
+//! backends stall.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -122,6 +131,29 @@ impl Drop for Permit<'_> {
     }
 }
 
+tokio::task_local! {
+    /// What the request this task serves may still lose to stalled backends.
+    static STALL_BUDGET: Cell<Duration>;
+}
+
+/// Run `request` with `budget` of time to lose to stalled backends (see
+/// the module documentation). Backend calls outside it (background work)
+/// have their own deadlines only.
+pub async fn with_stall_budget<F: Future>(budget: Duration, request: F) -> F::Output {
+    STALL_BUDGET.scope(Cell::new(budget), request).await
+}
+
+/// What the current request may still lose to stalled backends, if it runs
+/// with a budget.
+fn budget_left() -> Option<Duration> {
+    STALL_BUDGET.try_with(Cell::get).ok()
+}
+
+/// Spend `waited` of the current request's budget.
+fn spend(waited: Duration) {
+    let _ = STALL_BUDGET.try_with(|left| left.set(left.get().saturating_sub(waited)));
+}
+
 /// A deadline and a breaker for one backend.
 #[derive(Debug)]
 pub struct Guard {
@@ -154,11 +186,19 @@ impl Guard {
     /// Run `call` under the breaker with its own deadline (for operations
     /// that move a lot of data, such as completing an upload).
     pub async fn call_within<T>(&self, timeout: Duration, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let timeout = budget_left().map_or(timeout, |left| timeout.min(left));
+        if timeout.is_zero() {
+            return Err(Error::unavailable(self.breaker.name, "this request's time for stalled backends is spent"));
+        }
         let permit = self.breaker.admit()?;
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(Error::timeout(self.breaker.name, format!("no answer within {timeout:?}"))),
         };
+        if matches!(result, Err(Error::Timeout(_))) {
+            spend(started.elapsed());
+        }
         permit.record(&result);
         result
     }
@@ -200,6 +240,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         drop(b.admit().unwrap());
         assert!(b.admit().is_ok(), "a cancelled probe lets the next call probe");
+    }
+
+    #[tokio::test]
+    async fn a_request_loses_at_most_its_budget_to_stalled_backends() {
+        let stalled = || std::future::pending::<Result<()>>();
+        let deadline = Duration::from_secs(1);
+        let (a, b) = (Guard::new("a", deadline, Duration::ZERO), Guard::new("b", deadline, Duration::ZERO));
+        let started = Instant::now();
+        let (first, second, third) = with_stall_budget(Duration::from_millis(1200), async {
+            (a.call(stalled()).await, b.call(stalled()).await, a.call(async { Ok(()) }).await)
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+        assert!(matches!(second, Err(Error::Timeout(_))), "{second:?}");
+        assert!(matches!(third, Err(Error::Unavailable(..))), "the spent budget let a call out: {third:?}");
+        assert!(took >= Duration::from_millis(1190), "{took:?}");
+        // 1 s, then the 200 ms left, then nothing: never the 2 s of two deadlines.
+        assert!(took < Duration::from_millis(1900), "deadlines stacked: {took:?}");
+        // Outside a request, every call has its own deadline.
+        assert!(matches!(b.call(async { Ok(()) }).await, Ok(())));
     }
 
     #[test]

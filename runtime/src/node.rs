@@ -94,7 +94,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     let database = backends::metadata(config).await?;
     let (storage, disk_tier) = backends::with_disk_tier(config, backends::storage(config).await?)?;
     let cluster = Cluster::new();
-    let edge = Arc::new(EdgeCache::new(config.edge.memory, config.edge.negative_ttl, disk_tier, cluster.clone()));
+    let edge = EdgeCache::new(config.edge.memory, config.edge.negative_ttl, disk_tier, cluster.clone())
+        .with_stale_if_error(config.edge.stale_if_error);
+    let edge = Arc::new(edge);
     let channel = backends::edge_channel(config).await?;
     if let Some(channel) = &channel {
         cluster.connect(channel.clone());

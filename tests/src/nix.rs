@@ -61,6 +61,14 @@ impl NixEnv {
             .unwrap_or_else(|e| panic!("running {program}: {e} (is nix-bin installed?)"))
     }
 
+    /// `nix copy --from url --to store path`, trusting only `key`, one
+    /// download attempt (a 5xx fails at once).
+    pub fn copy_from(&self, url: &str, key: &str, store: &Path, path: &str) -> Output {
+        let store = store.display().to_string();
+        let to = ["copy", "--from", url, "--to", &store, "--option", "trusted-public-keys", key];
+        self.try_run("nix", &[&to[..], &["--option", "download-attempts", "1", path]].concat())
+    }
+
     /// sha256 of `nix-store --dump` of `path` in `store`: equal iff the paths are byte-identical.
     pub fn dump_hash(&self, store: &Path, path: &str) -> String {
         // A chroot store keeps `/nix/store/x` at `<store>/nix/store/x`.

@@ -99,8 +99,9 @@ async fn kill_the_downloader(backend: &str) {
     let done = killed.elapsed();
     assert_eq!(status, 200, "{backend}");
     assert_eq!(body, want, "{backend}: b's NAR differs");
-    // The lease, one whole download of about 5 s, and a margin.
-    assert!(done < LEASE + Duration::from_secs(12), "{backend}: client 2 finished {done:?} after the kill");
+    // The lease and one whole download of about 5 s: seconds, not minutes.
+    // A bound well above what it takes (a loaded machine once took 16 s).
+    assert!(done < LEASE + Duration::from_secs(40), "{backend}: client 2 finished {done:?} after the kill");
     eprintln!("{backend}: first byte {:?} and whole NAR {done:?} after the kill", first_byte - killed);
     assert_eq!(p.up.hits(&nar), 2, "{backend}: a's cut download and b's takeover");
     assert_eq!(objects(&p).await.len(), 1, "{backend}: one published object");
@@ -253,5 +254,5 @@ async fn sigterm_finishes_hits_and_hands_the_download_over() {
     let resp = c.get(format!("{}{big}", b.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(format!("{:x}", Sha256::digest(resp.bytes().await.unwrap())), digest(&fx.big));
-    assert!(started.elapsed() < Duration::from_secs(10), "b waited {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30), "b waited {:?}", started.elapsed());
 }

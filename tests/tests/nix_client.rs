@@ -12,26 +12,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-fn copy_from(env: &NixEnv, url: &str, key: &str, store: &std::path::Path, path: &str) -> std::process::Output {
-    env.try_run(
-        "nix",
-        &[
-            "copy",
-            "--from",
-            url,
-            "--to",
-            &store.display().to_string(),
-            "--option",
-            "trusted-public-keys",
-            key,
-            "--option",
-            "download-attempts",
-            "1",
-            path,
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_substitutes_closures_cold_then_warm() {
     let fx = fixture();
@@ -48,7 +28,7 @@ async fn nix_substitutes_closures_cold_then_warm() {
             // Only ncps-edge's own key is trusted: our signature must verify.
             let (url, key) = (node.url(), node.public_key());
             for p in &paths {
-                let out = tokio::task::block_in_place(|| copy_from(&env, &url, &key, &store, p));
+                let out = tokio::task::block_in_place(|| env.copy_from(&url, &key, &store, p));
                 assert!(out.status.success(), "{compression} {label}: {}", String::from_utf8_lossy(&out.stderr));
             }
             for p in paths.iter().chain([&fx.mid, &fx.leaf]) {
@@ -93,7 +73,7 @@ async fn nix_copy_uploads_with_put_enabled() {
         let env = NixEnv::new();
         let to = format!("{url}/upload");
         let up = env.try_run("nix", &["copy", "--store", &src, "--to", &to, &top]);
-        let down = copy_from(&env, &url, &key, &env.path("store"), &top);
+        let down = env.copy_from(&url, &key, &env.path("store"), &top);
         (
             up.status.success(),
             String::from_utf8_lossy(&up.stderr).into_owned(),
@@ -122,7 +102,7 @@ async fn narinfo_signed_by_an_untrusted_key_is_refused() {
     let (url, key, evil) = (node.url(), node.public_key(), fx.evil.clone());
     let out = blocking(move || {
         let env = NixEnv::new();
-        copy_from(&env, &url, &key, &env.path("store"), &evil)
+        env.copy_from(&url, &key, &env.path("store"), &evil)
     })
     .await;
     assert!(!out.status.success(), "nix accepted a path whose upstream signature is untrusted");

@@ -73,14 +73,16 @@ impl MemoryTier {
         self.max_entry
     }
 
-    /// The kept response for `path`, unless it expired.
+    /// The kept response for `path`, unless it expired (it is kept past
+    /// its max-age, until the bytes it takes are needed, for
+    /// [`MemoryTier::get_stale`]).
     pub fn get(&self, path: &str) -> Option<Arc<Kept>> {
-        let kept = self.cache.get(path)?;
-        if kept.expires <= Instant::now() {
-            self.cache.remove(path);
-            return None;
-        }
-        Some(kept)
+        self.cache.get(path).filter(|kept| kept.expires > Instant::now())
+    }
+
+    /// The kept response for `path`, expired or not.
+    pub fn get_stale(&self, path: &str) -> Option<Arc<Kept>> {
+        self.cache.get(path)
     }
 
     /// The generation to pass to [`MemoryTier::insert`] for a response
@@ -148,6 +150,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(tier.get("/a.narinfo").map(|k| k.body.clone()), Some(Bytes::from_static(b"a")));
         assert!(tier.get("/b.narinfo").is_none(), "served past its max-age");
+        assert!(tier.get_stale("/b.narinfo").is_some(), "not kept past its max-age for stale answers");
         tier.remove(&["/a.narinfo".into()]);
         assert!(tier.get("/a.narinfo").is_none());
     }

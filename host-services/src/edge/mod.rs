@@ -34,6 +34,8 @@ pub struct EdgeCache {
     negative_ttl: Duration,
     disk: Option<Arc<DiskTier>>,
     cluster: Arc<Cluster>,
+    /// How long after it last heard the cluster the tier answers stale.
+    stale_if_error: Duration,
 }
 
 impl EdgeCache {
@@ -48,7 +50,16 @@ impl EdgeCache {
             negative_ttl,
             disk,
             cluster,
+            stale_if_error: Duration::ZERO,
         }
+    }
+
+    /// While the cluster is not heard (the region cannot be reached), answer
+    /// what the tier holds, stale, for up to `bound` after it was last heard
+    /// (`--edge-cache-stale-if-error`).
+    pub fn with_stale_if_error(mut self, bound: Duration) -> Self {
+        self.stale_if_error = bound;
+        self
     }
 
     /// The memory tier to fill, when there is one.
@@ -60,6 +71,21 @@ impl EdgeCache {
     /// (a purge may have been missed).
     pub fn serving(&self) -> Option<&MemoryTier> {
         self.memory.as_ref().filter(|_| self.cluster.health().is_heard())
+    }
+
+    /// The memory tier to answer from stale: while the cluster is not heard,
+    /// within `--edge-cache-stale-if-error` of when it last was. NARs never
+    /// change and a narinfo can only be deleted, so what it holds is at
+    /// worst a late delete. The tier is emptied when the cluster is heard
+    /// again (the purges it missed meanwhile are unknown).
+    pub fn stale(&self) -> Option<&MemoryTier> {
+        let unheard = self.cluster.health().unheard_for()?;
+        self.memory.as_ref().filter(|_| unheard < self.stale_if_error)
+    }
+
+    /// The bound of stale answers.
+    pub fn stale_if_error(&self) -> Duration {
+        self.stale_if_error
     }
 
     /// Forget what is kept for `paths` here and on every node.

@@ -231,8 +231,18 @@ impl Metrics {
     /// The counter of narinfo (or NAR) hits answered by the edge tier's
     /// memory, to count without a label lookup per request.
     pub fn memory_hits(&self, narinfo: bool) -> Counter {
+        self.tier_hits(narinfo, "memory")
+    }
+
+    /// The counter of narinfo (or NAR) hits the edge tier answered stale,
+    /// while the node could not hear the region (`tier="stale"`).
+    pub fn stale_hits(&self, narinfo: bool) -> Counter {
+        self.tier_hits(narinfo, "stale")
+    }
+
+    fn tier_hits(&self, narinfo: bool, tier: &str) -> Counter {
         let family = if narinfo { &self.narinfo_served } else { &self.nar_served };
-        family.get_or_create(&ServedLabels { result: "hit".into(), tier: "memory".into() }).clone()
+        family.get_or_create(&ServedLabels { result: "hit".into(), tier: tier.into() }).clone()
     }
 }
 

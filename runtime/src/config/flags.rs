@@ -271,6 +271,12 @@ pub struct ServeArgs {
     /// in progress.
     #[arg(long, env = "CACHE_NODE_URL")]
     pub cache_node_url: Option<String>,
+    /// While the region cannot be reached (the cluster's channel is not
+    /// heard), the edge tier answers what it holds, marked stale
+    /// (`x-cache: STALE`), for up to this long after it last heard the
+    /// region (0: it answers nothing then).
+    #[arg(long, env = "EDGE_CACHE_STALE_IF_ERROR", default_value = "6h", value_parser = parse_duration)]
+    pub edge_cache_stale_if_error: Duration,
     /// How long "no upstream has this narinfo" is remembered (0: never);
     /// an upload of it clears it on every node.
     #[arg(long, env = "CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_duration)]

@@ -231,6 +231,7 @@ impl Config {
             shutdown_timeout: args.shutdown_timeout,
             server: ServerOptions {
                 request_timeout: args.request_timeout,
+                stall_budget: args.cache_backend_timeout * 2,
                 prometheus: args.prometheus_enabled,
                 read_header_timeout: args.server_read_header_timeout,
                 max_connections: args.server_max_connections,
@@ -256,6 +257,7 @@ impl Config {
             edge: EdgeSettings {
                 memory: args.edge_cache_memory,
                 negative_ttl: args.cache_negative_ttl,
+                stale_if_error: args.edge_cache_stale_if_error,
                 disk,
                 node_url: args.cache_node_url.as_deref().map(|u| u.trim_end_matches('/').to_owned()),
             },

@@ -68,6 +68,8 @@ pub struct EdgeSettings {
     pub memory: u64,
     /// How long "no upstream has it" is remembered.
     pub negative_ttl: Duration,
+    /// How long after it last heard the region the tier answers stale.
+    pub stale_if_error: Duration,
     /// The local-disk tier, when there is one.
     pub disk: Option<DiskTierSettings>,
     /// This node's address for its peers.

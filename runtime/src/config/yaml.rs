@@ -86,6 +86,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("edge-cache.max-age", "edge_cache_max_age"),
     ("edge-cache.dir", "edge_cache_dir"),
     ("edge-cache.size", "edge_cache_size"),
+    ("edge-cache.stale-if-error", "edge_cache_stale_if_error"),
     ("cache.negative-ttl", "cache_negative_ttl"),
     ("cache.node-url", "cache_node_url"),
 ];

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use ncps_edge_host_services::breaker::with_stall_budget;
 use ncps_edge_host_services::storage::HandOff;
 use ncps_edge_host_services::Services;
 use wasmtime::Store;
@@ -67,11 +68,12 @@ impl Server {
         // after the head is sent; its store (and every lease, writer and
         // stream it holds) is dropped when the task ends.
         let cut = self.cut.clone();
+        let budget = self.options.stall_budget;
         let task = self.tasks.spawn(async move {
-            let run = async {
+            let run = with_stall_budget(budget, async {
                 let node = Self::instantiate(&pre, &mut store, &services).await?;
                 node.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
-            };
+            });
             let result = tokio::select! {
                 r = run => r,
                 _ = cut.cancelled() => Err(wasmtime::Error::msg("cut by the shutdown deadline")),

@@ -42,6 +42,9 @@ use crate::tier::{Flight, Front};
 pub struct ServerOptions {
     /// Deadline of one request's instance.
     pub request_timeout: Duration,
+    /// What one request may lose to stalled backends in all (twice
+    /// `--cache-backend-timeout`): deadlines do not stack.
+    pub stall_budget: Duration,
     /// Serve `/metrics`.
     pub prometheus: bool,
     /// A request head must arrive within this; an idle keep-alive
@@ -57,6 +60,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(3600),
+            stall_budget: Duration::from_secs(6),
             prometheus: false,
             read_header_timeout: Duration::from_secs(10),
             max_connections: 4096,

@@ -59,6 +59,8 @@ pub struct Front {
     services: Arc<Services>,
     narinfo_hits: Counter,
     nar_hits: Counter,
+    stale_narinfo_hits: Counter,
+    stale_nar_hits: Counter,
     flights: Arc<Flights>,
     /// Answers being copied into the tier right now.
     copying: Arc<Copying>,
@@ -74,6 +76,8 @@ impl Front {
             services: services.clone(),
             narinfo_hits: services.metrics.memory_hits(true),
             nar_hits: services.metrics.memory_hits(false),
+            stale_narinfo_hits: services.metrics.stale_hits(true),
+            stale_nar_hits: services.metrics.stale_hits(false),
             flights: Flights::new(
                 narinfo_patience(
                     Duration::from_millis(settings.upstream_connect_timeout_ms),
@@ -113,7 +117,11 @@ impl Front {
     /// nothing is kept (or the request must see the guest: it lacks the
     /// read token, and the guest answers that).
     pub fn answer<B>(&self, asked: &Asked, req: &Request<B>) -> Option<Response<HyperOutgoingBody>> {
-        let kept = self.edge.serving()?.get(&asked.key)?;
+        let (kept, stale) = match self.edge.serving() {
+            Some(memory) => (memory.get(&asked.key)?, false),
+            // The region cannot be reached: what the tier holds, marked stale.
+            None => (self.edge.stale()?.get_stale(&asked.key)?, true),
+        };
         if !self.may_read(req) {
             return None;
         }
@@ -139,6 +147,9 @@ impl Front {
         let mut resp = Response::new(full(if head { Bytes::new() } else { body }));
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         *resp.headers_mut() = kept.headers.clone();
+        if stale {
+            resp.headers_mut().insert("x-cache", HeaderValue::from_static("STALE"));
+        }
         if let Some((first, last)) = part {
             resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
@@ -146,11 +157,12 @@ impl Front {
             }
         }
         self.record_access(&kept);
-        match (kept.kind, status) {
-            (Kind::Narinfo, 200) => self.narinfo_hits.inc(),
-            (Kind::Nar, 200 | 206) => self.nar_hits.inc(),
-            _ => 0,
+        let hits = match (kept.kind, status) {
+            (Kind::Narinfo, 200) => Some(if stale { &self.stale_narinfo_hits } else { &self.narinfo_hits }),
+            (Kind::Nar, 200 | 206) => Some(if stale { &self.stale_nar_hits } else { &self.nar_hits }),
+            _ => None,
         };
+        hits.map(Counter::inc);
         Some(resp)
     }
 

@@ -66,6 +66,16 @@ impl Health {
         last != 0 && now_ms() + 1 - last <= HEARD_WITHIN.as_millis() as u64
     }
 
+    /// How long the channel has not been heard: none while it is (always
+    /// on a single node); since start when it never was.
+    pub fn unheard_for(&self) -> Option<Duration> {
+        if self.is_heard() {
+            return None;
+        }
+        let last = self.last_proof.load(Ordering::Acquire).saturating_sub(1);
+        Some(Duration::from_millis(now_ms().saturating_sub(last)))
+    }
+
     /// Note a proof; `true` when the channel had not been heard before it.
     fn proof(&self) -> bool {
         let was_heard = self.is_heard();
@@ -147,6 +157,7 @@ pub fn spawn(
             }
         }));
     }
+    tasks.push(tokio::spawn(watch_hearing(cluster)));
     tasks
 }
 
@@ -188,6 +199,24 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// Say when the node stops hearing the cluster (when it hears it again,
+/// [`proof`] says so).
+async fn watch_hearing(cluster: Arc<Cluster>) {
+    let mut heard = true;
+    let mut tick = tokio::time::interval(HEARD_WITHIN / 4);
+    loop {
+        tick.tick().await;
+        let now = cluster.health().is_heard();
+        if heard && !now {
+            tracing::warn!(
+                within = ?HEARD_WITHIN,
+                "the cluster's channel is not heard: the edge tier answers only stale, marked, within --edge-cache-stale-if-error"
+            );
+        }
+        heard = now;
     }
 }
 
