@@ -15,7 +15,13 @@ for tool in spin nix python3 psql s3s-fs curl; do
 done
 T=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+DB=""
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  rm -rf "$T"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -47,23 +53,35 @@ export SPIN_VARIABLE_UPSTREAM_ORIGIN="http://127.0.0.1:$UP_PORT"
 export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
 export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
 export SPIN_VARIABLE_LOCK_KEY_PREFIX="spin-check-$$:"
-export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
+# sslmode=disable: Spin's PostgreSQL client verifies a certificate the
+# server offers, and a loopback address matches none.
+export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
 export SPIN_VARIABLE_S3_BUCKET=ncps-spin-check SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
 export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
 export SPIN_VARIABLE_S3_ACCESS_KEY_ID=check SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=check-secret
+export OTEL_SDK_DISABLED=true
 spin build
-spin up --listen "127.0.0.1:$NODE_PORT" > "$T/spin.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$NODE_PORT/nix-cache-info" >/dev/null 2>&1 && break; sleep 0.2; done
+spin up --listen "127.0.0.1:$NODE_PORT" --log-dir "$T/logs" > "$T/spin.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$NODE_PORT/nix-cache-info" >/dev/null 2>&1 && break; sleep 0.2; done
 NODE="http://127.0.0.1:$NODE_PORT"
-KEY=$(curl -fsS "$NODE/pubkey")
+KEY=$(curl -fsS "$NODE/pubkey") || { cat "$T/spin.log" >&2; echo "the node did not come up" >&2; exit 1; }
+
+# The hash of a path's NAR in a chroot store (kept at <store>/nix/store/…);
+# exits the script when the dump fails, so two failures never compare equal.
+dump_hash() { # $1 store, $2 store path
+  local out
+  out=$(nix-store --dump "$1$2" | sha256sum) || { echo "cannot dump $2 from $1" >&2; exit 1; }
+  echo "${out%% *}"
+}
 
 # nix substitutes cold, then warm, byte-identical.
 for round in cold warm; do
   rm -rf "$T/dst"
   nix copy --from "$NODE" --to "$T/dst" --option trusted-public-keys "$KEY" "$LEAF" "$BIG"
   for p in "$LEAF" "$BIG"; do
-    [ "$(nix-store --store "$T/src" --dump "$p" | sha256sum)" = "$(nix-store --store "$T/dst" --dump "$p" | sha256sum)" ] \
-      || { echo "$round: $p differs" >&2; exit 1; }
+    src=$(dump_hash "$T/src" "$p")
+    dst=$(dump_hash "$T/dst" "$p")
+    [ "$src" = "$dst" ] || { echo "$round: $p differs" >&2; exit 1; }
   done
   echo "ok: nix substitutes $round"
 done
@@ -75,8 +93,9 @@ nix copy --store "$T/src" --to "file://$T/up?compression=none&secret-key=$T/sk" 
 H=$(basename "$OTHER" | cut -c1-32)
 NAR=$(sed -n 's/^URL: //p' "$T/up/$H.narinfo")
 curl -fsS "$NODE/$H.narinfo" >/dev/null
-for i in $(seq 8); do curl -fsS -o "$T/nar.$i" "$NODE/$NAR" & done
-wait
+CLIENTS=()
+for i in $(seq 8); do curl -fsS -o "$T/nar.$i" "$NODE/$NAR" & CLIENTS+=($!); done
+for c in "${CLIENTS[@]}"; do wait "$c" || { echo "a client of $NAR failed" >&2; exit 1; }; done
 for i in $(seq 8); do cmp "$T/nar.$i" "$T/up/$NAR"; done
 echo "ok: 8 concurrent clients got the NAR"
 FILE=$(basename "$NAR" | cut -d. -f1)

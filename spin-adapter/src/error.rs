@@ -22,6 +22,35 @@ pub enum Error {
     Internal(&'static str, String),
 }
 
+impl Error {
+    /// `backend` cannot be reached: `message` cut to its first line (Spin's
+    /// host errors carry their causes and a backtrace), with the fix for
+    /// what a deployment gets wrong: an address missing from the
+    /// component's `allowed_outbound_hosts`, or a TLS certificate that does
+    /// not verify.
+    pub fn unreachable(backend: &'static str, message: &str) -> Self {
+        let first = message.lines().next().unwrap_or_default().trim();
+        match fix_for(backend, message) {
+            Some(fix) => Error::Unavailable(backend, format!("{first}; fix: {fix}")),
+            None => Error::Unavailable(backend, first.to_owned()),
+        }
+    }
+}
+
+/// The fix for a backend error whose cause is the deployment's.
+fn fix_for(backend: &str, message: &str) -> Option<&'static str> {
+    let denied = ["not permitted", "not allowed", "HttpRequestDenied"].iter().any(|m| message.contains(m));
+    let tls = ["certificate verify failed", "TLS handshake"].iter().any(|m| message.contains(m));
+    Some(match (backend, denied, tls) {
+        ("database", true, _) => "set the Spin variable `database_host` to the host:port of `database_url` (it makes allowed_outbound_hosts)",
+        ("redis", true, _) => "set the Spin variable `redis_host` to the host:port of `redis_address` (it makes allowed_outbound_hosts)",
+        ("s3", true, _) => "set the Spin variable `s3_origin` to the scheme://host:port of `s3_endpoint` (it makes allowed_outbound_hosts)",
+        ("database", _, true) => "give the server a TLS certificate valid for the address in `database_url`, or add `?sslmode=disable` to it on a trusted network",
+        (_, _, true) => "give the server a TLS certificate valid for the address it is reached by",
+        _ => return None,
+    })
+}
+
 /// Result of a backend call.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -17,7 +17,7 @@ fn redis_error(e: RedisError) -> Error {
         RedisError::TooManyConnections => Error::Unavailable("redis", "too many connections".into()),
         RedisError::TypeError => Error::Internal("redis", "unexpected reply type".into()),
         RedisError::Other(m) if m.contains("timed out") => Error::Timeout("redis", m),
-        RedisError::Other(m) => Error::Unavailable("redis", m),
+        RedisError::Other(m) => Error::unreachable("redis", &m),
     }
 }
 

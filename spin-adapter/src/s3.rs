@@ -54,7 +54,7 @@ fn http_error(e: HttpError) -> Error {
     match e {
         HttpError::Timeout(m) => Error::Timeout("s3", m),
         HttpError::Bad(m) => Error::Invalid(m),
-        HttpError::Transport(m) => Error::Unavailable("s3", m),
+        HttpError::Transport(m) => Error::unreachable("s3", &m),
     }
 }
 

@@ -75,17 +75,14 @@ fn with_key<T>(f: impl FnOnce(&Key) -> T) -> Result<T> {
 }
 
 impl Guest for crate::Adapter {
-    /// The interface has no error here: a key that cannot be loaded (the
-    /// database down, a malformed `secret_key`) traps the instance, which
-    /// Spin answers with a 500, never with an empty key.
-    fn public_key() -> String {
-        match with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))) {
-            Ok(key) => key,
-            Err(e) => {
-                crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
-                panic!("the signing key cannot be loaded: {e}");
-            }
-        }
+    /// A key that cannot be loaded (the database down, a malformed
+    /// `secret_key`) is an error the handler answers with a 503, logged
+    /// here once with its cause.
+    fn public_key() -> std::result::Result<String, WitError> {
+        with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))).map_err(|e| {
+            crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
+            e.into()
+        })
     }
 
     fn sign(fingerprint: String) -> std::result::Result<String, WitError> {

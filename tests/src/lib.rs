@@ -11,4 +11,5 @@ pub mod process;
 pub mod scenario;
 pub mod scrape;
 pub mod spin_host;
+pub mod spin_up;
 pub mod upstream;

@@ -1,66 +1,23 @@
-//! `handler.wasm` plugged with the Spin adapter, run by the Spin-shaped
-//! host (`ncps_edge_tests::spin_host`): the composed component's world, the
-//! real `nix` client through a Spin node, one upstream download however
-//! many ask, Spin and native nodes sharing one cache, a trapped instance's
-//! lease, and bad input answered as the native node answers it.
+//! `handler.wasm` plugged with the Spin adapter, under a real `spin up` of
+//! `spin.toml` (`ncps_edge_tests::spin_up`): the composed component's
+//! world, the real `nix` client through a Spin node, one upstream download
+//! however many ask, Spin and native nodes sharing one cache, bad input and
+//! hostile upstreams answered as the native node answers them, settings
+//! that fail closed, and backends that cannot be reached answered with a
+//! 503 and a log line naming the cause. A trapped instance's lease is
+//! checked in the Spin-shaped host, which can kill an instance on cue.
 
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_bucket, fresh_mysql, fresh_postgres, redis_addr, unique, S3Bucket};
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, redis_addr};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
-use ncps_edge_tests::node::{start_node, upstream_flags, TestNode};
-use ncps_edge_tests::spin_host::{composed_component, variables, SpinNode};
-use ncps_edge_tests::upstream::FakeUpstream;
-
-/// What a Spin node and a native node share.
-struct Shared {
-    up: FakeUpstream,
-    db: String,
-    bucket: S3Bucket,
-    prefix: String,
-}
-
-impl Shared {
-    async fn new(fx: &Fixture, compression: &str) -> Self {
-        Self::on(fx.cache(compression), fresh_postgres().await).await
-    }
-
-    /// An upstream serving the cache folder `upstream`, metadata in
-    /// database `db`, a fresh bucket and lock prefix.
-    async fn on(upstream: std::path::PathBuf, db: String) -> Self {
-        Self {
-            up: FakeUpstream::start(upstream).await,
-            db,
-            bucket: fresh_bucket().await,
-            prefix: format!("{}:", unique("spin")),
-        }
-    }
-
-    fn variables(&self, fx: &Fixture) -> std::collections::HashMap<String, String> {
-        variables(&self.up.url(), &fx.public_key, &self.db, &self.bucket, &self.prefix)
-    }
-
-    async fn spin_node(&self, fx: &Fixture) -> SpinNode {
-        SpinNode::start(self.variables(fx)).await
-    }
-
-    async fn native_node(&self, fx: &Fixture) -> TestNode {
-        let mut flags = upstream_flags(&self.up.url(), &fx.public_key);
-        flags.extend([
-            format!("--cache-redis-addrs={}", redis_addr()),
-            format!("--cache-lock-redis-key-prefix={}", self.prefix),
-            format!("--cache-database-url={}", self.db),
-        ]);
-        flags.extend(self.bucket.flags());
-        start_node(&flags).await
-    }
-}
+use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
+use ncps_edge_tests::spin_up::{spin_or_skip, SpinUp};
 
 /// `POST /admin/lru` with the admin token: the pass's JSON report.
-async fn run_lru(node: &SpinNode, token: &str) -> serde_json::Value {
-    let resp =
-        reqwest::Client::new().post(format!("{}/admin/lru", node.url())).bearer_auth(token).send().await.unwrap();
+async fn run_lru(node: &str, token: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new().post(format!("{node}/admin/lru")).bearer_auth(token).send().await.unwrap();
     let status = resp.status().as_u16();
     let report = resp.bytes().await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
@@ -88,9 +45,10 @@ fn the_composed_component_runs_on_spin_3_1_or_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_substitutes_through_a_spin_node_cold_then_warm() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "zstd").await;
-    let node = shared.spin_node(fx).await;
+    let node = shared.spin_up(&cli, fx).await;
     let (status, key) = get(&format!("{}/pubkey", node.url())).await;
     assert_eq!(status, 200);
     let key = String::from_utf8(key).unwrap().trim().to_owned();
@@ -116,9 +74,10 @@ async fn nix_substitutes_through_a_spin_node_cold_then_warm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
-    let node = shared.spin_node(fx).await;
+    let node = shared.spin_up(&cli, fx).await;
     let narinfo = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.big))).await;
     assert_eq!(narinfo.0, 200);
     let nar = nar_url(&fx.cache("none"), &fx.big);
@@ -134,11 +93,12 @@ async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spin_and_native_nodes_share_one_cache() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     // The native node starts first and stores the signing key in the database.
     let native = shared.native_node(fx).await;
-    let spin = shared.spin_node(fx).await;
+    let spin = shared.spin_up(&cli, fx).await;
     let spin_key = get(&format!("{}/pubkey", spin.url())).await.1;
     assert_eq!(String::from_utf8(spin_key).unwrap().trim(), native.public_key(), "one key for both");
 
@@ -208,10 +168,11 @@ async fn a_trapped_instances_lease_is_taken_over_after_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_the_native_answer_through_a_spin_node() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let native = shared.native_node(fx).await;
-    let spin = shared.spin_node(fx).await;
+    let spin = shared.spin_up(&cli, fx).await;
     let valid52 = "0c5gsym8rwxz5ynj76j0gh1q9h9wv5pxfwy8k89plkrx0f8n3sah";
     let absent = "0c5gsym8rwxz5ynj76j0gh1q9h9wv5px";
     let requests: Vec<(&str, String)> = vec![
@@ -252,13 +213,14 @@ async fn bad_input_gets_the_native_answer_through_a_spin_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let native = shared.native_node(fx).await;
     let mut vars = shared.variables(fx);
     vars.insert("admin_token".into(), "lru-secret".into());
     vars.insert("max_size".into(), "1".into());
-    let spin = SpinNode::start(vars).await;
+    let spin = SpinUp::start(&cli, vars).await;
     let narinfo = format!("/{}.narinfo", hash_of(&fx.leaf));
     let nar = nar_url(&fx.cache("none"), &fx.leaf);
     assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
@@ -270,7 +232,7 @@ async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
     let client = reqwest::Client::new();
     let refused = client.post(format!("{}/admin/lru", spin.url())).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-    let report = run_lru(&spin, "lru-secret").await;
+    let report = run_lru(&spin.url(), "lru-secret").await;
     assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
     let object = shared
         .bucket
@@ -290,6 +252,7 @@ async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
     let cache = fx.cache("none");
@@ -306,7 +269,7 @@ async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
     std::fs::write(dir.path().join(format!("{}.narinfo", hash_of(&fx.big))), unsigned).unwrap();
     let shared = Shared::on(dir.path().to_path_buf(), fresh_postgres().await).await;
     let native = shared.native_node(fx).await;
-    let spin = shared.spin_node(fx).await;
+    let spin = shared.spin_up(&cli, fx).await;
     for p in [&fx.mid, &fx.leaf, &fx.top, &fx.evil, &fx.big] {
         let path = format!("/{}.narinfo", hash_of(p));
         let (n, s) = (get(&format!("{}{path}", native.url())).await, get(&format!("{}{path}", spin.url())).await);
@@ -317,7 +280,7 @@ async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
     // A corrupt NAR is refused and never stored, through either node.
     let corrupt = Shared::new(fx, "none").await;
     corrupt.up.faults().corrupt_nars.store(true, std::sync::atomic::Ordering::SeqCst);
-    let spin = corrupt.spin_node(fx).await;
+    let spin = corrupt.spin_up(&cli, fx).await;
     assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await.0, 200);
     let nar = nar_url(&cache, &fx.leaf);
     let want = std::fs::read(cache.join(&nar[1..])).unwrap();
@@ -335,13 +298,14 @@ async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spin_and_native_nodes_share_one_mysql_database() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::on(fx.cache("none"), fresh_mysql().await).await;
     let native = shared.native_node(fx).await;
     let mut vars = shared.variables(fx);
     vars.insert("admin_token".into(), "lru-secret".into());
     vars.insert("max_size".into(), "1".into());
-    let spin = SpinNode::start(vars).await;
+    let spin = SpinUp::start(&cli, vars).await;
     let spin_key = get(&format!("{}/pubkey", spin.url())).await.1;
     assert_eq!(String::from_utf8(spin_key).unwrap().trim(), native.public_key(), "one key for both");
     let cache = fx.cache("none");
@@ -355,7 +319,7 @@ async fn spin_and_native_nodes_share_one_mysql_database() {
     assert_eq!(shared.up.hits(&nar), 1, "the native node served the Spin node's download");
 
     // An LRU pass through the Spin node evicts in MySQL (a transaction).
-    let report = run_lru(&spin, "lru-secret").await;
+    let report = run_lru(&spin.url(), "lru-secret").await;
     assert!(report["evicted"].as_u64().unwrap_or(0) >= 1, "{report}");
     assert_eq!(get(&format!("{}{narinfo}", spin.url())).await.0, 200);
     assert_eq!(shared.up.hits(&narinfo), 2, "evicted, then fetched again");
@@ -363,33 +327,70 @@ async fn spin_and_native_nodes_share_one_mysql_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_spin_settings_fail_closed() {
+    let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let absent = "/0c5gsym8rwxz5ynj76j0gh1q9h9wv5px.narinfo";
     let put = |url: String| async move { reqwest::Client::new().put(url).body("x").send().await.unwrap().status() };
 
     // A write verb without its token stays off, as if never enabled.
-    let off = shared.spin_node(fx).await;
+    let off = shared.spin_up(&cli, fx).await;
     let mut vars = shared.variables(fx);
     vars.insert("allow_put".into(), "true".into());
-    let tokenless = SpinNode::start(vars.clone()).await;
+    let tokenless = SpinUp::start(&cli, vars.clone()).await;
     let refused = put(format!("{}{absent}", tokenless.url())).await;
     assert!(!refused.is_success(), "an anonymous PUT was accepted: {refused}");
     assert_eq!(refused, put(format!("{}{absent}", off.url())).await, "as a node without PUT");
     // With its token it is on: a PUT without the token is unauthorized.
     vars.insert("put_token".into(), "put-secret".into());
-    let with_token = SpinNode::start(vars).await;
+    let with_token = SpinUp::start(&cli, vars).await;
     assert_eq!(put(format!("{}{absent}", with_token.url())).await.as_u16(), 401);
 
     // No supported database, or no Redis for locks: 5xx, never a hit or a 404.
+    // (Spin wants its host variables either way: the manifest's
+    // `allowed_outbound_hosts` are made of them.)
     let mut sqlite = shared.variables(fx);
     sqlite.insert("database_url".into(), "sqlite:///tmp/ncps.db".into());
+    sqlite.insert("database_host".into(), "127.0.0.1:5432".into());
     let mut no_redis = shared.variables(fx);
-    no_redis.remove("redis_address");
+    no_redis.insert("redis_address".into(), String::new());
+    no_redis.insert("redis_host".into(), redis_addr());
     for vars in [sqlite, no_redis] {
-        let node = SpinNode::start(vars).await;
+        let node = SpinUp::start(&cli, vars).await;
         let (status, _) = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).await;
         assert!((500..600).contains(&status), "{status}");
     }
     assert_eq!(shared.up.hits(&nar_url(&fx.cache("none"), &fx.leaf)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreachable_backends_get_a_503_and_a_log_line_with_the_fix() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    // The machine's PostgreSQL offers TLS with a certificate valid for no
+    // loopback address, which Spin's client refuses without `sslmode`.
+    let mut tls = shared.variables(fx);
+    tls.insert("database_url".into(), shared.db.clone());
+    // The database's address is not in `allowed_outbound_hosts`.
+    let mut denied = shared.variables(fx);
+    denied.insert("database_host".into(), "127.0.0.1:1".into());
+    for (vars, cause, fix) in
+        [(tls, "certificate verify failed", "sslmode=disable"), (denied, "not permitted", "database_host")]
+    {
+        let node = SpinUp::start(&cli, vars).await;
+        for path in ["/pubkey".to_owned(), format!("/{}.narinfo", hash_of(&fx.leaf))] {
+            let (status, body) = get(&format!("{}{path}", node.url())).await;
+            assert_eq!(status, 503, "{cause}: {path}: {}", String::from_utf8_lossy(&body));
+        }
+        let log = node.log();
+        assert!(!log.contains("panicked"), "{cause}: an instance trapped:\n{log}");
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{') && l.contains(cause)).collect();
+        assert!(!lines.is_empty(), "{cause}: no log line names the cause:\n{log}");
+        for line in lines {
+            assert!(line.contains(fix), "{cause}: the line does not say the fix ({fix}): {line}");
+            assert!(!line.contains("Stack backtrace"), "{cause}: one line, not a backtrace: {line}");
+        }
+    }
+    assert_eq!(shared.up.hits(&nar_url(&fx.cache("none"), &fx.leaf)), 0, "nothing fetched unsigned");
 }

@@ -67,8 +67,10 @@ fn spin_toml_build_command_makes_the_component_it_runs() {
     let command = c["build"]["command"].as_str().unwrap();
     let source = root().join(c["source"].as_str().unwrap());
     let _ = std::fs::remove_file(&source);
-    let status = std::process::Command::new("sh").arg("-c").arg(command).current_dir(root()).status().unwrap();
-    assert!(status.success(), "`{command}` failed");
+    // Its output captured, not inherited: the build's tools write to pipes
+    // of their own, never to the test runner's.
+    let out = std::process::Command::new("sh").arg("-c").arg(command).current_dir(root()).output().unwrap();
+    assert!(out.status.success(), "`{command}` failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let composed = std::fs::read(&source).unwrap_or_else(|e| panic!("{} not made: {e}", source.display()));
     ncps_edge_spin_compose::check_world(&composed).expect("the built component runs on Spin 3.1+");
 }

@@ -25,15 +25,17 @@ pub fn lookup(hash: &str) -> Option<NarInfo> {
 
 /// Make `info` what this cache serves: an uncompressed NAR's file hash is
 /// its NAR hash, and (with `--cache-sign-narinfo`) our signature replaces
-/// any earlier one under our key's name.
-pub fn normalise_and_sign(settings: &Settings, info: &mut NarInfo) {
+/// any earlier one under our key's name. Fails when the host cannot sign
+/// (its key cannot be loaded): the narinfo is then neither served nor
+/// recorded, so no record lacks our signature.
+pub fn normalise_and_sign(settings: &Settings, info: &mut NarInfo) -> Result<(), HostError> {
     info.normalise();
     if !settings.sign_narinfo {
-        return;
+        return Ok(());
     }
-    if let Err(e) = info.sign_as(&signer::public_key(), signer::sign) {
+    info.sign_as(&signer::public_key()?, signer::sign).inspect_err(|e| {
         logging::warn("signing failed", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
-    }
+    })
 }
 
 /// Store the narinfo and its NAR record, keeping what is known of a NAR

@@ -4,12 +4,18 @@ use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::signer;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::host::edge::hit_control;
-use crate::host::http::Response;
+use crate::host::http::{text, Response};
 use crate::protocol::narinfo::STORE_DIR;
+
+/// The answer when the host cannot load our key (it logged why): retry.
+fn no_key(out: ResponseOutparam, head: bool) {
+    text(out, 503, "signing key unavailable\n", head)
+}
 
 /// `GET /`: the cache's hostname and public key as JSON.
 pub fn root(settings: &Settings, out: ResponseOutparam, head: bool) {
-    let body = serde_json::json!({ "hostname": settings.hostname, "publicKey": signer::public_key() });
+    let Ok(key) = signer::public_key() else { return no_key(out, head) };
+    let body = serde_json::json!({ "hostname": settings.hostname, "publicKey": key });
     Response::new(200)
         .header("content-type", "application/json")
         .header_if("cache-control", hit_control(settings))
@@ -27,8 +33,9 @@ pub fn cache_info(settings: &Settings, out: ResponseOutparam, head: bool) {
 
 /// `GET /pubkey`: the public key in Nix's `trusted-public-keys` format.
 pub fn pubkey(settings: &Settings, out: ResponseOutparam, head: bool) {
+    let Ok(key) = signer::public_key() else { return no_key(out, head) };
     Response::new(200)
         .header("content-type", "text/plain; charset=utf-8")
         .header_if("cache-control", hit_control(settings))
-        .send(out, format!("{}\n", signer::public_key()).as_bytes(), head)
+        .send(out, format!("{key}\n").as_bytes(), head)
 }

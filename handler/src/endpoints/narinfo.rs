@@ -65,6 +65,8 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
             edge::mark_absent(hash, seconds);
             not_found(settings, out, head, seconds)
         }
+        // The host cannot sign (it logged why): retry, nothing recorded.
+        Fetched::CannotSign => text(out, 503, "signing key unavailable\n", head),
     }
 }
 
@@ -106,6 +108,8 @@ enum Fetched {
     Absent,
     /// Some upstream failed or answered with something unusable.
     Failed,
+    /// A valid narinfo that we cannot sign.
+    CannotSign,
 }
 
 /// Why one upstream's narinfo was not taken.
@@ -116,6 +120,8 @@ enum Refusal {
     Rejected(String),
     /// The request failed.
     Failed(String),
+    /// It is valid, but the host cannot sign it.
+    CannotSign(String),
 }
 
 impl Refusal {
@@ -123,7 +129,7 @@ impl Refusal {
         match self {
             Refusal::NotFound(_) => FetchOutcome::NotFound,
             Refusal::Rejected(_) => FetchOutcome::Rejected,
-            Refusal::Failed(_) => FetchOutcome::Error,
+            Refusal::Failed(_) | Refusal::CannotSign(_) => FetchOutcome::Error,
         }
     }
 }
@@ -170,6 +176,10 @@ fn fetch(settings: &Settings, hash: &str) -> Fetched {
                     &[("hash", hash), ("upstream", &up.url), ("error", &why)],
                 )
             }
+            Err(Refusal::CannotSign(why)) => {
+                logging::warn("narinfo not signed", &[("hash", hash), ("error", &why)]);
+                return Fetched::CannotSign;
+            }
         }
     }
     if all_absent {
@@ -212,21 +222,22 @@ fn take(
         Trust::Refuse(why) => return Err(Refusal::Rejected(why.clone())),
     }
     adopt(settings, info, &up.url)
-        .ok_or_else(|| Refusal::Rejected("unknown compression, or no FileHash to name its NAR by".into()))
 }
 
 /// Rewrite an upstream narinfo to our URL (named by its file hash: the
 /// NAR is stored under that name only if its bytes hash to it), sign it and
 /// record it with the upstream location of its NAR. Recording failures are
-/// logged: the narinfo is still served.
-fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Option<NarInfo> {
+/// logged: the narinfo is still served. Without our key (a host that
+/// cannot load it) nothing is served or recorded.
+fn adopt(settings: &Settings, mut info: NarInfo, upstream_url: &str) -> Result<NarInfo, Refusal> {
     let upstream_nar = format!("{upstream_url}/{}", info.url.split('?').next().unwrap_or_default());
-    NarPath::adopt(&mut info)?;
-    normalise_and_sign(settings, &mut info);
+    NarPath::adopt(&mut info)
+        .ok_or_else(|| Refusal::Rejected("unknown compression, or no FileHash to name its NAR by".into()))?;
+    normalise_and_sign(settings, &mut info).map_err(|e| Refusal::CannotSign(format!("{e:?}")))?;
     if let Err(e) = record(&info, Some(upstream_nar)) {
         logging::warn("failed to record narinfo", &[("hash", info.hash()), ("error", &format!("{e:?}"))]);
     }
-    Some(info)
+    Ok(info)
 }
 
 /// `PUT /<hash>.narinfo` (with `--cache-allow-put-verb`): parsed, checked
@@ -282,7 +293,9 @@ pub fn put(settings: &Settings, req: &Request, hash: &str) -> Written {
         Ok(None) => return Written::rejected(400, "upload the NAR before its narinfo\n", target),
         Err(e) => return Written::failed(format!("storage unavailable: {e:?}\n"), target),
     }
-    normalise_and_sign(settings, &mut info);
+    if let Err(e) = normalise_and_sign(settings, &mut info) {
+        return Written::failed(format!("cannot sign: {e:?}\n"), target);
+    }
     if let Err(e) = record(&info, None) {
         logging::warn("failed to record uploaded narinfo", &[("hash", hash), ("error", &format!("{e:?}"))]);
         return Written::failed("metadata unavailable\n", target);

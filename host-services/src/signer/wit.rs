@@ -15,7 +15,7 @@ impl HasData for HasSigner {
 }
 
 impl signer::Host for SignerView<'_> {
-    async fn public_key(&mut self) -> wasmtime::Result<String> {
+    async fn public_key(&mut self) -> HostResult<String> {
         Ok(self.0.public_key())
     }
 

@@ -151,11 +151,11 @@ thread_local! {
 
 fn db_error(e: DbError) -> Error {
     match e {
-        DbError::ConnectionFailed(m) => Error::Unavailable("database", m),
+        DbError::ConnectionFailed(m) => Error::unreachable("database", &m),
         DbError::QueryFailed(m) if m.contains("timed out") || m.contains("statement timeout") => {
             Error::Timeout("database", m)
         }
-        DbError::QueryFailed(m) | DbError::Other(m) => Error::Unavailable("database", m),
+        DbError::QueryFailed(m) | DbError::Other(m) => Error::unreachable("database", &m),
         DbError::BadParameter(m) | DbError::ValueConversionFailed(m) => Error::Internal("database", m),
     }
 }

@@ -6,13 +6,15 @@
 //! machine's Redis, PostgreSQL and MariaDB, and `wasi:http` for S3 and
 //! upstreams.
 //!
-//! Spin's CLI and runtime crates are not available here; this host is how
-//! the adapter is tested end to end (`deploy/spin/check.sh` runs the same
-//! checks against a real `spin up`).
+//! The same checks run against a real `spin up` in `tests/tests/spin_up.rs`
+//! (see [`crate::spin_up`]); this host stays for what a real Spin cannot be
+//! made to do on cue: kill an instance mid-download (its lease must expire),
+//! and run many nodes in one process for the benchmarks.
 
 mod mysql;
 mod postgres;
 mod redis;
+mod shared;
 mod state;
 
 use std::collections::HashMap;
@@ -28,6 +30,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::WasiHttpView as _;
 
+pub use shared::Shared;
 pub use state::SpinState;
 
 /// The composed component, built from this build's handler and adapter.
