@@ -17,7 +17,7 @@ T=$(mktemp -d)
 PIDS=()
 DB=""
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
   rm -rf "$T"
@@ -61,7 +61,9 @@ export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORC
 export SPIN_VARIABLE_S3_ACCESS_KEY_ID=check SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=check-secret
 export OTEL_SDK_DISABLED=true
 spin build
-spin up --listen "127.0.0.1:$NODE_PORT" --log-dir "$T/logs" > "$T/spin.log" 2>&1 & PIDS+=($!)
+# In a process group of its own, killed whole: `spin up` runs the trigger
+# as a child process that would outlive it.
+setsid spin up --listen "127.0.0.1:$NODE_PORT" --log-dir "$T/logs" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
 for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$NODE_PORT/nix-cache-info" >/dev/null 2>&1 && break; sleep 0.2; done
 NODE="http://127.0.0.1:$NODE_PORT"
 KEY=$(curl -fsS "$NODE/pubkey") || { cat "$T/spin.log" >&2; echo "the node did not come up" >&2; exit 1; }

@@ -8,30 +8,17 @@
 //! s3s-fs and nix, like the tests). Prints a markdown table of the median and
 //! p90 of sequential warm hits, and the far node's ratio to the near one.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ncps_edge_test_support::{fresh_bucket, fresh_postgres, host_port, redis_addr, via, StallProxy};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::measure::latency;
 use ncps_edge_tests::node::upstream_flags;
 use ncps_edge_tests::process::NodeProcess;
 use ncps_edge_tests::upstream::FakeUpstream;
 
 /// Sequential requests per measurement.
 const ROUNDS: usize = 50;
-
-/// Median and p90 of `ROUNDS` sequential GETs of `url`, in milliseconds.
-async fn latency(c: &reqwest::Client, url: &str) -> (f64, f64) {
-    let mut took = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let started = Instant::now();
-        let resp = c.get(url).send().await.expect("request");
-        assert_eq!(resp.status().as_u16(), 200, "{url}");
-        resp.bytes().await.expect("body");
-        took.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    took.sort_by(f64::total_cmp);
-    (took[ROUNDS / 2], took[ROUNDS * 9 / 10])
-}
 
 /// Warm narinfo, small NAR and 30 MB NAR hits at a node `one_way` away
 /// from PostgreSQL, Redis and S3.
@@ -66,7 +53,7 @@ async fn measure(one_way: Duration) -> [(f64, f64); 3] {
         assert_eq!(resp.status().as_u16(), 200, "{url}");
         resp.bytes().await.expect("warm-up body");
     }
-    [latency(&c, &narinfo).await, latency(&c, &small).await, latency(&c, &big).await]
+    [latency(&c, &narinfo, ROUNDS).await, latency(&c, &small, ROUNDS).await, latency(&c, &big, ROUNDS).await]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod fixture;
 pub mod logs;
+pub mod measure;
 pub mod nix;
 pub mod node;
 pub mod process;

@@ -8,6 +8,7 @@
 //! test skips with a note, and fails under `CI=true`.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +97,7 @@ impl SpinUp {
         let port = free_port();
         let mut command = Command::new(spin);
         command
+            .process_group(0)
             .arg("up")
             .arg("--from")
             .arg(&manifest)
@@ -139,7 +141,12 @@ impl SpinUp {
 }
 
 impl Drop for SpinUp {
+    /// Kill its process group: `spin up` runs the trigger as a child
+    /// process, which would outlive a killed parent (and keep its
+    /// database connections).
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -4,12 +4,13 @@
 //! however many ask, Spin and native nodes sharing one cache, bad input and
 //! hostile upstreams answered as the native node answers them, settings
 //! that fail closed, and backends that cannot be reached answered with a
-//! 503 and a log line naming the cause. A trapped instance's lease is
+//! 503 and a log line naming the cause, and a stopped node that leaves no
+//! process or connection behind. A trapped instance's lease is
 //! checked in the Spin-shaped host, which can kill an instance on cue.
 
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_mysql, fresh_postgres, redis_addr};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
@@ -89,6 +90,44 @@ async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
         assert!(body == want, "a client got {} bytes, not the NAR", body.len());
     }
     assert_eq!(shared.up.hits(&nar), 1, "one upstream download for 8 cold requests");
+}
+
+/// Connections to the database `db` (a URL whose path is its name).
+fn connections_to(db: &str) -> usize {
+    let name = db.rsplit('/').next().unwrap();
+    let query = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'");
+    let out = std::process::Command::new("psql")
+        .args([&format!("{}/postgres", postgres_url()), "-Atc", &query])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_spin_node_leaves_no_process_or_connection_behind() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let node = shared.spin_up(&cli, fx).await;
+    let (status, _) = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).await;
+    assert_eq!(status, 200);
+    assert!(connections_to(&shared.db) > 0, "the node never connected to its database");
+    let listen = node.url().trim_start_matches("http://").to_owned();
+    drop(node);
+    // `spin up` runs its trigger as a child process: both must be gone,
+    // and with them every pooled connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = std::process::Command::new("pgrep").args(["-f", &format!("listen {listen}")]).output().unwrap();
+        let procs = String::from_utf8_lossy(&left.stdout).trim().to_owned();
+        let conns = connections_to(&shared.db);
+        if procs.is_empty() && conns == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: processes [{procs}], {conns} connections");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

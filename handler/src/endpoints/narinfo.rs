@@ -81,8 +81,10 @@ fn response_timeout(settings: &Settings) -> Duration {
     Duration::from_millis(settings.upstream_timeout_ms)
 }
 
+/// Answer with `info`, then record the access: after the answer, so a
+/// client never waits for that write (under Spin a round trip to the
+/// database).
 fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
-    metadata::record_access(&info.url);
     metrics::served(ObjectKind::Narinfo, result);
     let x_cache = if result == CacheResult::Hit { "HIT" } else { "MISS" };
     Response::new(200)
@@ -90,6 +92,7 @@ fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, result: C
         .header("x-cache", x_cache)
         .header_if("cache-control", edge::hit_control(settings))
         .send(out, info.render().as_bytes(), head);
+    metadata::record_access(&info.url);
 }
 
 /// "No upstream has it", known for `seconds` more.

@@ -15,9 +15,15 @@ use crate::host::http::{text, Request, Response};
 use crate::host::logging;
 use crate::protocol::range::{self, Range};
 
-/// Serve the stored object `key` of `size` bytes.
+/// Serve the stored object `key` of `size` bytes, then record the access:
+/// after the answer, so a client never waits for that write (under Spin a
+/// round trip to the database).
 pub fn serve(settings: &Settings, req: &Request, key: &str, size: u64, out: ResponseOutparam, head: bool) {
+    answer(settings, req, key, size, out, head);
     metadata::record_access(key);
+}
+
+fn answer(settings: &Settings, req: &Request, key: &str, size: u64, out: ResponseOutparam, head: bool) {
     let range = range::parse(req.header("range"), size);
     let (status, length) = match range {
         Range::Whole => (200, size),
