@@ -165,3 +165,33 @@ async fn sweeping_removes_what_a_dead_writer_left() {
         assert!(s.list(None, 10).await.unwrap().is_empty(), "{name}: a leftover is listed as an object");
     }
 }
+
+/// A node that died after finishing an upload but before deleting its
+/// marker leaves a marker whose upload is gone: sweeping drops the marker
+/// and does not fail the pass.
+#[tokio::test]
+async fn sweeping_drops_the_marker_of_an_upload_that_finished() {
+    let bucket = support::fresh_bucket().await;
+    let opts = S3Options {
+        bucket: bucket.bucket.clone(),
+        endpoint: Some(bucket.endpoint.clone()),
+        region: "us-east-1".into(),
+        access_key_id: bucket.access_key.clone(),
+        secret_access_key: bucket.secret_key.clone(),
+        force_path_style: true,
+    };
+    let s3 = S3Store::connect(&opts).await.unwrap();
+    let k = key("nar/1b8zpfdv1c2ghx7gzm1c6ig6zfqwc0xz5wvd6p1mb5d7w5qiw2jb.nar");
+    let mut w = s3.create(&k).await.unwrap();
+    w.write(&vec![6u8; PART_SIZE + 1]).await.unwrap();
+    w.commit().await.unwrap();
+    // The marker as a writer leaves it before it completes the upload.
+    let marker = format!("{}0b6f0c1e-8d0a-4a57-9d54-3f1f7f3c2a11", ncps_edge_wire::layout::UPLOADS_PREFIX);
+    let client = bucket.client();
+    let put = client.put_object().bucket(&bucket.bucket).key(&marker).body(k.layout().into_bytes().into());
+    put.send().await.unwrap();
+    assert_eq!(s3.sweep_incomplete(std::time::Duration::ZERO).await.unwrap(), 0);
+    let left = client.head_object().bucket(&bucket.bucket).key(&marker).send().await;
+    assert!(left.is_err(), "the marker of a finished upload was kept");
+    assert!(s3.stat(&k).await.unwrap().is_some(), "the finished object was touched");
+}

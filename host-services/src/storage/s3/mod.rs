@@ -194,8 +194,12 @@ impl BlobStore for S3Store {
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
                 if upload.initiated().is_some_and(|t| t.secs() <= cutoff.secs()) {
                     let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id);
-                    req.send().await.map_err(s3_error)?;
-                    aborted += 1;
+                    match req.send().await {
+                        Ok(_) => aborted += 1,
+                        // Finished or aborted by its node since the listing.
+                        Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => {}
+                        Err(e) => return Err(s3_error(e)),
+                    }
                 }
             }
             if !out.is_truncated().unwrap_or(false) {
@@ -241,6 +245,18 @@ impl S3Store {
                 match req.send().await {
                     Ok(_) => aborted += 1,
                     Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => {}
+                    // An upload that finished before its marker was deleted
+                    // (the node died in between): S3 says NoSuchUpload, some
+                    // S3-compatible servers (s3s) AccessDenied. The listing
+                    // below still finds any upload that is really left.
+                    Err(SdkError::ServiceError(e)) if e.err().code() == Some("AccessDenied") => {
+                        tracing::warn!(
+                            upload_id = id,
+                            object = %object,
+                            "the S3 server refused to abort a marked upload (finished already, or the credentials \
+                             lack s3:AbortMultipartUpload); its marker is dropped"
+                        );
+                    }
                     Err(e) => return Err(s3_error(e)),
                 }
                 self.forget_marker(id).await;
