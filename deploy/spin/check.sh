@@ -63,7 +63,8 @@ export OTEL_SDK_DISABLED=true
 spin build
 # In a process group of its own, killed whole: `spin up` runs the trigger
 # as a child process that would outlive it.
-setsid spin up --listen "127.0.0.1:$NODE_PORT" --log-dir "$T/logs" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
+# Its state (the node-local tier's key-value store) in the scratch folder.
+setsid spin up --listen "127.0.0.1:$NODE_PORT" --state-dir "$T/state" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
 for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$NODE_PORT/nix-cache-info" >/dev/null 2>&1 && break; sleep 0.2; done
 NODE="http://127.0.0.1:$NODE_PORT"
 KEY=$(curl -fsS "$NODE/pubkey") || { cat "$T/spin.log" >&2; echo "the node did not come up" >&2; exit 1; }

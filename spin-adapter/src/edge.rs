@@ -1,5 +1,5 @@
-//! `ncps:edge/edge-cache` under Spin: nothing is kept by a Spin node, so
-//! nothing is purged here; purges are published on the Redis channel the
+//! `ncps:edge/edge-cache` under Spin: a purge forgets what this node's
+//! tier (`crate::tier`) keeps and is published on the Redis channel the
 //! native nodes listen on (`<lock_key_prefix>edge-cache`, the native
 //! message format), so a delete or upload through a Spin node clears their
 //! tiers too. No negative cache: every miss asks the upstreams.
@@ -16,6 +16,7 @@ impl Guest for crate::Adapter {
         if paths.is_empty() {
             return;
         }
+        crate::tier::purge(&paths);
         let channel = ncps_edge_wire::channel::name(&settings::lock_prefix());
         for message in ncps_edge_wire::channel::purges(&paths, PURGE_MESSAGE_MAX) {
             let sent = redis::with(|c| {

@@ -3,14 +3,15 @@
 //! world, the real `nix` client through a Spin node, one upstream download
 //! however many ask, Spin and native nodes sharing one cache, bad input and
 //! hostile upstreams answered as the native node answers them, settings
-//! that fail closed, and backends that cannot be reached answered with a
-//! 503 and a log line naming the cause, and a stopped node that leaves no
-//! process or connection behind. A trapped instance's lease is
-//! checked in the Spin-shaped host, which can kill an instance on cue.
+//! that fail closed, backends that cannot be reached answered with a 503
+//! and a log line naming the cause, Spin's PostgreSQL connection pool, and
+//! a stopped node that leaves no process or connection behind. A trapped
+//! instance's lease is checked in the Spin-shaped host, which can kill an
+//! instance on cue.
 
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, host_port, postgres_url, redis_addr, via, StallProxy};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
@@ -105,14 +106,20 @@ fn connections_to(db: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stopped_spin_node_leaves_no_process_or_connection_behind() {
+async fn spin_pools_database_connections_and_a_stopped_node_leaves_none_behind() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let node = shared.spin_up(&cli, fx).await;
-    let (status, _) = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf))).await;
-    assert_eq!(status, 200);
-    assert!(connections_to(&shared.db) > 0, "the node never connected to its database");
+    // The adapter relies on Spin pooling PostgreSQL connections (a fresh
+    // instance per request would otherwise pay a handshake each time):
+    // after 20 sequential hits, a few connections outlive the instances.
+    let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
+    for _ in 0..20 {
+        assert_eq!(get(&url).await.0, 200);
+    }
+    let pooled = connections_to(&shared.db);
+    assert!((1..20).contains(&pooled), "{pooled} connections after 20 sequential requests");
     let listen = node.url().trim_start_matches("http://").to_owned();
     drop(node);
     // `spin up` runs its trigger as a child process: both must be gone,
@@ -287,6 +294,45 @@ async fn lru_runs_on_the_admin_route_and_purges_native_nodes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&format!("{}{narinfo}", native.url())).await.0, 200);
     assert_eq!(shared.up.hits(&narinfo), before + 1, "the native node asked upstream again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let db = StallProxy::start(&host_port(&shared.db)).await;
+    let mut vars = shared.variables(fx);
+    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
+    vars.insert("max_age_s".into(), "3".into());
+    vars.insert("allow_delete".into(), "true".into());
+    vars.insert("delete_token".into(), "delete-secret".into());
+    let node = SpinUp::start(&cli, vars).await;
+    let path = format!("/{}.narinfo", hash_of(&fx.leaf));
+    let url = format!("{}{path}", node.url());
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    let status = |r: reqwest::Result<reqwest::Response>| r.map_or(0, |r| r.status().as_u16());
+
+    // A delete through the node forgets what its tier keeps.
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(shared.up.hits(&path), 1);
+    assert_eq!(status(client.delete(&url).bearer_auth("delete-secret").send().await), 204);
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(shared.up.hits(&path), 2, "the deleted narinfo was served from the tier");
+
+    // Kept (read from the database once more), it is served with the
+    // database unreachable, until it is `max_age_s` old.
+    assert_eq!(get(&url).await.0, 200);
+    let kept = Instant::now();
+    db.stall();
+    let hit = client.get(&url).send().await.expect("a kept narinfo answered with the database stalled");
+    assert!(kept.elapsed() < Duration::from_secs(3), "the test was too slow to tell");
+    assert_eq!(hit.status(), 200);
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(kept.elapsed()) + Duration::from_millis(500)).await;
+    assert_ne!(status(client.get(&url).send().await), 200, "a narinfo older than max_age_s was served");
+    db.resume();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,8 +5,9 @@
 //!
 //! One connection per instance. A statement that finds the schema missing
 //! applies the migrations (under the native nodes' migration lock) and runs
-//! again. Access times are written at once, one cheap `UPDATE` per hit:
-//! an instance has no background task to batch them in.
+//! again. Access times are written at once, one cheap `UPDATE` per hit
+//! (after the answer): an instance has no background task to batch them
+//! in. Narinfo lookups go through the node-local tier (`crate::tier`).
 
 /// The [`Statements`] of a dialect's included SQL module (`$time_twice`:
 /// whether its upserts take the time twice).
@@ -68,7 +69,7 @@ use crate::bindings::exports::ncps::edge::metadata::{Eviction, Guest, NarRecord,
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
 use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
 use crate::error::{Error, Result};
-use crate::settings;
+use crate::{settings, tier};
 
 /// The statements of one dialect, in the order of their parameters.
 pub struct Statements {
@@ -220,12 +221,22 @@ fn wit<T>(r: Result<T>) -> std::result::Result<T, WitError> {
 }
 
 impl Guest for crate::Adapter {
+    /// From the node-local tier when it has the record, else from the
+    /// database (and then kept in the tier).
     fn get_narinfo(hash: String) -> std::result::Result<Option<NarinfoRecord>, WitError> {
+        if let Some(kept) = tier::narinfo(&hash) {
+            return Ok(Some(kept));
+        }
         let rows = wit(run(|c| c.query(c.statements().get_narinfo, &[text(&hash)])))?;
-        Ok(rows.rows.first().map(|r| narinfo(r)))
+        let found = rows.rows.first().map(|r| narinfo(r));
+        if let Some(record) = &found {
+            tier::keep(record);
+        }
+        Ok(found)
     }
 
     fn put_narinfo(n: NarinfoRecord) -> std::result::Result<(), WitError> {
+        tier::forget(&n.hash);
         let (file_size, nar_size) = (wit(opt_int(n.file_size))?, wit(opt_int(Some(n.nar_size)))?);
         wit(run(|c| {
             let mut params = vec![
@@ -249,6 +260,7 @@ impl Guest for crate::Adapter {
     }
 
     fn delete_narinfo(hash: String) -> std::result::Result<bool, WitError> {
+        tier::forget(&hash);
         wit(run(|c| c.execute(c.statements().delete_narinfo, &[text(&hash)])).map(|n| n > 0))
     }
 

@@ -1,16 +1,18 @@
 //! A Spin-shaped host: the composed component (`handler.wasm` plugged with
 //! the Spin adapter) run the way Spin 3.x's HTTP trigger runs it, one fresh
 //! instance per request, with exactly the Spin host interfaces the adapter
-//! imports (`fermyon:spin/{variables,redis,postgres,mysql}@2.0.0`, bindings
-//! generated from the vendored Spin WIT) backed by real clients: the
-//! machine's Redis, PostgreSQL and MariaDB, and `wasi:http` for S3 and
-//! upstreams.
+//! imports (`fermyon:spin/{variables,redis,postgres,mysql,key-value}@2.0.0`,
+//! bindings generated from the vendored Spin WIT) backed by real clients:
+//! the machine's Redis, PostgreSQL and MariaDB, and `wasi:http` for S3 and
+//! upstreams. It grants no key-value store, so the adapter's node-local
+//! tier is off here: every lookup goes to the database.
 //!
-//! The same checks run against a real `spin up` in `tests/tests/spin_up.rs`
+//! The same checks run against a real `spin up` in `tests/tests/spin.rs`
 //! (see [`crate::spin_up`]); this host stays for what a real Spin cannot be
 //! made to do on cue: kill an instance mid-download (its lease must expire),
 //! and run many nodes in one process for the benchmarks.
 
+mod key_value;
 mod mysql;
 mod postgres;
 mod redis;

@@ -23,7 +23,7 @@ pub mod bindings {
     });
 }
 
-use bindings::fermyon::spin::{mysql, postgres, rdbms_types, redis, variables};
+use bindings::fermyon::spin::{key_value, mysql, postgres, rdbms_types, redis, variables};
 
 /// One instance's WASI, wasi-http, resources and Spin variables.
 pub struct SpinState {
@@ -76,5 +76,6 @@ pub fn add_spin_to_linker(linker: &mut Linker<SpinState>) -> wasmtime::Result<()
     rdbms_types::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     postgres::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     mysql::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
+    key_value::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     Ok(())
 }
