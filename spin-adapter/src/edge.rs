@@ -2,7 +2,7 @@
 //! tier (`crate::tier`) keeps and is published on the Redis channel the
 //! native nodes listen on (`<lock_key_prefix>edge-cache`, the native
 //! message format), so a delete or upload through a Spin node clears their
-//! tiers too. No negative cache: every miss asks the upstreams.
+//! tiers too. Absences ("no upstream has it") are kept in the same tier.
 
 use crate::bindings::exports::ncps::edge::edge_cache::Guest;
 use crate::bindings::fermyon::spin::redis::RedisParameter;
@@ -28,9 +28,11 @@ impl Guest for crate::Adapter {
         }
     }
 
-    fn mark_absent(_hash: String, _seconds: u32) {}
+    fn mark_absent(hash: String, seconds: u32) {
+        crate::tier::mark_absent(&hash, seconds);
+    }
 
-    fn absent_for(_hash: String) -> u32 {
-        0
+    fn absent_for(hash: String) -> u32 {
+        crate::tier::absent_for(&hash)
     }
 }

@@ -86,8 +86,8 @@ impl Guest for crate::Adapter {
             lru_lock_ttl_ms: number("lru_lock_ttl_ms", 1_800_000),
             admin_token: var("admin_token"),
             edge_max_age_s: number("max_age_s", 60) as u32,
-            // No node-local tier under Spin: nothing remembers absences.
-            negative_ttl_s: 0,
+            // Absences are remembered in the node-local tier (`crate::tier`).
+            negative_ttl_s: number("negative_ttl_s", 60) as u32,
         }
     }
 

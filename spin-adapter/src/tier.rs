@@ -1,6 +1,8 @@
 //! A node-local tier under Spin: narinfo records kept in Spin's `default`
 //! key-value store (node-local, shared by every instance of the node), so
-//! a warm narinfo hit makes no round trip to the region.
+//! a warm narinfo hit makes no round trip to the region; and absences (no
+//! upstream has a narinfo), for the seconds the handler asks, so a repeated
+//! miss asks the upstreams once.
 //!
 //! An entry is trusted for `max_age_s` seconds after it was read from the
 //! database: the `cache-control: max-age` every such answer already carries,
@@ -8,7 +10,7 @@
 //! may. Deletes, uploads and purges made through this node forget its
 //! entries at once; those made at other nodes reach it when the entry ages
 //! out (a Spin node does not hear the purge channel). `max_age_s = 0` turns
-//! the tier off. A store that cannot be opened (not granted in `spin.toml`)
+//! the narinfo tier off, `negative_ttl_s = 0` the absences. A store that cannot be opened (not granted in `spin.toml`)
 //! is logged once per instance, and every lookup goes to the database.
 
 use std::cell::OnceCell;
@@ -34,9 +36,6 @@ fn max_age_ms() -> i64 {
 }
 
 fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
-    if max_age_ms() == 0 {
-        return None;
-    }
     OPENED.with(|cell| {
         cell.get_or_init(|| {
             Store::open(STORE)
@@ -62,8 +61,16 @@ fn narinfo_key(hash: &str) -> String {
     format!("narinfo/{scope}/{hash}")
 }
 
+/// The key of `hash`'s absence, scoped as its record's.
+fn absent_key(hash: &str) -> String {
+    format!("absent/{}", narinfo_key(hash))
+}
+
 /// The record of `hash`, when this node read it less than `max_age_s` ago.
 pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
+    if max_age_ms() == 0 {
+        return None;
+    }
     let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
     let entry: Value = serde_json::from_slice(&bytes).ok()?;
     let kept_at = entry.get("kept_at_ms")?.as_i64()?;
@@ -76,6 +83,9 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
 
 /// Keep `record`, read from the database now.
 pub fn keep(record: &NarinfoRecord) {
+    if max_age_ms() == 0 {
+        return;
+    }
     let entry = json!({ "kept_at_ms": now_ms(), "record": to_json(record) });
     let written = with_store(|s| s.set(&narinfo_key(&record.hash), entry.to_string().as_bytes()));
     if let Some(Err(e)) = written {
@@ -83,11 +93,35 @@ pub fn keep(record: &NarinfoRecord) {
     }
 }
 
-/// Forget the record of `hash`.
+/// Forget the record of `hash`, and that it was absent.
 pub fn forget(hash: &str) {
-    if let Some(Err(e)) = with_store(|s| s.delete(&narinfo_key(hash))) {
-        crate::log::warn("forgetting a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
+    for key in [narinfo_key(hash), absent_key(hash)] {
+        if let Some(Err(e)) = with_store(|s| s.delete(&key)) {
+            crate::log::warn("forgetting a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
+        }
     }
+}
+
+/// Remember for `seconds` that no upstream has the narinfo of `hash`.
+pub fn mark_absent(hash: &str, seconds: u32) {
+    if seconds == 0 {
+        return;
+    }
+    let until = now_ms() + i64::from(seconds) * 1000;
+    if let Some(Err(e)) = with_store(|s| s.set(&absent_key(hash), until.to_string().as_bytes())) {
+        crate::log::warn("keeping an absence in the node-local tier failed", &[("error", &format!("{e:?}"))]);
+    }
+}
+
+/// Seconds `hash` stays known to be absent (0: not known).
+pub fn absent_for(hash: &str) -> u32 {
+    let Some(Ok(Some(bytes))) = with_store(|s| s.get(&absent_key(hash))) else { return 0 };
+    let until: i64 = String::from_utf8_lossy(&bytes).parse().unwrap_or(0);
+    let left_ms = until - now_ms();
+    if left_ms <= 0 {
+        return 0;
+    }
+    u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX)
 }
 
 /// Forget what the request paths `paths` (`/<hash>.narinfo`, …) name.

@@ -336,6 +336,22 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_asks_the_upstreams_once_for_what_none_has() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let node = shared.spin_up(&cli, fx).await;
+    let path = "/00000000000000000000000000000000.narinfo";
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let resp = client.get(format!("{}{path}", node.url())).send().await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["cache-control"], "public, max-age=60");
+    }
+    assert_eq!(shared.up.hits(path), 1, "the upstream was asked again within negative_ttl_s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_upstreams_get_the_native_answer_through_a_spin_node() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
