@@ -10,8 +10,9 @@
 //! may. Deletes, uploads and purges made through this node forget its
 //! entries at once; those made at other nodes reach it when the entry ages
 //! out (a Spin node does not hear the purge channel). `max_age_s = 0` turns
-//! the narinfo tier off, `negative_ttl_s = 0` the absences. A store that cannot be opened (not granted in `spin.toml`)
-//! is logged once per instance, and every lookup goes to the database.
+//! the narinfo tier off, `negative_ttl_s = 0` the absences. A store that
+//! cannot be opened (not granted in `spin.toml`) is logged once per
+//! instance, and every lookup goes to the database.
 
 use std::cell::OnceCell;
 
