@@ -6,7 +6,8 @@
 //! [`metrics`], [`log`], [`edge`] — each with its backends as sub-modules behind one
 //! trait and its WIT implementation in its own `wit` module. [`cluster`]
 //! is what the nodes of one cache share below them (the channel, purges,
-//! downloads to follow). [`services`] gathers them for a wasmtime
+//! downloads to follow). [`pg_link`] is the node's PostgreSQL connections,
+//! shared by the metadata store, the locks and the channel. [`services`] gathers them for a wasmtime
 //! [`Linker`](wasmtime::component::Linker).
 #![deny(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod locks;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod pg_link;
 pub mod services;
 pub mod signer;
 pub mod storage;

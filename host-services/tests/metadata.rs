@@ -6,14 +6,25 @@ use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::{Database, MetadataStore, NarRecord, NarinfoRecord};
+use ncps_edge_host_services::pg_link::{LinkLimits, PgLink, IDLE_CLOSE};
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_test_support as support;
+
+/// A node's PostgreSQL link to `url`: up to `max_open` connections, one kept idle.
+async fn link_with(url: &str, max_open: usize) -> PgLink {
+    let limits = LinkLimits { max_open, max_idle: 1, session_idle_timeout: None };
+    PgLink::connect(url, limits).await.expect("PostgreSQL must be reachable")
+}
+
+async fn pg_link(url: &str) -> PgLink {
+    link_with(url, 4).await
+}
 
 async fn databases(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn Database>)> {
     vec![
         ("sqlite", Arc::new(SqliteMetadata::open(&dir.join("db.sqlite")).unwrap())),
-        ("postgres", Arc::new(PgMetadata::connect(&support::fresh_postgres().await, 4).await.unwrap())),
-        ("mysql", Arc::new(MySqlMetadata::connect(&support::fresh_mysql().await, 4).await.unwrap())),
+        ("postgres", Arc::new(PgMetadata::connect(pg_link(&support::fresh_postgres().await).await).await.unwrap())),
+        ("mysql", Arc::new(MySqlMetadata::connect(&support::fresh_mysql().await, 4, 1).await.unwrap())),
     ]
 }
 
@@ -155,4 +166,49 @@ async fn lru_order_follows_access_and_evict_takes_narinfos_along() {
         assert_eq!(db.total_size().await.unwrap(), 22, "{name}");
         assert_eq!(db.evict("nar/none.nar").await.unwrap(), Default::default(), "{name}");
     }
+}
+
+/// Connections of the server whose `application_name` is `app`.
+async fn server_connections(app: &str) -> i64 {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{}/postgres", support::postgres_url()), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be reachable");
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .await
+        .expect("pg_stat_activity");
+    row.get(0)
+}
+
+#[tokio::test]
+async fn a_pg_link_holds_one_connection_idle_and_spills_only_under_load() {
+    let app = format!("ncps-link-test-{:x}", rand::random::<u32>());
+    let url = format!("{}?application_name={app}", support::fresh_postgres().await);
+    let link = link_with(&url, 3).await;
+    let store = PgMetadata::connect(link.clone()).await.unwrap();
+    store.put_narinfo(narinfo("1ykmnvm1i7x2cym4xcl2n5vrxwdz7ld8")).await.unwrap();
+    assert_eq!(server_connections(&app).await, 1, "idle, after the migration and a write");
+
+    // Concurrent slow queries: the link opens extra connections, never more than its limit.
+    const SLOW: &str = "SELECT pg_sleep(0.3)";
+    let queries: Vec<_> = (0..24)
+        .map(|_| {
+            let link = link.clone();
+            tokio::spawn(async move { link.lend().await?.query(SLOW, &[]).await.map(|_| ()) })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let busy = server_connections(&app).await;
+    for q in queries {
+        q.await.unwrap().unwrap();
+    }
+    assert!((2..=3).contains(&busy), "under load: {busy} connections (limit 3)");
+    assert!(link.open_connections() <= 3);
+
+    // Idle again: the extras close, the session connection stays.
+    tokio::time::sleep(IDLE_CLOSE + std::time::Duration::from_secs(4)).await;
+    assert_eq!(server_connections(&app).await, 1, "idle again");
+    assert!(store.get_narinfo("1ykmnvm1i7x2cym4xcl2n5vrxwdz7ld8").await.unwrap().is_some());
 }

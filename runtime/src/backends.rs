@@ -21,6 +21,7 @@ use ncps_edge_host_services::metadata::mysql::MySqlMetadata;
 use ncps_edge_host_services::metadata::postgres::PgMetadata;
 use ncps_edge_host_services::metadata::sqlite::SqliteMetadata;
 use ncps_edge_host_services::metadata::Database;
+use ncps_edge_host_services::pg_link::{LinkLimits, PgLink};
 use ncps_edge_host_services::storage::disk_tier::{DiskTier, DiskTiered};
 use ncps_edge_host_services::storage::follow::{Followed, Peers};
 use ncps_edge_host_services::storage::guarded::GuardedStore;
@@ -48,33 +49,56 @@ async fn connecting<T>(
     tokio::time::timeout(limit, connect).await.map_err(|_| anyhow::anyhow!("{what}: no answer within {limit:?}"))?
 }
 
-/// Open the metadata database (migrations applied), behind its deadline.
-pub async fn metadata(config: &Config) -> anyhow::Result<Arc<dyn Database>> {
+/// Default of `--cache-database-pool-max-open-conns` on PostgreSQL: one
+/// pipelined connection serves a node, so 50 nodes fit a default server.
+const PG_MAX_OPEN: usize = 1;
+/// Default of `--cache-database-pool-max-open-conns` on MySQL (no pipelining).
+const MYSQL_MAX_OPEN: usize = 4;
+
+/// The metadata database (migrations applied), behind its deadline, and
+/// the PostgreSQL connections it opened, which the node's locks and
+/// edge-cache channel share ([`locks`], [`edge_channel`]).
+pub async fn metadata(config: &Config) -> anyhow::Result<(Arc<dyn Database>, Option<PgLink>)> {
     let timeout = config.backend_timeout;
-    let pool = config.database.pool_size;
-    let (db, name): (Arc<dyn Database>, &'static str) = match &config.database.url {
-        DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite"),
+    let (max_open, max_idle) = (config.database.max_open, config.database.max_idle.max(1));
+    let or_default = |default: usize| if max_open == 0 { default } else { max_open };
+    let (db, name, link): (Arc<dyn Database>, &'static str, _) = match &config.database.url {
+        DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite", None),
         DatabaseUrl::Postgres(url) => {
-            let db = connecting(config, "PostgreSQL metadata", async {
-                PgMetadata::connect(url, pool).await.context("PostgreSQL metadata")
+            let limits = LinkLimits {
+                max_open: or_default(PG_MAX_OPEN),
+                max_idle,
+                // Locks on it: the server frees them when the node stops
+                // (the lock heartbeat keeps a live node's session busy).
+                session_idle_timeout: (config.locks.backend == LockBackendKind::Postgres)
+                    .then_some(config.locks.download_lease),
+            };
+            let (db, link) = connecting(config, "PostgreSQL metadata", async {
+                let link = PgLink::connect(url, limits).await.context("PostgreSQL")?;
+                Ok((PgMetadata::connect(link.clone()).await.context("PostgreSQL metadata")?, link))
             })
             .await?;
-            (Arc::new(db), "postgres")
+            (Arc::new(db), "postgres", Some(link))
         }
         DatabaseUrl::Mysql(url) => {
             let db = connecting(config, "MySQL metadata", async {
-                MySqlMetadata::connect(url, pool).await.context("MySQL metadata")
+                MySqlMetadata::connect(url, or_default(MYSQL_MAX_OPEN), max_idle).await.context("MySQL metadata")
             })
             .await?;
-            (Arc::new(db), "mysql")
+            (Arc::new(db), "mysql", None)
         }
     };
-    Ok(Arc::new(GuardedMetadata::new(db, name, timeout, BREAKER_COOL_DOWN)))
+    Ok((Arc::new(GuardedMetadata::new(db, name, timeout, BREAKER_COOL_DOWN)), link))
+}
+
+/// The PostgreSQL link of a node whose locks are on PostgreSQL.
+fn pg_link(pg: Option<&PgLink>) -> anyhow::Result<PgLink> {
+    pg.cloned().context("PostgreSQL locks need the PostgreSQL metadata connection")
 }
 
 /// The lock backend, behind a deadline and a circuit breaker when it is
-/// distributed.
-pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
+/// distributed. PostgreSQL locks live on `pg`'s session connection.
+pub async fn locks(config: &Config, pg: Option<&PgLink>) -> anyhow::Result<Arc<dyn LockBackend>> {
     let locks = &config.locks;
     let (timeout, lease, heartbeat) = (config.backend_timeout, locks.download_lease, locks.heartbeat);
     let guard = |backend: Box<dyn LockBackend>, label, limit| -> Arc<dyn LockBackend> {
@@ -89,11 +113,8 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
                     .await?;
             guard(Box::new(redis), "Redis", timeout)
         }
-        (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => {
-            let session = connecting(config, "PostgreSQL lock session", async {
-                PgSession::connect(url, lease, timeout).await.context("PostgreSQL lock session")
-            })
-            .await?;
+        (LockBackendKind::Postgres, DatabaseUrl::Postgres(_), _) => {
+            let session = PgSession::new(pg_link(pg)?, timeout);
             guard(Box::new(SessionLocks::new(session, timeout, heartbeat)), "PostgreSQL", session_limit)
         }
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
@@ -111,13 +132,16 @@ pub async fn locks(config: &Config) -> anyhow::Result<Arc<dyn LockBackend>> {
 }
 
 /// The channel that carries edge-tier purges between nodes: the lock
-/// service's own (none with local locks: a single node).
-pub async fn edge_channel(config: &Config) -> anyhow::Result<Option<Arc<dyn Channel>>> {
+/// service's own (none with local locks: a single node); on PostgreSQL,
+/// on `pg`'s connections.
+pub async fn edge_channel(config: &Config, pg: Option<&PgLink>) -> anyhow::Result<Option<Arc<dyn Channel>>> {
     let locks = &config.locks;
     let prefix = &locks.prefix;
     Ok(match (locks.backend, &config.database.url, &locks.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => Some(Arc::new(RedisChannel::new(opts, prefix)?)),
-        (LockBackendKind::Postgres, DatabaseUrl::Postgres(url), _) => Some(Arc::new(PgChannel::new(url, prefix))),
+        (LockBackendKind::Postgres, DatabaseUrl::Postgres(_), _) => {
+            Some(Arc::new(PgChannel::new(pg_link(pg)?, prefix)))
+        }
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
             let channel = connecting(config, "MySQL edge-cache channel", async {
                 MySqlChannel::connect(url).await.context("MySQL edge-cache channel")

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod fixture;
+pub mod fleet;
 pub mod logs;
 pub mod measure;
 pub mod nix;

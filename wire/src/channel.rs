@@ -7,6 +7,11 @@ pub fn name(prefix: &str) -> String {
     format!("{prefix}edge-cache")
 }
 
+/// The channel of `channel` that only `node` listens on: its own heartbeats.
+pub fn heartbeats(channel: &str, node: &str) -> String {
+    format!("{channel}/{node}")
+}
+
 const PURGE: &str = "purge\n";
 const HEARTBEAT: &str = "heartbeat\n";
 const DOWNLOAD: &str = "download\n";

@@ -1,69 +1,41 @@
-//! PostgreSQL advisory locks on one dedicated session per node
-//! (`--cache-lock-backend=postgres`): any number of locks, one connection.
-//! Queries on the session run concurrently (tokio-postgres pipelines them);
-//! the session is opened with `idle_session_timeout`, so the server ends it
-//! — and frees its locks — when the node stops sending its heartbeat.
+//! PostgreSQL advisory locks on the session connection of the node's
+//! [`PgLink`] (`--cache-lock-backend=postgres`): any number of locks, no
+//! connection of their own. Queries on it run concurrently (tokio-postgres
+//! pipelines them); it is opened with `idle_session_timeout`, so the server
+//! ends it — and frees its locks — when the node stops sending its heartbeat.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
 
 use super::session::{key_id, LockSession};
 use super::Mode;
+use crate::pg_link::{LinkLimits, PgLink};
 use crate::{Error, Result};
 
 /// The node's lock session.
 pub struct PgSession {
-    config: tokio_postgres::Config,
+    link: PgLink,
     call_timeout: Duration,
-    client: Mutex<Option<Arc<Client>>>,
-    generation: Arc<AtomicU64>,
 }
 
 impl PgSession {
-    /// A session to `url`, connected now; the server ends it after
-    /// `idle_timeout` without a query; a query that takes longer than
-    /// `call_timeout` ends it too.
+    /// Locks on `link`'s session connection; a query that takes longer
+    /// than `call_timeout` ends the session.
+    pub fn new(link: PgLink, call_timeout: Duration) -> Self {
+        Self { link, call_timeout }
+    }
+
+    /// Locks on a link of their own to `url` (one connection, which the
+    /// server ends after `idle_timeout` without a query).
     pub async fn connect(url: &str, idle_timeout: Duration, call_timeout: Duration) -> Result<Self> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| Error::invalid(format!("postgres URL: {e}")))?;
-        config.options(format!("-c idle_session_timeout={}", idle_timeout.as_millis().max(1)));
-        config.connect_timeout(Duration::from_secs(5));
-        let session = Self { config, call_timeout, client: Mutex::default(), generation: Arc::new(AtomicU64::new(0)) };
-        session.client().await?;
-        Ok(session)
+        let limits = LinkLimits { max_open: 1, max_idle: 1, session_idle_timeout: Some(idle_timeout) };
+        Ok(Self::new(PgLink::connect(url, limits).await?, call_timeout))
     }
 
-    /// The live client, reconnecting (as a new generation) when the last one died.
-    async fn client(&self) -> Result<Arc<Client>> {
-        let mut guard = self.client.lock().await;
-        if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
-        }
-        let (client, conn) = self.config.connect(NoTls).await.map_err(|e| Error::unavailable("postgres", e))?;
-        let generation = self.generation.clone();
-        let current = generation.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "postgres lock session ended; its leases are lost");
-            }
-            // Whatever ended it, its locks are gone: leases of this
-            // generation are lost from now on.
-            let _ = generation.compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst);
-        });
-        let client = Arc::new(client);
-        *guard = Some(client.clone());
-        Ok(client)
-    }
-
-    async fn call(&self, sql: &str, key: &str) -> Result<Option<bool>> {
-        let client = self.client().await?;
-        match tokio::time::timeout(self.call_timeout, client.query_one(sql, &[&key_id(key)])).await {
+    async fn call(&self, sql: &'static str, key: &str) -> Result<Option<bool>> {
+        let session = self.link.session().await?;
+        match tokio::time::timeout(self.call_timeout, session.query_one(sql, &[&key_id(key)])).await {
             Ok(Ok(row)) => Ok(row.try_get::<_, Option<bool>>(0).ok().flatten()),
-            Ok(Err(e)) => Err(Error::unavailable("postgres", e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(self.missed_deadline().await),
         }
     }
@@ -96,22 +68,20 @@ impl LockSession for PgSession {
     }
 
     async fn ping(&self) -> Result<()> {
-        let client = self.client().await?;
-        match tokio::time::timeout(self.call_timeout, client.simple_query("")).await {
+        let session = self.link.session().await?;
+        match tokio::time::timeout(self.call_timeout, session.client().simple_query("")).await {
             Ok(r) => r.map(|_| ()).map_err(|e| Error::unavailable("postgres", e)),
             Err(_) => Err(self.missed_deadline().await),
         }
     }
 
     async fn reset(&self) {
-        // Dropping the client closes the connection; the server drops every
-        // advisory lock of the session.
-        if self.client.lock().await.take().is_some() {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-        }
+        // Closing the connection makes the server drop every advisory lock
+        // of the session.
+        self.link.reset_session().await;
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.link.generation()
     }
 }

@@ -9,6 +9,7 @@ use super::access::now_ms;
 use ncps_edge_wire::sql::mysql::*;
 
 use super::{opt_i64, split, to_i64, ConfigStore, Eviction, MetadataStore, NarRecord, NarinfoRecord};
+use crate::pg_link::IDLE_CLOSE;
 use crate::{Error, Result};
 
 fn db(e: impl Into<crate::error::Cause>) -> Error {
@@ -54,13 +55,19 @@ pub struct MySqlMetadata {
 }
 
 impl MySqlMetadata {
-    /// Connect a pool of at most `size` connections and apply pending migrations.
-    pub async fn connect(url: &str, size: usize) -> Result<Self> {
+    /// Connect a pool of at most `size` connections, keeping at most
+    /// `idle` of them open unused for longer than [`IDLE_CLOSE`], and
+    /// apply pending migrations.
+    pub async fn connect(url: &str, size: usize, idle: usize) -> Result<Self> {
         let opts = Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql URL: {e}")))?;
+        let size = size.max(1);
         let constraints =
-            mysql_async::PoolConstraints::new(0, size.max(1)).ok_or_else(|| Error::invalid("mysql pool size"))?;
-        let opts = mysql_async::OptsBuilder::from_opts(opts)
-            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
+            mysql_async::PoolConstraints::new(idle.min(size), size).ok_or_else(|| Error::invalid("mysql pool size"))?;
+        let pool = mysql_async::PoolOpts::default()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(IDLE_CLOSE)
+            .with_ttl_check_interval(IDLE_CLOSE / 2);
+        let opts = mysql_async::OptsBuilder::from_opts(opts).pool_opts(pool);
         let this = Self { pool: Pool::new(opts) };
         this.migrate().await?;
         Ok(this)

@@ -1,9 +1,10 @@
-//! PostgreSQL metadata (`--cache-database-url postgresql://…`), pooled.
-//! Migrations run at start under an advisory lock, so racing nodes apply
-//! each one once.
+//! PostgreSQL metadata (`--cache-database-url postgresql://…`), on the
+//! node's [`PgLink`]. Migrations run at start under an advisory lock, so
+//! racing nodes apply each one once.
 
-use deadpool_postgres::{Manager, Pool};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+
+use crate::pg_link::{Lent, PgLink};
 
 use super::access::now_ms;
 use ncps_edge_wire::sql::postgres::*;
@@ -46,45 +47,52 @@ fn nar(r: &Row) -> NarRecord {
 /// PostgreSQL metadata store.
 #[derive(Clone)]
 pub struct PgMetadata {
-    pool: Pool,
+    link: PgLink,
 }
 
 impl PgMetadata {
-    /// Connect a pool of `size` connections and apply pending migrations.
-    pub async fn connect(url: &str, size: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| Error::invalid(format!("postgres URL: {e}")))?;
-        let pool = Pool::builder(Manager::new(config, NoTls)).max_size(size).build().map_err(db)?;
-        let this = Self { pool };
-        this.migrate().await?;
+    /// The store on `link`, pending migrations applied. Call it before
+    /// anything else uses the link: the migration is a transaction on the
+    /// session connection.
+    pub async fn connect(link: PgLink) -> Result<Self> {
+        let this = Self { link };
+        let session = this.link.session().await?;
+        if let Err(e) = migrate(&session).await {
+            // Closing the connection rolls the transaction back.
+            drop(session);
+            this.link.reset_session().await;
+            return Err(e);
+        }
         Ok(this)
     }
 
-    async fn migrate(&self) -> Result<()> {
-        let mut client = self.pool.get().await.map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.execute(LOCK_MIGRATIONS, &[&MIGRATION_LOCK]).await.map_err(db)?;
-        tx.batch_execute(CREATE_SCHEMA_TABLE).await.map_err(db)?;
-        let version: i64 = tx.query_one(SCHEMA_VERSION, &[]).await.map_err(db)?.get(0);
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            for sql in statements.iter() {
-                tx.batch_execute(sql).await.map_err(db)?;
-            }
-            tx.execute(RECORD_MIGRATION, &[&(i as i32 + 1)]).await.map_err(db)?;
-            tracing::info!(version = i + 1, "applied PostgreSQL migration");
-        }
-        tx.commit().await.map_err(db)
+    async fn client(&self) -> Result<Lent> {
+        self.link.lend().await
     }
+}
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(db)
+/// Apply pending migrations, in one transaction.
+async fn migrate(session: &Lent) -> Result<()> {
+    let client = session.client();
+    client.batch_execute("BEGIN").await.map_err(db)?;
+    client.execute(LOCK_MIGRATIONS, &[&MIGRATION_LOCK]).await.map_err(db)?;
+    client.batch_execute(CREATE_SCHEMA_TABLE).await.map_err(db)?;
+    let version: i64 = client.query_one(SCHEMA_VERSION, &[]).await.map_err(db)?.get(0);
+    for (i, statements) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for sql in statements.iter() {
+            client.batch_execute(sql).await.map_err(db)?;
+        }
+        client.execute(RECORD_MIGRATION, &[&(i as i32 + 1)]).await.map_err(db)?;
+        tracing::info!(version = i + 1, "applied PostgreSQL migration");
     }
+    client.batch_execute("COMMIT").await.map_err(db)
 }
 
 #[async_trait::async_trait]
 impl MetadataStore for PgMetadata {
     async fn get_narinfo(&self, hash: &str) -> Result<Option<NarinfoRecord>> {
         let c = self.client().await?;
-        let row = c.query_opt(GET_NARINFO, &[&hash]).await.map_err(db)?;
+        let row = c.query_opt(GET_NARINFO, &[&hash]).await?;
         Ok(row.as_ref().map(narinfo))
     }
 
@@ -111,69 +119,66 @@ impl MetadataStore for PgMetadata {
                 &t,
             ],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(())
     }
 
     async fn delete_narinfo(&self, hash: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.execute(DELETE_NARINFO, &[&hash]).await.map_err(db)? > 0)
+        Ok(c.execute(DELETE_NARINFO, &[&hash]).await? > 0)
     }
 
     async fn get_nar(&self, key: &str) -> Result<Option<NarRecord>> {
         let c = self.client().await?;
-        let row = c.query_opt(GET_NAR, &[&key]).await.map_err(db)?;
+        let row = c.query_opt(GET_NAR, &[&key]).await?;
         Ok(row.as_ref().map(nar))
     }
 
     async fn put_nar(&self, n: NarRecord) -> Result<()> {
         let (file_size, stored_size) = (opt_i64(n.file_size)?, opt_i64(n.stored_size)?);
         let c = self.client().await?;
-        c.execute(PUT_NAR, &[&n.key, &n.upstream_url, &n.file_hash, &file_size, &stored_size, &now_ms()])
-            .await
-            .map_err(db)?;
+        c.execute(PUT_NAR, &[&n.key, &n.upstream_url, &n.file_hash, &file_size, &stored_size, &now_ms()]).await?;
         Ok(())
     }
 
     async fn delete_nar(&self, key: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.execute(DELETE_NAR, &[&key]).await.map_err(db)? > 0)
+        Ok(c.execute(DELETE_NAR, &[&key]).await? > 0)
     }
 
     async fn total_size(&self) -> Result<u64> {
         let c = self.client().await?;
-        let v: i64 = c.query_one(TOTAL_SIZE, &[]).await.map_err(db)?.get(0);
+        let v: i64 = c.query_one(TOTAL_SIZE, &[]).await?.get(0);
         Ok(v.max(0) as u64)
     }
 
     async fn record_accesses(&self, accesses: Vec<(String, i64)>) -> Result<()> {
         let (keys, times): (Vec<String>, Vec<i64>) = accesses.into_iter().unzip();
         let c = self.client().await?;
-        c.execute(RECORD_ACCESSES, &[&keys, &times]).await.map_err(db)?;
+        c.execute(RECORD_ACCESSES, &[&keys, &times]).await?;
         Ok(())
     }
 
     async fn lru_candidates(&self, limit: u32) -> Result<Vec<NarRecord>> {
         let c = self.client().await?;
-        let rows = c.query(LRU_CANDIDATES, &[&i64::from(limit)]).await.map_err(db)?;
+        let rows = c.query(LRU_CANDIDATES, &[&i64::from(limit)]).await?;
         Ok(rows.iter().map(nar).collect())
     }
 
     async fn nars_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<NarRecord>> {
         let c = self.client().await?;
-        let rows = c.query(NARS_AFTER, &[&after.unwrap_or_default(), &i64::from(limit)]).await.map_err(db)?;
+        let rows = c.query(NARS_AFTER, &[&after.unwrap_or_default(), &i64::from(limit)]).await?;
         Ok(rows.iter().map(nar).collect())
     }
 
     async fn is_referenced(&self, key: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.query_opt(IS_REFERENCED, &[&key]).await.map_err(db)?.is_some())
+        Ok(c.query_opt(IS_REFERENCED, &[&key]).await?.is_some())
     }
 
     async fn evict(&self, key: &str) -> Result<Eviction> {
         let c = self.client().await?;
-        let row = c.query_one(EVICT, &[&key]).await.map_err(db)?;
+        let row = c.query_one(EVICT, &[&key]).await?;
         Ok(Eviction { freed: row.get::<_, i64>(0).max(0) as u64, narinfos: split(row.get(1), ' ') })
     }
 }
@@ -182,12 +187,12 @@ impl MetadataStore for PgMetadata {
 impl ConfigStore for PgMetadata {
     async fn get_config(&self, key: &str) -> Result<Option<String>> {
         let c = self.client().await?;
-        Ok(c.query_opt(GET_CONFIG, &[&key]).await.map_err(db)?.map(|r| r.get(0)))
+        Ok(c.query_opt(GET_CONFIG, &[&key]).await?.map(|r| r.get(0)))
     }
 
     async fn set_config_if_absent(&self, key: &str, value: &str) -> Result<String> {
         let c = self.client().await?;
-        c.execute(SET_CONFIG_IF_ABSENT, &[&key, &value]).await.map_err(db)?;
-        Ok(c.query_one(GET_CONFIG, &[&key]).await.map_err(db)?.get(0))
+        c.execute(SET_CONFIG_IF_ABSENT, &[&key, &value]).await?;
+        Ok(c.query_one(GET_CONFIG, &[&key]).await?.get(0))
     }
 }

@@ -188,9 +188,17 @@ pub struct ServeArgs {
     /// object store; a stalled backend answers "timeout" within it.
     #[arg(long, env = "CACHE_BACKEND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_backend_timeout: Duration,
-    /// Connections of the PostgreSQL or MySQL metadata pool.
-    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 25)]
+    /// Connections of the PostgreSQL or MySQL metadata pool, at most (0: the
+    /// backend's default, PostgreSQL 1, MySQL 4). On PostgreSQL the node's
+    /// advisory locks and edge-cache channel use the same connections, and
+    /// one connection carries concurrent queries pipelined: more open only
+    /// under load.
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 0)]
     pub cache_database_pool_max_open_conns: usize,
+    /// Connections a node keeps open while idle (0: 1); those above it close
+    /// after 10 s unused.
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_IDLE_CONNS", default_value_t = 0)]
+    pub cache_database_pool_max_idle_conns: usize,
     /// Longest one download may hold its lock (the ceiling of its renewals).
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,

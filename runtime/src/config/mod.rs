@@ -243,7 +243,11 @@ impl Config {
                 cache_dir: Some(wasm_cache_dir),
             },
             backend_timeout: args.cache_backend_timeout,
-            database: DatabaseSettings { url: database, pool_size: args.cache_database_pool_max_open_conns },
+            database: DatabaseSettings {
+                url: database,
+                max_open: args.cache_database_pool_max_open_conns,
+                max_idle: args.cache_database_pool_max_idle_conns,
+            },
             locks: LockSettings {
                 backend: lock_backend,
                 prefix: lock_prefix,

@@ -17,8 +17,10 @@ use super::values::DatabaseUrl;
 pub struct DatabaseSettings {
     /// Where it is (an SQLite path is absolute).
     pub url: DatabaseUrl,
-    /// Connections of the PostgreSQL/MySQL pool, at most.
-    pub pool_size: usize,
+    /// Connections to PostgreSQL/MySQL a node opens at most (0: the backend's default).
+    pub max_open: usize,
+    /// Connections kept open while idle (0: 1).
+    pub max_idle: usize,
 }
 
 /// The lock service.

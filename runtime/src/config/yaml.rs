@@ -27,6 +27,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.storage.local", "cache_storage_local"),
     ("cache.database-url", "cache_database_url"),
     ("cache.database.pool.max-open-conns", "cache_database_pool_max_open_conns"),
+    ("cache.database.pool.max-idle-conns", "cache_database_pool_max_idle_conns"),
     ("cache.storage.s3.bucket", "cache_storage_s3_bucket"),
     ("cache.storage.s3.endpoint", "cache_storage_s3_endpoint"),
     ("cache.storage.s3.region", "cache_storage_s3_region"),
@@ -99,7 +100,6 @@ pub const NCPS_WITHOUT_EFFECT: &[&str] = &[
     "cache.cdc",
     "cache.inflight-staging",
     "cache.download.poll-timeout",
-    "cache.database.pool.max-idle-conns",
     "cache.temp-path",
     "cache.netrc-file",
 ];

@@ -4,8 +4,10 @@
 //! (a table every node polls).
 //!
 //! **Staleness bound.** A node proves to itself that it hears its channel:
-//! on Redis and PostgreSQL by hearing its own heartbeat, published every
-//! [`HEARTBEAT`]; on MySQL by each successful poll (every
+//! on Redis by hearing its own heartbeat, published every [`HEARTBEAT`] on
+//! a channel of its own (so a fleet's heartbeats grow with N, not N²); on
+//! PostgreSQL by a round trip every [`HEARTBEAT`] on the connection that
+//! holds its `LISTEN`; on MySQL by each successful poll (every
 //! [`mysql::POLL_INTERVAL`]). A node that has had no proof for
 //! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
 //! handler) until it has proof again, and then starts with an empty tier,
@@ -29,7 +31,7 @@ use ncps_edge_wire::channel::Message;
 use super::{Cluster, Kept};
 use crate::Result;
 
-/// How often a node publishes its heartbeat.
+/// How often a node proves it hears its channel.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Without proof of hearing its channel for this long, a node stops
 /// answering from its tier.
@@ -98,7 +100,7 @@ pub trait Publisher: Send + Sync {
 pub enum Heard {
     /// A message.
     Message(String),
-    /// Proof that the channel works (a successful poll).
+    /// Proof that the channel works (a successful poll or round trip).
     Alive,
 }
 
@@ -115,8 +117,13 @@ pub trait Channel: Publisher {
         false
     }
     /// Listen on connection `index`, handing what is heard to `heard`,
-    /// until the connection fails.
-    async fn listen(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()>;
+    /// until the connection fails: the shared channel, and the heartbeats
+    /// of `node` (this one).
+    async fn listen(&self, index: usize, node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()>;
+    /// Send `node`'s heartbeat `message` to `node` alone (its
+    /// [`listen`](Self::listen) hears it): a fleet's heartbeats then cost
+    /// each node one message a beat, not one per node.
+    async fn heartbeat(&self, node: &str, message: &str) -> Result<()>;
 }
 
 /// Announce that `key` is downloaded here, to follow at `url` (`None`: done).
@@ -147,11 +154,12 @@ pub fn spawn(
         .collect();
     if !channel.polled() {
         let beat = Message::Heartbeat(&node).encode();
+        let node = node.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
-                if let Err(e) = channel.publish(&beat).await {
+                if let Err(e) = channel.heartbeat(&node, &beat).await {
                     tracing::debug!(error = %e, "edge-cache heartbeat not published");
                 }
             }
@@ -192,7 +200,7 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             }
         };
         tokio::select! {
-            result = channel.listen(index, &heard) => match result {
+            result = channel.listen(index, &node, &heard) => match result {
                 Ok(()) => tracing::warn!(index, "edge-cache channel closed; listening again"),
                 Err(e) => tracing::warn!(index, error = %e, "edge-cache channel failed; listening again"),
             },

@@ -1,21 +1,20 @@
-//! Purges over PostgreSQL `LISTEN`/`NOTIFY` on the metadata database.
+//! Purges over PostgreSQL `LISTEN`/`NOTIFY` on the metadata database, on
+//! the node's [`PgLink`]: it listens on the session connection and
+//! publishes on any, so the channel costs no connection of its own.
 
-use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 
-use tokio::sync::Mutex;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
-
-use super::{Channel, Heard, Publisher};
+use super::{Channel, Heard, Publisher, HEARTBEAT};
+use crate::pg_link::{self, PgLink};
 use crate::{Error, Result};
 
 /// Time one publish may take.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The notification channel `<--cache-lock-postgres-key-prefix>edge-cache`.
 pub struct PgChannel {
-    url: String,
+    link: PgLink,
     name: String,
-    publisher: Mutex<Option<Client>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -23,47 +22,37 @@ fn failed(e: impl std::fmt::Display) -> Error {
 }
 
 impl PgChannel {
-    /// The channel on the database at `url`, named after `prefix`.
-    pub fn new(url: &str, prefix: &str) -> Self {
-        // Channel names are identifiers: at most 63 bytes.
-        let mut name = ncps_edge_wire::channel::name(prefix);
-        while name.len() > 63 {
-            name.remove(0);
-        }
-        Self { url: url.to_owned(), name, publisher: Mutex::new(None) }
+    /// The channel on `link`'s database, named after `prefix`.
+    pub fn new(link: PgLink, prefix: &str) -> Self {
+        Self { link, name: identifier(ncps_edge_wire::channel::name(prefix)) }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>)> {
-        tokio_postgres::connect(&self.url, NoTls).await.map_err(failed)
+    /// Send `message` on channel `name`.
+    async fn notify(&self, name: &str, message: &str) -> Result<()> {
+        let send = async {
+            let conn = self.link.lend().await?;
+            conn.execute("SELECT pg_notify($1, $2)", &[&name, &message]).await
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(failed("publishing timed out")),
+        }
     }
+}
+
+/// A channel name as PostgreSQL keeps it: identifiers are at most 63
+/// bytes, so a longer one loses its head.
+fn identifier(mut name: String) -> String {
+    while name.len() > 63 {
+        name.remove(0);
+    }
+    name
 }
 
 #[async_trait::async_trait]
 impl Publisher for PgChannel {
     async fn publish(&self, message: &str) -> Result<()> {
-        let mut slot = self.publisher.lock().await;
-        let send = async {
-            if slot.as_ref().is_none_or(Client::is_closed) {
-                let (client, conn) = self.connect().await?;
-                tokio::spawn(conn);
-                *slot = Some(client);
-            }
-            let client = slot.as_ref().ok_or_else(|| failed("no connection"))?;
-            client.execute("SELECT pg_notify($1, $2)", &[&self.name, &message]).await.map_err(failed)
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(e)
-            }
-            Err(_) => {
-                *slot = None;
-                Err(failed("publishing a purge timed out"))
-            }
-        }
+        self.notify(&self.name, message).await
     }
 
     fn max_message(&self) -> usize {
@@ -74,36 +63,53 @@ impl Publisher for PgChannel {
 
 #[async_trait::async_trait]
 impl Channel for PgChannel {
-    async fn listen(&self, _index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
-        let (client, mut conn) = self.connect().await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        // The connection delivers notifications as it is polled.
-        let driver = tokio::spawn(async move {
-            loop {
-                match futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if tx.send(n.payload().to_owned()).is_err() {
-                            return;
-                        }
+    fn polled(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, _node: &str, _message: &str) -> Result<()> {
+        // Listening proves itself (see `listen`): no heartbeat is sent.
+        Ok(())
+    }
+
+    /// `LISTEN` on the session connection; every [`HEARTBEAT`] a round trip
+    /// on that same connection proves it still hears ([`Heard::Alive`]).
+    /// (PostgreSQL wakes every listener of a database for every `NOTIFY`,
+    /// whatever its channel, so heartbeats sent as notifications would cost
+    /// the server N² wake-ups a beat for N nodes.)
+    async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
+        // Subscribe first: nothing sent after the LISTEN is missed.
+        let mut notifications = self.link.subscribe();
+        let session = self.link.session().await?;
+        let generation = self.link.generation();
+        let quoted = format!("\"{}\"", self.name.replace('"', "\"\""));
+        session.client().batch_execute(&format!("LISTEN {quoted}")).await.map_err(failed)?;
+        drop(session);
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                notification = notifications.recv() => match notification {
+                    Ok(pg_link::Heard::Notification { channel, payload }) if channel == self.name => {
+                        heard(Heard::Message(payload));
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "edge-cache PostgreSQL connection failed");
-                        return;
+                    Ok(pg_link::Heard::Notification { .. }) => {}
+                    Ok(pg_link::Heard::Closed) => return Err(failed("the session connection ended")),
+                    Err(RecvError::Lagged(n)) => return Err(failed(format!("{n} notifications missed"))),
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                _ = beat.tick() => {
+                    let session = self.link.session().await?;
+                    let alive = tokio::time::timeout(PUBLISH_TIMEOUT, session.client().simple_query("")).await;
+                    if generation != self.link.generation() {
+                        return Err(failed("the session connection was replaced"));
                     }
-                    None => return,
+                    match alive {
+                        Ok(Ok(_)) => heard(Heard::Alive),
+                        Ok(Err(e)) => return Err(failed(e)),
+                        Err(_) => return Err(failed("the session connection did not answer")),
+                    }
                 }
             }
-        });
-        let quoted = format!("\"{}\"", self.name.replace('"', "\"\""));
-        if let Err(e) = client.batch_execute(&format!("LISTEN {quoted}")).await {
-            driver.abort();
-            return Err(failed(e));
         }
-        while let Some(payload) = rx.recv().await {
-            heard(Heard::Message(payload));
-        }
-        drop(client);
-        Ok(())
     }
 }

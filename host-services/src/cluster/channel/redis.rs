@@ -47,8 +47,19 @@ async fn publish_one(
 #[async_trait::async_trait]
 impl Publisher for RedisChannel {
     async fn publish(&self, message: &str) -> Result<()> {
+        self.publish_on(&self.name, message).await
+    }
+
+    fn max_message(&self) -> usize {
+        64 << 10
+    }
+}
+
+impl RedisChannel {
+    /// Publish `message` on channel `name` of every master; fine when one took it.
+    async fn publish_on(&self, name: &str, message: &str) -> Result<()> {
         let sends = self.masters.iter().map(|(addr, client, conn)| async move {
-            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publish_one(client, conn, &self.name, message)).await;
+            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publish_one(client, conn, name, message)).await;
             sent.map_err(|_| "timeout".to_string()).and_then(|r| r).map_err(|e| format!("{addr}: {e}"))
         });
         let results = futures_util::future::join_all(sends).await;
@@ -56,11 +67,7 @@ impl Publisher for RedisChannel {
             return Ok(());
         }
         let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
-        Err(Error::unavailable("redis", format!("publishing a purge failed on every master: {}", errors.join("; "))))
-    }
-
-    fn max_message(&self) -> usize {
-        64 << 10
+        Err(Error::unavailable("redis", format!("publishing failed on every master: {}", errors.join("; "))))
     }
 }
 
@@ -70,11 +77,18 @@ impl Channel for RedisChannel {
         self.masters.len()
     }
 
-    async fn listen(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
+    async fn heartbeat(&self, node: &str, message: &str) -> Result<()> {
+        self.publish_on(&ncps_edge_wire::channel::heartbeats(&self.name, node), message).await
+    }
+
+    async fn listen(&self, index: usize, node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
         let (addr, client, _) = &self.masters[index];
         let failed = |e: redis::RedisError| Error::unavailable("redis", format!("{addr}: {e}"));
         let mut pubsub = client.get_async_pubsub().await.map_err(failed)?;
-        pubsub.subscribe(&self.name).await.map_err(failed)?;
+        pubsub
+            .subscribe(&[self.name.clone(), ncps_edge_wire::channel::heartbeats(&self.name, node)])
+            .await
+            .map_err(failed)?;
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             match msg.get_payload::<String>() {

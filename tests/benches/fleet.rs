@@ -1,0 +1,46 @@
+//! What a fleet of nodes costs one region: `NCPS_FLEET_NODES` (default 50)
+//! `ncps-edge` processes on one PostgreSQL (metadata and advisory locks)
+//! and one S3 bucket. Prints a markdown table (the figures of
+//! [`ncps_edge_tests::fleet::Report`]).
+//!
+//! `cargo build --release -p ncps-edge && NCPS_EDGE_BIN=target/release/ncps-edge
+//! cargo bench -p ncps-edge-tests --bench fleet` (needs PostgreSQL, s3s-fs
+//! and nix, like the tests).
+
+use ncps_edge_tests::fleet::run;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let n = std::env::var("NCPS_FLEET_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let r = run(n).await;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| nodes | {} |", r.nodes);
+    println!("| PostgreSQL max_connections | {} |", r.max_connections);
+    println!("| start all (parallel), s | {:.1} |", r.start_s);
+    println!("| connections, idle (per node) | {} ({:.2}) |", r.idle_connections, r.idle_connections as f64 / n as f64);
+    println!(
+        "| connections, peak during {n} cold NAR downloads (per node) | {} ({:.2}) |",
+        r.peak_connections,
+        r.peak_connections as f64 / n as f64
+    );
+    println!("| correct bodies / clients | {} / {n} |", r.correct_bodies);
+    println!("| upstream downloads of that NAR | {} |", r.upstream_downloads);
+    println!("| logs with \"too many clients\" | {} |", r.too_many_clients);
+    let show = |v: Option<f64>| v.map_or_else(|| "n/a (no server log)".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "| idle statements/s, fleet (per node) | {} ({}) |",
+        show(r.idle_statements_per_s),
+        show(r.idle_statements_per_s.map(|v| v / n as f64))
+    );
+    println!("| statements, narinfo first ask (fetched upstream) | {} |", show(r.statements_per_miss));
+    println!("| statements, narinfo first ask at another node | {} |", show(r.statements_per_node_miss));
+    println!("| statements, narinfo hit | {} |", show(r.statements_per_hit));
+    println!(
+        "| purge at node 0 → all nodes, p50 / p99 / max, s | {:.2} / {:.2} / {:.2} |",
+        r.purge_quantile(0.5),
+        r.purge_quantile(0.99),
+        r.purge_quantile(1.0)
+    );
+    println!("| RSS per node, mean / max, MiB | {:.0} / {:.0} |", r.rss_mib.0, r.rss_mib.1);
+}

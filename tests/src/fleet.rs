@@ -1,0 +1,335 @@
+//! A fleet: N `ncps-edge` processes on one region's PostgreSQL (metadata
+//! and advisory locks) and S3 bucket, in front of one upstream, and what
+//! they cost the region: connections (idle and at peak), statements (round
+//! trips) per hit and per miss, idle traffic, upstream downloads, purge
+//! propagation, memory per node, time to start. The fleet test runs a
+//! small N in CI; `cargo bench --bench fleet` runs 50.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ncps_edge_test_support::{fresh_bucket, postgres_url, S3Bucket};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::backend_flags;
+use crate::fixture::{fixture, hash_of, nar_file, nar_url};
+use crate::node::{memory_tier_on, upstream_flags};
+use crate::process::NodeProcess;
+use crate::upstream::FakeUpstream;
+
+/// N nodes and what they share.
+pub struct Fleet {
+    /// The nodes.
+    pub nodes: Vec<NodeProcess>,
+    /// Their upstream.
+    pub up: FakeUpstream,
+    /// Name of their PostgreSQL database.
+    pub database: String,
+    /// Their bucket.
+    pub bucket: S3Bucket,
+    /// Their logs (`node<i>.log`).
+    pub dir: tempfile::TempDir,
+    /// How long starting all of them took.
+    pub started_in: Duration,
+}
+
+/// What one fleet run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Nodes.
+    pub nodes: usize,
+    /// Seconds to start them all (in parallel, until each accepts).
+    pub start_s: f64,
+    /// The server's `max_connections`.
+    pub max_connections: i64,
+    /// Connections to the fleet's database, all nodes idle.
+    pub idle_connections: i64,
+    /// Most connections seen while every node served a cold NAR at once.
+    pub peak_connections: i64,
+    /// Statements (round trips) per second of the idle fleet: channel
+    /// proofs, lock pings. None when the server's log cannot be read.
+    pub idle_statements_per_s: Option<f64>,
+    /// Statements of a narinfo's first ask (fetched upstream), idle traffic taken off.
+    pub statements_per_miss: Option<f64>,
+    /// Statements of a narinfo's first ask at a node after another node fetched it.
+    pub statements_per_node_miss: Option<f64>,
+    /// Statements per warm narinfo hit.
+    pub statements_per_hit: Option<f64>,
+    /// Clients (one per node) that got the cold NAR's right bytes.
+    pub correct_bodies: usize,
+    /// Upstream downloads of that NAR across the fleet.
+    pub upstream_downloads: usize,
+    /// Seconds until each node stopped serving a deleted narinfo, sorted
+    /// (empty with the edge tier's memory off).
+    pub purge_s: Vec<f64>,
+    /// Node logs that mention "too many clients".
+    pub too_many_clients: usize,
+    /// Resident memory per node after the run, MiB: mean and max.
+    pub rss_mib: (f64, f64),
+}
+
+impl Report {
+    /// The `q` quantile of the purge times.
+    pub fn purge_quantile(&self, q: f64) -> f64 {
+        if self.purge_s.is_empty() {
+            return f64::NAN;
+        }
+        self.purge_s[((self.purge_s.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", postgres_url()), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be reachable");
+    tokio::spawn(conn);
+    client
+}
+
+impl Fleet {
+    /// Start `n` nodes on a fresh database and bucket, with `extra` flags.
+    pub async fn start(n: usize, extra: &[String]) -> Fleet {
+        let fx = fixture();
+        let up = FakeUpstream::start(fx.cache("zstd")).await;
+        let bucket = fresh_bucket().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = upstream_flags(&up.url(), &fx.public_key);
+        let backend = backend_flags("postgres").await;
+        let database = backend
+            .iter()
+            .find_map(|f| f.strip_prefix("--cache-database-url="))
+            .and_then(|url| url.rsplit('/').next())
+            .expect("a database URL")
+            .to_owned();
+        flags.extend(backend);
+        if server_log().is_some() {
+            // Every statement of the fleet's nodes goes to the server's log ([`Fleet::statements`]).
+            let sql = format!("ALTER DATABASE {database} SET log_statement = 'all'");
+            admin().await.batch_execute(&sql).await.expect("ALTER DATABASE");
+        }
+        flags.extend(bucket.flags());
+        flags.extend([
+            "--cache-hostname=fleet".to_string(),
+            "--cache-allow-delete-verb".into(),
+            "--cache-delete-token=deleter".into(),
+            "--edge-cache-max-age=1h".into(),
+            format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()),
+        ]);
+        flags.extend_from_slice(extra);
+        // The first node applies the migrations and compiles the handler
+        // into the shared cache; the rest start together.
+        let started = Instant::now();
+        let mut nodes = vec![NodeProcess::spawn(&flags, &dir.path().join("node0.log"))];
+        let rest: Vec<NodeProcess> = std::thread::scope(|s| {
+            let spawned: Vec<_> = (1..n)
+                .map(|i| {
+                    let (flags, log) = (&flags, dir.path().join(format!("node{i}.log")));
+                    s.spawn(move || NodeProcess::spawn(flags, &log))
+                })
+                .collect();
+            spawned.into_iter().map(|h| h.join().expect("a node started")).collect()
+        });
+        nodes.extend(rest);
+        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed() }
+    }
+
+    /// Connections to the fleet's database now.
+    pub async fn connections(&self, admin: &tokio_postgres::Client) -> i64 {
+        let row = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&self.database])
+            .await
+            .expect("pg_stat_activity");
+        row.get(0)
+    }
+
+    /// Statements the fleet's nodes have sent so far (each one round
+    /// trip; pings included), read from the server's log; none when the
+    /// log cannot be read.
+    pub fn statements(&self) -> Option<usize> {
+        let log = std::fs::read(server_log()?).ok()?;
+        let needle = format!("@{} LOG:  ", self.database);
+        let text = String::from_utf8_lossy(&log);
+        Some(
+            text.lines()
+                .filter(|l| {
+                    l.split_once(&needle)
+                        .is_some_and(|(_, rest)| rest.starts_with("execute") || rest.starts_with("statement:"))
+                })
+                .count(),
+        )
+    }
+
+    /// Resident memory of each node, MiB.
+    pub fn rss_mib(&self) -> Vec<f64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid())).ok()?;
+                let kb: f64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .ok()?;
+                Some(kb / 1024.0)
+            })
+            .collect()
+    }
+
+    /// Node logs that contain `needle`.
+    pub fn logs_with(&self, needle: &str) -> usize {
+        (0..self.nodes.len())
+            .filter(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("node{i}.log")))
+                    .is_ok_and(|log| log.contains(needle))
+            })
+            .count()
+    }
+}
+
+/// The PostgreSQL server's log (`NCPS_FLEET_PG_LOG`, else Debian's), where
+/// the fleet's database logs every statement.
+fn server_log() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("NCPS_FLEET_PG_LOG")
+        .map_or_else(|| std::path::PathBuf::from("/var/log/postgresql/postgresql-15-main.log"), Into::into);
+    path.exists().then_some(path)
+}
+
+/// Statements sent per second by the idle fleet, over `window`.
+async fn idle_rate(fleet: &Fleet, window: Duration) -> Option<f64> {
+    let before = fleet.statements()?;
+    tokio::time::sleep(window).await;
+    Some((fleet.statements()? - before) as f64 / window.as_secs_f64())
+}
+
+/// Statements `work` caused, the idle rate over its duration taken off.
+async fn statements_of<F: std::future::Future<Output = ()>>(fleet: &Fleet, idle: Option<f64>, work: F) -> Option<f64> {
+    let before = fleet.statements();
+    let started = Instant::now();
+    work.await;
+    // The server writes its log as it goes; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = (fleet.statements()? - before?) as f64;
+    Some((spent - idle? * started.elapsed().as_secs_f64()).max(0.0))
+}
+
+/// Ask every one of `urls` `rounds` times, one after the other; each must answer 200.
+async fn ask_each(c: &reqwest::Client, urls: &[String], rounds: usize) {
+    for _ in 0..rounds {
+        for url in urls {
+            let status = c.get(url).send().await.unwrap().status();
+            assert_eq!(status, 200, "{url}");
+        }
+    }
+}
+
+/// Start `n` nodes and measure them (see [`Report`]).
+pub async fn run(n: usize) -> Report {
+    let fx = fixture();
+    let admin = admin().await;
+    let fleet = Fleet::start(n, &[]).await;
+    // Until a node hears its channel it answers nothing from its tier.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = reqwest::Client::new();
+    let mut report = Report { nodes: n, start_s: fleet.started_in.as_secs_f64(), ..Report::default() };
+    report.max_connections =
+        admin.query_one("SHOW max_connections", &[]).await.unwrap().get::<_, String>(0).parse().unwrap_or(0);
+    report.idle_connections = fleet.connections(&admin).await;
+    report.idle_statements_per_s = idle_rate(&fleet, Duration::from_secs(5)).await;
+
+    // A narinfo: its first ask (fetched upstream), the first at every
+    // other node (known to the database, not to the node), then hits.
+    let narinfo = |i: usize, p: &str| format!("{}/{}.narinfo", fleet.nodes[i].url, hash_of(p));
+    let urls: Vec<String> = (0..n).map(|i| narinfo(i, &fx.leaf)).collect();
+    let idle = report.idle_statements_per_s;
+    report.statements_per_miss = statements_of(&fleet, idle, ask_each(&c, &urls[..1], 1)).await;
+    if n > 1 {
+        let others = statements_of(&fleet, idle, ask_each(&c, &urls[1..], 1)).await;
+        report.statements_per_node_miss = others.map(|s| s / (n - 1) as f64);
+    }
+    const HITS: usize = 20;
+    let hits = statements_of(&fleet, idle, ask_each(&c, &urls, HITS)).await;
+    report.statements_per_hit = hits.map(|s| s / (n * HITS) as f64);
+
+    // One client per node asks for the same cold NAR at once.
+    let cache = fx.cache("zstd");
+    let nar = nar_url(&cache, &fx.big);
+    let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, database) = (peak.clone(), sampling.clone(), fleet.database.clone());
+        let sampler_admin = self::admin().await;
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Acquire) {
+                let row = sampler_admin
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&database])
+                    .await
+                    .expect("pg_stat_activity");
+                peak.fetch_max(row.get(0), Ordering::AcqRel);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let clients: Vec<_> = fleet
+        .nodes
+        .iter()
+        .map(|node| {
+            let (c, narinfo, nar) =
+                (c.clone(), format!("{}/{}.narinfo", node.url, hash_of(&fx.big)), format!("{}{nar}", node.url));
+            tokio::spawn(async move {
+                let info = c.get(&narinfo).send().await.ok()?.status();
+                let resp = c.get(&nar).send().await.ok()?;
+                let ok = info == 200 && resp.status() == 200;
+                let body = resp.bytes().await.ok()?;
+                ok.then(|| format!("{:x}", Sha256::digest(&body)))
+            })
+        })
+        .collect();
+    for client in clients {
+        if client.await.ok().flatten().as_deref() == Some(want.as_str()) {
+            report.correct_bodies += 1;
+        }
+    }
+    sampling.store(false, Ordering::Release);
+    sampler.await.unwrap();
+    report.peak_connections = peak.load(Ordering::Acquire);
+    report.upstream_downloads = fleet.up.hits(&nar);
+
+    // A purge at node 0: how long each node goes on serving the narinfo.
+    // The upstream fails from now on, so a node that no longer keeps it
+    // cannot fetch it again (or find it fetched again by another).
+    if memory_tier_on() {
+        fleet.up.faults().fail.store(true, Ordering::SeqCst);
+        let deleted = c.delete(&urls[0]).bearer_auth("deleter").send().await.unwrap();
+        assert_eq!(deleted.status(), 204, "DELETE at node 0");
+        let started = Instant::now();
+        let waits: Vec<_> = (0..n)
+            .map(|i| {
+                let (c, url) = (c.clone(), urls[i].clone());
+                tokio::spawn(async move {
+                    loop {
+                        let resp = c.get(&url).send().await.unwrap();
+                        if resp.status() != 200 {
+                            return started.elapsed().as_secs_f64();
+                        }
+                        if started.elapsed() > Duration::from_secs(30) {
+                            return f64::INFINITY;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        for w in waits {
+            report.purge_s.push(w.await.unwrap());
+        }
+        report.purge_s.sort_by(f64::total_cmp);
+    }
+    report.too_many_clients = fleet.logs_with("too many clients");
+    let rss = fleet.rss_mib();
+    report.rss_mib = (rss.iter().sum::<f64>() / rss.len().max(1) as f64, rss.iter().copied().fold(0.0, f64::max));
+    report
+}

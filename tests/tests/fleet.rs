@@ -1,0 +1,27 @@
+//! Eight nodes on one PostgreSQL (metadata and advisory locks) and one
+//! bucket: what they cost the server stays bounded per node, one upstream
+//! download serves them all, a purge reaches all of them. (The 50-node
+//! run is `cargo bench --bench fleet`; BENCHMARKS.md has its figures.)
+
+use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
+use ncps_edge_tests::fleet::run;
+
+const NODES: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
+    let r = run(NODES).await;
+    // Each node's one connection carries its metadata, locks and channel.
+    assert!(r.idle_connections <= NODES as i64, "{r:?}");
+    assert!(r.peak_connections <= NODES as i64, "{r:?}");
+    assert_eq!(r.too_many_clients, 0, "{r:?}");
+    assert_eq!(r.correct_bodies, NODES, "{r:?}");
+    assert_eq!(r.upstream_downloads, 1, "{r:?}");
+    if !r.purge_s.is_empty() {
+        assert!(r.purge_quantile(1.0) <= HEARD_WITHIN.as_secs_f64(), "{r:?}");
+        // A hit is answered by the node's tier: no round trip to the region.
+        if let Some(per_hit) = r.statements_per_hit {
+            assert!(per_hit < 0.1, "{r:?}");
+        }
+    }
+}
