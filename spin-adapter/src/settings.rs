@@ -57,6 +57,12 @@ fn write_verb(allow: &str, token: &str) -> bool {
     false
 }
 
+/// Seconds a narinfo answer may be kept (`cache-control: max-age`, and the
+/// node-local tier's trust in an entry); 0 turns both off.
+pub fn max_age_s() -> u32 {
+    number("max_age_s", 60) as u32
+}
+
 /// The lock key prefix, as `--cache-lock-redis-key-prefix`.
 pub fn lock_prefix() -> String {
     var("lock_key_prefix").unwrap_or_else(|| ncps_edge_wire::locks::DEFAULT_PREFIX.into())
@@ -85,7 +91,7 @@ impl Guest for crate::Adapter {
             max_size: var("max_size").and_then(|v| v.parse().ok()),
             lru_lock_ttl_ms: number("lru_lock_ttl_ms", 1_800_000),
             admin_token: var("admin_token"),
-            edge_max_age_s: number("max_age_s", 60) as u32,
+            edge_max_age_s: max_age_s(),
             // Absences are remembered in the node-local tier (`crate::tier`).
             negative_ttl_s: number("negative_ttl_s", 60) as u32,
         }

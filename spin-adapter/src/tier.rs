@@ -29,11 +29,12 @@ const STORE: &str = "default";
 
 thread_local! {
     static OPENED: OnceCell<Option<Store>> = const { OnceCell::new() };
+    static SCOPE: OnceCell<String> = const { OnceCell::new() };
 }
 
 /// Milliseconds an entry is trusted; 0 when the tier is off.
 fn max_age_ms() -> i64 {
-    settings::number("max_age_s", 60) as i64 * 1000
+    i64::from(settings::max_age_s()) * 1000
 }
 
 fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
@@ -55,11 +56,15 @@ fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
 
 /// The key of `hash`'s record, under the database it was read from: a
 /// node pointed at another database never serves the first one's records.
+/// (The scope is worked out once per instance.)
 fn narinfo_key(hash: &str) -> String {
-    let database = settings::var("database_url").unwrap_or_default();
-    let digest = Sha256::digest(database.as_bytes());
-    let scope: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("narinfo/{scope}/{hash}")
+    SCOPE.with(|scope| {
+        let scope = scope.get_or_init(|| {
+            let database = settings::var("database_url").unwrap_or_default();
+            Sha256::digest(database.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+        });
+        format!("narinfo/{scope}/{hash}")
+    })
 }
 
 /// The key of `hash`'s absence, scoped as its record's.

@@ -9,10 +9,11 @@
 //! instance's lease is checked in the Spin-shaped host, which can kill an
 //! instance on cue.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ncps_edge_test_support::{fresh_mysql, fresh_postgres, host_port, postgres_url, redis_addr, via, StallProxy};
-use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
+use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
 use ncps_edge_tests::spin_up::{spin_or_skip, SpinUp};
@@ -24,6 +25,17 @@ async fn run_lru(node: &str, token: &str) -> serde_json::Value {
     let report = resp.bytes().await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
     serde_json::from_slice(&report).unwrap()
+}
+
+/// Spin's CLI, the fixture, fresh shared backends whose upstream serves
+/// the fixture's `compression` cache, and a Spin node on them (none when
+/// Spin is missing outside CI).
+async fn spin_node(compression: &'static str) -> Option<(PathBuf, &'static Fixture, Shared, SpinUp)> {
+    let cli = spin_or_skip()?;
+    let fx = fixture();
+    let shared = Shared::new(fx, compression).await;
+    let node = shared.spin_up(&cli, fx).await;
+    Some((cli, fx, shared, node))
 }
 
 async fn get(url: &str) -> (u16, Vec<u8>) {
@@ -47,10 +59,7 @@ fn the_composed_component_runs_on_spin_3_1_or_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nix_substitutes_through_a_spin_node_cold_then_warm() {
-    let Some(cli) = spin_or_skip() else { return };
-    let fx = fixture();
-    let shared = Shared::new(fx, "zstd").await;
-    let node = shared.spin_up(&cli, fx).await;
+    let Some((_cli, fx, shared, node)) = spin_node("zstd").await else { return };
     let (status, key) = get(&format!("{}/pubkey", node.url())).await;
     assert_eq!(status, 200);
     let key = String::from_utf8(key).unwrap().trim().to_owned();
@@ -76,10 +85,7 @@ async fn nix_substitutes_through_a_spin_node_cold_then_warm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
-    let Some(cli) = spin_or_skip() else { return };
-    let fx = fixture();
-    let shared = Shared::new(fx, "none").await;
-    let node = shared.spin_up(&cli, fx).await;
+    let Some((_cli, fx, shared, node)) = spin_node("none").await else { return };
     let narinfo = get(&format!("{}/{}.narinfo", node.url(), hash_of(&fx.big))).await;
     assert_eq!(narinfo.0, 200);
     let nar = nar_url(&fx.cache("none"), &fx.big);
@@ -107,10 +113,7 @@ fn connections_to(db: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spin_pools_database_connections_and_a_stopped_node_leaves_none_behind() {
-    let Some(cli) = spin_or_skip() else { return };
-    let fx = fixture();
-    let shared = Shared::new(fx, "none").await;
-    let node = shared.spin_up(&cli, fx).await;
+    let Some((_cli, fx, shared, node)) = spin_node("none").await else { return };
     // The adapter relies on Spin pooling PostgreSQL connections (a fresh
     // instance per request would otherwise pay a handshake each time):
     // after 20 sequential hits, a few connections outlive the instances.
@@ -337,10 +340,7 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spin_node_asks_the_upstreams_once_for_what_none_has() {
-    let Some(cli) = spin_or_skip() else { return };
-    let fx = fixture();
-    let shared = Shared::new(fx, "none").await;
-    let node = shared.spin_up(&cli, fx).await;
+    let Some((_cli, _fx, shared, node)) = spin_node("none").await else { return };
     let path = "/00000000000000000000000000000000.narinfo";
     let client = reqwest::Client::new();
     for _ in 0..3 {
