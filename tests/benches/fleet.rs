@@ -15,7 +15,7 @@ async fn main() {
     let r = run(n).await;
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| nodes | {} |", r.nodes);
+    println!("| nodes (far: 50 ms RTT to database and bucket) | {} ({}) |", r.nodes, r.far_nodes);
     println!("| PostgreSQL max_connections | {} |", r.max_connections);
     println!("| start all (parallel), s | {:.1} |", r.start_s);
     println!("| connections, idle (per node) | {} ({:.2}) |", r.idle_connections, r.idle_connections as f64 / n as f64);
@@ -23,6 +23,10 @@ async fn main() {
         "| connections, peak during {n} cold NAR downloads (per node) | {} ({:.2}) |",
         r.peak_connections,
         r.peak_connections as f64 / n as f64
+    );
+    println!(
+        "| `nix copy` through a near and a far node, byte-identical / tries | {} / {} |",
+        r.nix_copies.0, r.nix_copies.1
     );
     println!("| correct bodies / clients | {} / {n} |", r.correct_bodies);
     println!("| upstream downloads of that NAR | {} |", r.upstream_downloads);
@@ -42,5 +46,6 @@ async fn main() {
         r.purge_quantile(0.99),
         r.purge_quantile(1.0)
     );
+    println!("| purge at node 0 → far nodes, max, s | {:.2} |", r.purge_far_max_s);
     println!("| RSS per node, mean / max, MiB | {:.0} / {:.0} |", r.rss_mib.0, r.rss_mib.1);
 }

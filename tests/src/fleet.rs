@@ -1,5 +1,6 @@
 //! A fleet: N `ncps-edge` processes on one region's PostgreSQL (metadata
-//! and advisory locks) and S3 bucket, in front of one upstream, and what
+//! and advisory locks) and S3 bucket, every fourth one far from them (50 ms
+//! RTT through delaying proxies), in front of one upstream, and what
 //! they cost the region: connections (idle and at peak), statements (round
 //! trips) per hit and per miss, idle traffic, upstream downloads, purge
 //! propagation, memory per node, time to start. The fleet test runs a
@@ -9,11 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_bucket, postgres_url, S3Bucket};
+use ncps_edge_test_support::{fresh_bucket, host_port, postgres_url, via, S3Bucket, StallProxy};
 use sha2::{Digest, Sha256};
 
 use crate::cluster::backend_flags;
 use crate::fixture::{fixture, hash_of, nar_file, nar_url};
+use crate::nix::NixEnv;
 use crate::node::{memory_tier_on, upstream_flags};
 use crate::process::NodeProcess;
 use crate::upstream::FakeUpstream;
@@ -32,6 +34,16 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     /// How long starting all of them took.
     pub started_in: Duration,
+    /// The proxies of the far nodes (database, bucket).
+    _far: (StallProxy, StallProxy),
+}
+
+/// One-way delay between a far node and the region (RTT 50 ms).
+pub const FAR_ONE_WAY: Duration = Duration::from_millis(25);
+
+/// Whether node `i` is far from the region: every fourth one, node 0 never.
+pub fn is_far(i: usize) -> bool {
+    i % 4 == 3
 }
 
 /// What one fleet run measured.
@@ -56,13 +68,20 @@ pub struct Report {
     pub statements_per_node_miss: Option<f64>,
     /// Statements per warm narinfo hit.
     pub statements_per_hit: Option<f64>,
+    /// `nix copy` of a closure through a near and a far node: byte-identical
+    /// copies, attempts.
+    pub nix_copies: (usize, usize),
     /// Clients (one per node) that got the cold NAR's right bytes.
     pub correct_bodies: usize,
     /// Upstream downloads of that NAR across the fleet.
     pub upstream_downloads: usize,
-    /// Seconds until each node stopped serving a deleted narinfo, sorted
-    /// (empty with the edge tier's memory off).
+    /// Seconds each node went on serving a deleted narinfo (the end of its
+    /// last answer with it), sorted (empty with the edge tier's memory off).
     pub purge_s: Vec<f64>,
+    /// The same for the far nodes alone, at most.
+    pub purge_far_max_s: f64,
+    /// Far nodes ([`is_far`]).
+    pub far_nodes: usize,
     /// Node logs that mention "too many clients".
     pub too_many_clients: usize,
     /// Resident memory per node after the run, MiB: mean and max.
@@ -96,19 +115,24 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut flags = upstream_flags(&up.url(), &fx.public_key);
         let backend = backend_flags("postgres").await;
-        let database = backend
-            .iter()
-            .find_map(|f| f.strip_prefix("--cache-database-url="))
-            .and_then(|url| url.rsplit('/').next())
-            .expect("a database URL")
-            .to_owned();
-        flags.extend(backend);
+        let url = backend.iter().find_map(|f| f.strip_prefix("--cache-database-url=")).expect("a database URL");
+        let database = url.rsplit('/').next().expect("a database name").to_owned();
+        // Far nodes reach the database and the bucket through proxies
+        // that delay every packet.
+        let far_db = StallProxy::with_delay(&host_port(url), FAR_ONE_WAY).await;
+        let far_s3 = StallProxy::with_delay(&host_port(&bucket.endpoint), FAR_ONE_WAY).await;
+        let far_url = format!("--cache-database-url={}", via(url, &far_db.addr()));
+        let mut far_flags: Vec<String> =
+            backend.iter().filter(|f| !f.starts_with("--cache-database-url=")).cloned().collect();
+        far_flags.push(far_url);
+        far_flags.extend(bucket.through(&far_s3).flags());
+        let mut near_flags = backend.clone();
+        near_flags.extend(bucket.flags());
         if server_log().is_some() {
             // Every statement of the fleet's nodes goes to the server's log ([`Fleet::statements`]).
             let sql = format!("ALTER DATABASE {database} SET log_statement = 'all'");
             admin().await.batch_execute(&sql).await.expect("ALTER DATABASE");
         }
-        flags.extend(bucket.flags());
         flags.extend([
             "--cache-hostname=fleet".to_string(),
             "--cache-allow-delete-verb".into(),
@@ -119,19 +143,24 @@ impl Fleet {
         flags.extend_from_slice(extra);
         // The first node applies the migrations and compiles the handler
         // into the shared cache; the rest start together.
+        let flags_of = |i: usize| {
+            let mut all = flags.clone();
+            all.extend(if is_far(i) { far_flags.clone() } else { near_flags.clone() });
+            all
+        };
         let started = Instant::now();
-        let mut nodes = vec![NodeProcess::spawn(&flags, &dir.path().join("node0.log"))];
+        let mut nodes = vec![NodeProcess::spawn(&flags_of(0), &dir.path().join("node0.log"))];
         let rest: Vec<NodeProcess> = std::thread::scope(|s| {
             let spawned: Vec<_> = (1..n)
                 .map(|i| {
-                    let (flags, log) = (&flags, dir.path().join(format!("node{i}.log")));
-                    s.spawn(move || NodeProcess::spawn(flags, &log))
+                    let (flags, log) = (flags_of(i), dir.path().join(format!("node{i}.log")));
+                    s.spawn(move || NodeProcess::spawn(&flags, &log))
                 })
                 .collect();
             spawned.into_iter().map(|h| h.join().expect("a node started")).collect()
         });
         nodes.extend(rest);
-        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed() }
+        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed(), _far: (far_db, far_s3) }
     }
 
     /// Connections to the fleet's database now.
@@ -233,7 +262,8 @@ pub async fn run(n: usize) -> Report {
     // Until a node hears its channel it answers nothing from its tier.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let c = reqwest::Client::new();
-    let mut report = Report { nodes: n, start_s: fleet.started_in.as_secs_f64(), ..Report::default() };
+    let far_nodes = (0..n).filter(|i| is_far(*i)).count();
+    let mut report = Report { nodes: n, far_nodes, start_s: fleet.started_in.as_secs_f64(), ..Report::default() };
     report.max_connections =
         admin.query_one("SHOW max_connections", &[]).await.unwrap().get::<_, String>(0).parse().unwrap_or(0);
     report.idle_connections = fleet.connections(&admin).await;
@@ -252,6 +282,21 @@ pub async fn run(n: usize) -> Report {
     const HITS: usize = 20;
     let hits = statements_of(&fleet, idle, ask_each(&c, &urls, HITS)).await;
     report.statements_per_hit = hits.map(|s| s / (n * HITS) as f64);
+
+    // The real nix client substitutes a closure through a near and a far node.
+    for i in [1, 3].into_iter().filter(|i| *i < n) {
+        report.nix_copies.1 += 1;
+        let url = &fleet.nodes[i].url;
+        let key = c.get(format!("{url}/pubkey")).send().await.unwrap().text().await.unwrap();
+        let env = NixEnv::new();
+        let store = env.path("store");
+        let out = tokio::task::block_in_place(|| env.copy_from(url, key.trim(), &store, &fx.top));
+        if out.status.success() && env.dump_hash(&store, &fx.top) == fx.env.dump_hash(&fx.store, &fx.top) {
+            report.nix_copies.0 += 1;
+        } else {
+            eprintln!("nix copy through node {i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
 
     // One client per node asks for the same cold NAR at once.
     let cache = fx.cache("zstd");
@@ -280,17 +325,21 @@ pub async fn run(n: usize) -> Report {
             let (c, narinfo, nar) =
                 (c.clone(), format!("{}/{}.narinfo", node.url, hash_of(&fx.big)), format!("{}{nar}", node.url));
             tokio::spawn(async move {
-                let info = c.get(&narinfo).send().await.ok()?.status();
-                let resp = c.get(&nar).send().await.ok()?;
-                let ok = info == 200 && resp.status() == 200;
-                let body = resp.bytes().await.ok()?;
-                ok.then(|| format!("{:x}", Sha256::digest(&body)))
+                let info = c.get(&narinfo).send().await.map_err(|e| format!("narinfo: {e}"))?.status();
+                let resp = c.get(&nar).send().await.map_err(|e| format!("NAR: {e}"))?;
+                let status = resp.status();
+                let body = resp.bytes().await.map_err(|e| format!("NAR body: {e}"))?;
+                if info != 200 || status != 200 {
+                    return Err(format!("narinfo {info}, NAR {status}: {}", String::from_utf8_lossy(&body)));
+                }
+                Ok::<_, String>(format!("{:x}", Sha256::digest(&body)))
             })
         })
         .collect();
-    for client in clients {
-        if client.await.ok().flatten().as_deref() == Some(want.as_str()) {
-            report.correct_bodies += 1;
+    for (i, client) in clients.into_iter().enumerate() {
+        match client.await {
+            Ok(Ok(got)) if got == want => report.correct_bodies += 1,
+            other => eprintln!("node {i} (far: {}): {other:?}", is_far(i)),
         }
     }
     sampling.store(false, Ordering::Release);
@@ -299,10 +348,10 @@ pub async fn run(n: usize) -> Report {
     report.upstream_downloads = fleet.up.hits(&nar);
 
     // A purge at node 0: how long each node goes on serving the narinfo.
-    // The upstream fails from now on, so a node that no longer keeps it
-    // cannot fetch it again (or find it fetched again by another).
+    // The upstream has no narinfo from now on, so a node that no longer
+    // keeps it cannot fetch it again (or find it fetched again by another).
     if memory_tier_on() {
-        fleet.up.faults().fail.store(true, Ordering::SeqCst);
+        fleet.up.faults().narinfos_gone.store(true, Ordering::SeqCst);
         let deleted = c.delete(&urls[0]).bearer_auth("deleter").send().await.unwrap();
         assert_eq!(deleted.status(), 204, "DELETE at node 0");
         let started = Instant::now();
@@ -310,11 +359,15 @@ pub async fn run(n: usize) -> Report {
             .map(|i| {
                 let (c, url) = (c.clone(), urls[i].clone());
                 tokio::spawn(async move {
+                    // When the node last answered the narinfo: the end of
+                    // the last 200 before its first answer without it.
+                    let mut served_until = 0.0;
                     loop {
                         let resp = c.get(&url).send().await.unwrap();
                         if resp.status() != 200 {
-                            return started.elapsed().as_secs_f64();
+                            return served_until;
                         }
+                        served_until = started.elapsed().as_secs_f64();
                         if started.elapsed() > Duration::from_secs(30) {
                             return f64::INFINITY;
                         }
@@ -323,8 +376,12 @@ pub async fn run(n: usize) -> Report {
                 })
             })
             .collect();
-        for w in waits {
-            report.purge_s.push(w.await.unwrap());
+        for (i, w) in waits.into_iter().enumerate() {
+            let took = w.await.unwrap();
+            if is_far(i) {
+                report.purge_far_max_s = report.purge_far_max_s.max(took);
+            }
+            report.purge_s.push(took);
         }
         report.purge_s.sort_by(f64::total_cmp);
     }

@@ -33,6 +33,8 @@ pub struct Faults {
     pub require_authorization: Mutex<Option<String>>,
     /// Answer NAR requests with this status (0: serve them).
     pub nar_status: std::sync::atomic::AtomicU16,
+    /// Answer narinfo requests 404, as an upstream without them.
+    pub narinfos_gone: AtomicBool,
     /// Redirect NAR requests to this base URL (same path), with a 302.
     pub redirect_nars_to: Mutex<Option<String>>,
     /// Send narinfo bodies 10 bytes per second.
@@ -144,6 +146,9 @@ async fn serve(s: &State, req: hyper::Request<hyper::body::Incoming>) -> hyper::
         if req.headers().get("authorization").is_none_or(|v| v.as_bytes() != want.as_bytes()) {
             return full(401, b"unauthorized".to_vec());
         }
+    }
+    if path.ends_with(".narinfo") && s.faults.narinfos_gone.load(Ordering::SeqCst) {
+        return full(404, b"not here".to_vec());
     }
     if path.starts_with("/nar/") {
         let status = s.faults.nar_status.load(Ordering::SeqCst);

@@ -1,7 +1,8 @@
-//! Eight nodes on one PostgreSQL (metadata and advisory locks) and one
-//! bucket: what they cost the server stays bounded per node, one upstream
-//! download serves them all, a purge reaches all of them. (The 50-node
-//! run is `cargo bench --bench fleet`; BENCHMARKS.md has its figures.)
+//! Eight nodes (two of them far, at 50 ms RTT) on one PostgreSQL (metadata
+//! and advisory locks) and one bucket: what they cost the server stays
+//! bounded per node, one upstream download serves them all, a purge
+//! reaches all of them. (The 50-node run is `cargo bench --bench fleet`;
+//! BENCHMARKS.md has its figures.)
 
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_tests::fleet::run;
@@ -16,6 +17,7 @@ async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
     assert!(r.peak_connections <= NODES as i64, "{r:?}");
     assert_eq!(r.too_many_clients, 0, "{r:?}");
     assert_eq!(r.correct_bodies, NODES, "{r:?}");
+    assert_eq!(r.nix_copies, (2, 2), "{r:?}");
     assert_eq!(r.upstream_downloads, 1, "{r:?}");
     if !r.purge_s.is_empty() {
         assert!(r.purge_quantile(1.0) <= HEARD_WITHIN.as_secs_f64(), "{r:?}");
