@@ -7,8 +7,8 @@
 //! trait and its WIT implementation in its own `wit` module. [`cluster`]
 //! is what the nodes of one cache share below them (the channel, purges,
 //! downloads to follow). [`pg_link`] is the node's PostgreSQL connections,
-//! shared by the metadata store, the locks and the channel. [`services`] gathers them for a wasmtime
-//! [`Linker`](wasmtime::component::Linker).
+//! shared by the metadata store, the locks and the channel. [`services`]
+//! gathers them for a wasmtime [`Linker`](wasmtime::component::Linker).
 #![deny(missing_docs)]
 
 pub mod bindings;

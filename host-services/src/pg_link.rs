@@ -91,7 +91,6 @@ struct Shared {
     /// Changes whenever the session connection is replaced or ends.
     generation: Arc<AtomicU64>,
     heard: broadcast::Sender<Heard>,
-    opened: AtomicU64,
 }
 
 /// The node's connections to one PostgreSQL database.
@@ -194,7 +193,6 @@ impl PgLink {
             slots: (0..limits.max_open).map(|_| Mutex::default()).collect(),
             generation: Arc::default(),
             heard: broadcast::channel(NOTIFY_BACKLOG).0,
-            opened: AtomicU64::new(0),
         });
         shared.open(0).await?;
         let closer = tokio::spawn(close_idle(Arc::downgrade(&shared)));
@@ -261,16 +259,16 @@ impl PgLink {
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
-        self.shared.slots.iter().filter(|s| s.try_lock().map(|s| s.is_some()).unwrap_or(true)).count()
-    }
-
-    /// Connections opened since start (reconnects included).
-    pub fn connections_opened(&self) -> u64 {
-        self.shared.opened.load(Ordering::Relaxed)
+        self.shared.open_count()
     }
 }
 
 impl Shared {
+    /// Slots holding a connection (one being opened counts).
+    fn open_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.try_lock().map(|s| s.is_some()).unwrap_or(true)).count()
+    }
+
     /// Slot `i`'s live connection, connecting it when it has none.
     async fn open(&self, i: usize) -> Result<Arc<Conn>> {
         let mut slot = self.slots[i].lock().await;
@@ -279,7 +277,6 @@ impl Shared {
         }
         let config = if i == 0 { &self.session_config } else { &self.extra_config };
         let (client, mut connection) = config.connect(NoTls).await.map_err(db)?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
         let conn = Conn::new(client);
         if i == 0 {
             let generation = self.generation.clone();
@@ -325,7 +322,7 @@ async fn close_idle(shared: Weak<Shared>) {
     loop {
         tokio::time::sleep(IDLE_CLOSE / 4).await;
         let Some(shared) = shared.upgrade() else { return };
-        let mut open = shared.slots.iter().filter(|s| s.try_lock().map(|s| s.is_some()).unwrap_or(true)).count();
+        let mut open = shared.open_count();
         for slot in shared.slots.iter().skip(1).rev() {
             if open <= shared.limits.max_idle {
                 break;

@@ -120,10 +120,14 @@ pub trait Channel: Publisher {
     /// until the connection fails: the shared channel, and the heartbeats
     /// of `node` (this one).
     async fn listen(&self, index: usize, node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()>;
-    /// Send `node`'s heartbeat `message` to `node` alone (its
-    /// [`listen`](Self::listen) hears it): a fleet's heartbeats then cost
-    /// each node one message a beat, not one per node.
-    async fn heartbeat(&self, node: &str, message: &str) -> Result<()>;
+    /// Send `node`'s heartbeat `message` (only channels that are not
+    /// [`polled`](Self::polled) send any). By default it goes to every
+    /// node; a channel that can address `node` alone (its
+    /// [`listen`](Self::listen) hears it) should, so a fleet's heartbeats
+    /// cost each node one message a beat, not one per node.
+    async fn heartbeat(&self, _node: &str, message: &str) -> Result<()> {
+        self.publish(message).await
+    }
 }
 
 /// Announce that `key` is downloaded here, to follow at `url` (`None`: done).

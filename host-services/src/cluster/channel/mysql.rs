@@ -85,11 +85,6 @@ impl Channel for MySqlChannel {
         true
     }
 
-    async fn heartbeat(&self, _node: &str, _message: &str) -> Result<()> {
-        // Polling proves itself: no heartbeat is sent.
-        Ok(())
-    }
-
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
         let mut conn = within(async { self.pool.get_conn().await.map_err(failed) }).await?;
         let start: Option<u64> = within(async {

@@ -67,11 +67,6 @@ impl Channel for PgChannel {
         true
     }
 
-    async fn heartbeat(&self, _node: &str, _message: &str) -> Result<()> {
-        // Listening proves itself (see `listen`): no heartbeat is sent.
-        Ok(())
-    }
-
     /// `LISTEN` on the session connection; every [`HEARTBEAT`] a round trip
     /// on that same connection proves it still hears ([`Heard::Alive`]).
     /// (PostgreSQL wakes every listener of a database for every `NOTIFY`,
