@@ -17,7 +17,7 @@ use crate::cluster::backend_flags;
 use crate::fixture::{fixture, hash_of, nar_file, nar_url};
 use crate::nix::NixEnv;
 use crate::node::{memory_tier_on, upstream_flags};
-use crate::process::NodeProcess;
+use crate::process::{rss, NodeProcess};
 use crate::upstream::FakeUpstream;
 
 /// N nodes and what they share.
@@ -165,11 +165,7 @@ impl Fleet {
 
     /// Connections to the fleet's database now.
     pub async fn connections(&self, admin: &tokio_postgres::Client) -> i64 {
-        let row = admin
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&self.database])
-            .await
-            .expect("pg_stat_activity");
-        row.get(0)
+        connections_to(admin, &self.database).await
     }
 
     /// Statements the fleet's nodes have sent so far (each one round
@@ -191,20 +187,7 @@ impl Fleet {
 
     /// Resident memory of each node, MiB.
     pub fn rss_mib(&self) -> Vec<f64> {
-        self.nodes
-            .iter()
-            .filter_map(|n| {
-                let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid())).ok()?;
-                let kb: f64 = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))?
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .parse()
-                    .ok()?;
-                Some(kb / 1024.0)
-            })
-            .collect()
+        self.nodes.iter().filter_map(|n| rss(n.pid())).map(|bytes| bytes as f64 / f64::from(1 << 20)).collect()
     }
 
     /// Node logs that contain `needle`.
@@ -216,6 +199,15 @@ impl Fleet {
             })
             .count()
     }
+}
+
+/// Connections to `database` now, as `admin` sees them.
+async fn connections_to(admin: &tokio_postgres::Client, database: &str) -> i64 {
+    let row = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&database])
+        .await
+        .expect("pg_stat_activity");
+    row.get(0)
 }
 
 /// The PostgreSQL server's log (`NCPS_FLEET_PG_LOG`, else Debian's), where
@@ -309,11 +301,7 @@ pub async fn run(n: usize) -> Report {
         let sampler_admin = self::admin().await;
         tokio::spawn(async move {
             while sampling.load(Ordering::Acquire) {
-                let row = sampler_admin
-                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&database])
-                    .await
-                    .expect("pg_stat_activity");
-                peak.fetch_max(row.get(0), Ordering::AcqRel);
+                peak.fetch_max(connections_to(&sampler_admin, &database).await, Ordering::AcqRel);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

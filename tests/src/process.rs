@@ -20,6 +20,14 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The resident memory of process `pid`, bytes (none when it is gone).
+pub fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// A running node process; killed with SIGKILL when dropped. It runs in a
 /// working folder of its own, as a node on its own machine would: what it
 /// keeps by default (`./ncps-edge-data`: its local-disk tier, compiled

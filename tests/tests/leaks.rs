@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::upstream_flags;
-use ncps_edge_tests::process::{binary, NodeProcess};
+use ncps_edge_tests::process::{self, binary, NodeProcess};
 use ncps_edge_tests::upstream::FakeUpstream;
 use tokio::io::AsyncWriteExt as _;
 
@@ -56,13 +56,7 @@ async fn upstream_credentials_are_used_and_never_shown() {
 
 /// The resident memory of process `pid`, bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
+    process::rss(pid).expect("VmRSS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,7 +20,7 @@ use ncps_edge_test_support::{
 };
 use ncps_edge_tests::fixture::{fixture, hash_of, soak_fixture};
 use ncps_edge_tests::node::upstream_flags;
-use ncps_edge_tests::process::NodeProcess;
+use ncps_edge_tests::process::{self, NodeProcess};
 use ncps_edge_tests::upstream::FakeUpstream;
 use sha2::{Digest, Sha256};
 
@@ -159,14 +159,7 @@ async fn client(
 }
 
 fn rss_mb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok()))
-        })
-        .flatten()
-        .map_or(0, |kb| kb / 1024)
+    process::rss(pid).map_or(0, |bytes| bytes >> 20)
 }
 
 fn shell(program: &str, args: &[&str]) -> String {
