@@ -1,11 +1,15 @@
 //! `ncps:edge/edge-cache` under Spin: a purge forgets what this node's
 //! tier (`crate::tier`) keeps and is published on the Redis channel the
 //! native nodes listen on (`<lock_key_prefix>edge-cache`, the native
-//! message format), so a delete or upload through a Spin node clears their
-//! tiers too. Absences ("no upstream has it") are kept in the same tier.
+//! message format) and appended to the purge log beside it, which the
+//! other Spin nodes read; so a delete or upload through a Spin node clears
+//! every node's tier. Absences ("no upstream has it") are kept in the same
+//! tier.
 
 use crate::bindings::exports::ncps::edge::edge_cache::Guest;
 use crate::bindings::fermyon::spin::redis::RedisParameter;
+use ncps_edge_wire::purge_log;
+
 use crate::{redis, settings};
 
 /// Largest purge message published, as the native Redis channel's.
@@ -18,11 +22,14 @@ impl Guest for crate::Adapter {
         }
         crate::tier::purge(&paths);
         let channel = ncps_edge_wire::channel::name(&settings::lock_prefix());
+        let log = purge_log::keys(&channel);
         for message in ncps_edge_wire::channel::purges(&paths, PURGE_MESSAGE_MAX) {
-            let sent = redis::with(|c| {
-                c.execute("PUBLISH", &[redis::text(&channel), RedisParameter::Binary(message.into_bytes())])
-            });
-            if let Err(e) = sent {
+            let args = [
+                redis::text(&channel),
+                RedisParameter::Binary(message.into_bytes()),
+                RedisParameter::Int64(purge_log::KEPT_MS),
+            ];
+            if let Err(e) = redis::eval(purge_log::PUBLISH, &log, &args) {
                 crate::log::warn("publishing a purge failed", &[("error", &e.to_string())]);
             }
         }

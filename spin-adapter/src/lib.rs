@@ -13,7 +13,9 @@
 //! - `signer`: the `secret_key` variable, else the key in the database;
 //! - `config`: Spin variables; `log`: JSON lines on stderr; `metrics`: not
 //!   collected (Spin has no `/metrics` of ours); `edge-cache`: purges are
-//!   published on the native nodes' Redis channel, nothing is kept here.
+//!   published on the native nodes' Redis channel and appended to the
+//!   purge log; narinfos and absences are kept in Spin's node-local
+//!   key-value store while the node keeps up with that log (`tier`).
 #![deny(missing_docs)]
 
 mod edge;

@@ -41,8 +41,9 @@ pub fn with<T>(f: impl FnOnce(&Connection) -> std::result::Result<T, RedisError>
     })
 }
 
-/// `EVAL script 2 keys[0] keys[1] args…`: the script's integer answer.
-pub fn eval(script: &str, keys: &[String; 2], args: &[RedisParameter]) -> Result<i64> {
+/// `EVAL script 2 keys[0] keys[1] args…`: the script's answer (arrays
+/// flattened, as Spin answers).
+pub fn eval_items(script: &str, keys: &[String; 2], args: &[RedisParameter]) -> Result<Vec<RedisResult>> {
     let mut params = vec![
         RedisParameter::Binary(script.as_bytes().to_vec()),
         RedisParameter::Int64(2),
@@ -50,7 +51,12 @@ pub fn eval(script: &str, keys: &[String; 2], args: &[RedisParameter]) -> Result
         RedisParameter::Binary(keys[1].as_bytes().to_vec()),
     ];
     params.extend_from_slice(args);
-    let results = with(|c| c.execute("EVAL", &params))?;
+    with(|c| c.execute("EVAL", &params))
+}
+
+/// `EVAL script 2 keys[0] keys[1] args…`: the script's integer answer.
+pub fn eval(script: &str, keys: &[String; 2], args: &[RedisParameter]) -> Result<i64> {
+    let results = eval_items(script, keys, args)?;
     match results.first() {
         Some(RedisResult::Int64(n)) => Ok(*n),
         other => Err(Error::Internal("redis", format!("EVAL answered {other:?}"))),

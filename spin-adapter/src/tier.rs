@@ -4,13 +4,20 @@
 //! upstream has a narinfo), for the seconds the handler asks, so a repeated
 //! miss asks the upstreams once.
 //!
-//! An entry is trusted for `max_age_s` seconds after it was read from the
-//! database: the `cache-control: max-age` every such answer already carries,
-//! so a Spin node serves nothing staler than an HTTP cache in front of it
-//! may. Deletes, uploads and purges made through this node forget its
-//! entries at once; those made at other nodes reach it when the entry ages
-//! out (a Spin node does not hear the purge channel). `max_age_s = 0` turns
-//! the narinfo tier off, `negative_ttl_s = 0` the absences. A store that
+//! An entry is served for at most `max_age_s` seconds after it was read
+//! from the database (the `cache-control: max-age` every such answer
+//! carries), and only while the node keeps up with the purge log
+//! ([`ncps_edge_wire::purge_log`]): every purge, at any node, native or
+//! Spin, is appended to a log in Redis beside the channel, and a Spin node
+//! serves what it keeps only while its last read of that log is younger
+//! than [`purge_log::TRUST_MS`] (1 s) and only what it kept since it last
+//! read the log without a gap. A busy node reads the log after an answer
+//! every [`purge_log::READ_EVERY_MS`], so no client waits for it; a hit
+//! that finds the last read too old reads the log first (a Redis
+//! connection and one `EVAL`). A node that cannot read the log (Redis down) serves nothing from
+//! its tier: every lookup goes to the database. So a purge anywhere stops
+//! being served by every Spin node within 1 s. `max_age_s = 0` turns the
+//! narinfo tier off, `negative_ttl_s = 0` the absences. A store that
 //! cannot be opened (not granted in `spin.toml`) is logged once per
 //! instance, and every lookup goes to the database.
 
@@ -19,10 +26,14 @@ use std::cell::OnceCell;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+use ncps_edge_wire::channel::Message;
+use ncps_edge_wire::purge_log::{self, Applied, Read};
+
 use crate::bindings::exports::ncps::edge::metadata::NarinfoRecord;
 use crate::bindings::fermyon::spin::key_value::Store;
+use crate::bindings::fermyon::spin::redis::{RedisParameter, RedisResult};
 use crate::metadata::now_ms;
-use crate::settings;
+use crate::{redis, settings};
 
 /// The store the tier lives in (Spin's node-local default).
 const STORE: &str = "default";
@@ -54,17 +65,28 @@ fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
     })
 }
 
-/// The key of `hash`'s record, under the database it was read from: a
-/// node pointed at another database never serves the first one's records.
-/// (The scope is worked out once per instance.)
-fn narinfo_key(hash: &str) -> String {
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The scope of every key: the database records were read from and the
+/// purge log that says which are stale, so a node pointed at another
+/// database or Redis never serves what it kept for the first. (Worked out
+/// once per instance.)
+fn scoped(key: &str) -> String {
     SCOPE.with(|scope| {
         let scope = scope.get_or_init(|| {
             let database = settings::var("database_url").unwrap_or_default();
-            Sha256::digest(database.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+            let log = format!("{} {}", settings::var("redis_address").unwrap_or_default(), channel());
+            format!("{}/{}", short_hash(&database), short_hash(&log))
         });
-        format!("narinfo/{scope}/{hash}")
+        format!("{key}/{scope}")
     })
+}
+
+/// The key of `hash`'s record.
+fn narinfo_key(hash: &str) -> String {
+    format!("{}/{hash}", scoped("narinfo"))
 }
 
 /// The key of `hash`'s absence, scoped as its record's.
@@ -72,27 +94,40 @@ fn absent_key(hash: &str) -> String {
     format!("absent/{}", narinfo_key(hash))
 }
 
-/// The record of `hash`, when this node read it less than `max_age_s` ago.
+/// The record of `hash`, when this node read it less than `max_age_s` ago
+/// and may serve it ([`trusted`]).
 pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     if max_age_ms() == 0 {
         return None;
     }
-    let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
-    let entry: Value = serde_json::from_slice(&bytes).ok()?;
-    let kept_at = entry.get("kept_at_ms")?.as_i64()?;
-    let age = now_ms() - kept_at;
-    if !(0..max_age_ms()).contains(&age) {
+    let kept = || -> Option<(i64, Value)> {
+        let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
+        let entry: Value = serde_json::from_slice(&bytes).ok()?;
+        Some((entry.get("kept_at_ms")?.as_i64()?, entry))
+    };
+    // Nothing kept: no need to ask the log (but for a node's first
+    // lookup: see [`read_once`]). Else the log first (reading it may
+    // forget the entry), then the entry.
+    if kept().is_none() {
+        read_once();
+        return None;
+    }
+    let applied = trusted()?;
+    let (kept_at, entry) = kept()?;
+    let now = now_ms();
+    if !(0..max_age_ms()).contains(&(now - kept_at)) || !applied.trusts(kept_at, now) {
         return None;
     }
     from_json(entry.get("record")?)
 }
 
-/// Keep `record`, read from the database now.
-pub fn keep(record: &NarinfoRecord) {
+/// Keep `record`, read from the database at `asked_ms` (when the query
+/// was sent: a purge after that is applied to it).
+pub fn keep(record: &NarinfoRecord, asked_ms: i64) {
     if max_age_ms() == 0 {
         return;
     }
-    let entry = json!({ "kept_at_ms": now_ms(), "record": to_json(record) });
+    let entry = json!({ "kept_at_ms": asked_ms, "record": to_json(record) });
     let written = with_store(|s| s.set(&narinfo_key(&record.hash), entry.to_string().as_bytes()));
     if let Some(Err(e)) = written {
         crate::log::warn("keeping a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
@@ -113,30 +148,157 @@ pub fn mark_absent(hash: &str, seconds: u32) {
     if seconds == 0 {
         return;
     }
-    let until = now_ms() + i64::from(seconds) * 1000;
-    if let Some(Err(e)) = with_store(|s| s.set(&absent_key(hash), until.to_string().as_bytes())) {
+    let now = now_ms();
+    let entry = format!("{} {now}", now + i64::from(seconds) * 1000);
+    if let Some(Err(e)) = with_store(|s| s.set(&absent_key(hash), entry.as_bytes())) {
         crate::log::warn("keeping an absence in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 
-/// Seconds `hash` stays known to be absent (0: not known).
+/// Seconds `hash` stays known to be absent (0: not known, or not to be
+/// trusted: [`trusted`]).
 pub fn absent_for(hash: &str) -> u32 {
-    let Some(Ok(Some(bytes))) = with_store(|s| s.get(&absent_key(hash))) else { return 0 };
-    let until: i64 = String::from_utf8_lossy(&bytes).parse().unwrap_or(0);
-    let left_ms = until - now_ms();
-    if left_ms <= 0 {
+    // (until, kept at)
+    let kept = || -> Option<(i64, i64)> {
+        let bytes = with_store(|s| s.get(&absent_key(hash)).ok().flatten())??;
+        let text = String::from_utf8(bytes).ok()?;
+        let (until, kept_at) = text.split_once(' ')?;
+        Some((until.parse().ok()?, kept_at.parse().ok()?))
+    };
+    match kept() {
+        None => {
+            read_once();
+            return 0;
+        }
+        Some((until, _)) if until <= now_ms() => return 0,
+        Some(_) => {}
+    }
+    let Some((applied, (until, kept_at))) = trusted().zip(kept()) else { return 0 };
+    let (now, left_ms) = (now_ms(), until - now_ms());
+    if left_ms <= 0 || !applied.trusts(kept_at, now) {
         return 0;
     }
     u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX)
 }
 
 /// Forget what the request paths `paths` (`/<hash>.narinfo`, …) name.
-pub fn purge(paths: &[String]) {
+pub fn purge<S: AsRef<str>>(paths: &[S]) {
     for path in paths {
-        if let Some(hash) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".narinfo")) {
+        if let Some(hash) = path.as_ref().strip_prefix('/').and_then(|p| p.strip_suffix(".narinfo")) {
             forget(hash);
         }
     }
+}
+
+/// The channel of this node's cache (its purge log is beside it).
+fn channel() -> String {
+    ncps_edge_wire::channel::name(&settings::lock_prefix())
+}
+
+/// Where this node stands in the purge log.
+fn standing() -> Option<Applied> {
+    let bytes = with_store(|s| s.get(&scoped("purge-log")).ok().flatten())??;
+    Applied::decode(std::str::from_utf8(&bytes).ok()?)
+}
+
+/// Whether a read of the log started (and has not been followed by
+/// another) less than `ms` ago: one under way, or one that failed. Marks a
+/// new one started now when not.
+fn read_started_within(ms: i64) -> bool {
+    let key = scoped("purge-log-read");
+    let now = now_ms();
+    let started = with_store(|s| s.get(&key).ok().flatten()).flatten();
+    let started: Option<i64> = started.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
+    if started.is_some_and(|t| (0..ms).contains(&(now - t))) {
+        return true;
+    }
+    let _ = with_store(|s| s.set(&key, now.to_string().as_bytes()));
+    false
+}
+
+/// Read the purge log after what this node applied: forget what the new
+/// purges name, and store where the node stands. None when the log cannot
+/// be read (logged).
+fn read_log(before: Option<Applied>) -> Option<Applied> {
+    let started = now_ms();
+    let after = before.map_or_else(String::new, |b| b.last.to_string());
+    let answer = redis::eval_items(
+        purge_log::READ,
+        &purge_log::keys(&channel()),
+        &[redis::text(&after), RedisParameter::Int64(i64::from(purge_log::READ_MAX))],
+    );
+    let items: Vec<Vec<u8>> = match answer {
+        Ok(items) => {
+            items.into_iter().filter_map(|i| if let RedisResult::Binary(b) = i { Some(b) } else { None }).collect()
+        }
+        Err(e) => {
+            crate::log::warn(
+                "the purge log cannot be read: the node-local tier is not trusted until it can",
+                &[("error", &e.to_string()), ("fix", "check that redis_address is reachable")],
+            );
+            return None;
+        }
+    };
+    let Some(read) = Read::parse(&items) else {
+        crate::log::warn("the purge log answered something else", &[("items", &items.len().to_string())]);
+        return None;
+    };
+    for message in &read.messages {
+        if let Some(Message::Purge(paths)) = Message::decode(message) {
+            purge(&paths);
+        }
+    }
+    // Another instance may have stored a read meanwhile: never trust more
+    // than either says.
+    let mut applied = Applied::after(before, &read, started);
+    if let Some(other) = standing() {
+        applied.trusted_since_ms = applied.trusted_since_ms.max(other.trusted_since_ms);
+        if other.read_at_ms > applied.read_at_ms {
+            (applied.last, applied.read_at_ms) = (other.last, other.read_at_ms);
+        }
+    }
+    if let Some(Err(e)) = with_store(|s| s.set(&scoped("purge-log"), applied.encode().as_bytes())) {
+        crate::log::warn("storing where the node stands in the purge log failed", &[("error", &format!("{e:?}"))]);
+        return None;
+    }
+    Some(applied)
+}
+
+/// Where this node stands, when what it keeps may be served: its last read
+/// of the purge log is recent, or a read now succeeds. None when the log
+/// cannot be read, or another instance's read is under way or just failed.
+fn trusted() -> Option<Applied> {
+    let before = standing();
+    if let Some(fresh) = before.filter(|a| a.is_fresh(now_ms())) {
+        return Some(fresh);
+    }
+    if read_started_within(purge_log::TRUST_MS) {
+        return None;
+    }
+    read_log(before)
+}
+
+/// A node that never read the purge log reads it before its first lookup
+/// in the database: the first read trusts only what is kept after it (the
+/// node may have missed purges before), so what that lookup keeps is
+/// trusted.
+fn read_once() {
+    if standing().is_none() {
+        let _ = trusted();
+    }
+}
+
+/// After an answer: read the purge log when a read is due, so the next
+/// hits need not.
+pub fn read_log_if_due() {
+    if max_age_ms() == 0 {
+        return;
+    }
+    let before = standing();
+    if before.is_some_and(|a| !a.read_due(now_ms())) || read_started_within(purge_log::READ_EVERY_MS) {
+        return;
+    }
+    read_log(before);
 }
 
 fn to_json(r: &NarinfoRecord) -> Value {

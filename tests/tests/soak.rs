@@ -43,7 +43,7 @@ struct Outcome {
     at: Instant,
     node: usize,
     nar: bool,
-    /// None: no response (connection refused or reset before the head).
+    /// None: the connection was refused (no node listening).
     status: Option<u16>,
     /// The body broke, or was not what the path should have.
     broken: bool,
@@ -85,6 +85,17 @@ fn expected() -> Vec<Expected> {
         .collect()
 }
 
+/// A request that got no answer: refused (`None`: no node listening), or
+/// cut before its head (`Some(0)`: a node that answers but whose answer
+/// broke, as a body cut by a backend failing under it; counted as broken).
+fn refused_or_cut(e: &reqwest::Error) -> Option<u16> {
+    if e.is_connect() {
+        None
+    } else {
+        Some(0)
+    }
+}
+
 async fn client(
     c: reqwest::Client,
     urls: Arc<Vec<String>>,
@@ -107,10 +118,12 @@ async fn client(
             wrong,
             dropped,
         };
-        let resp = c.get(format!("{}/{}.narinfo", urls[node], p.hash)).send().await;
-        let Ok(resp) = resp else {
-            out.push(outcome(None, false, false, false, false));
-            continue;
+        let resp = match c.get(format!("{}/{}.narinfo", urls[node], p.hash)).send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                out.push(outcome(refused_or_cut(&e), true, false, false, false));
+                continue;
+            }
         };
         let status = resp.status().as_u16();
         match resp.text().await {
@@ -129,9 +142,12 @@ async fn client(
             wrong,
             dropped,
         };
-        let Ok(resp) = c.get(format!("{}{}", urls[node], p.nar_url)).send().await else {
-            out.push(outcome(None, false, false, false));
-            continue;
+        let resp = match c.get(format!("{}{}", urls[node], p.nar_url)).send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                out.push(outcome(refused_or_cut(&e), true, false, false));
+                continue;
+            }
         };
         let status = resp.status().as_u16();
         let mut body = resp.bytes_stream();

@@ -12,7 +12,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_mysql, fresh_postgres, host_port, postgres_url, redis_addr, via, StallProxy};
+use ncps_edge_test_support::{
+    fresh_mysql, fresh_postgres, host_port, postgres_url, redis_addr, via, ProxyMode, StallProxy,
+};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
@@ -336,6 +338,68 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(kept.elapsed()) + Duration::from_millis(500)).await;
     assert_ne!(status(client.get(&url).send().await), 200, "a narinfo older than max_age_s was served");
     db.resume();
+}
+
+/// GET `url` within 3 s: its status, 0 when none came (a stalled backend).
+async fn status_within_3s(url: &str) -> u16 {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    client.get(url).send().await.map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let native =
+        shared.native_node_with(fx, &["--cache-allow-delete-verb", "--cache-delete-token=delete-secret"]).await;
+    // The Spin node reaches its database and Redis through proxies that
+    // can stall or refuse.
+    let (db, redis) = (StallProxy::start(&host_port(&shared.db)).await, StallProxy::start(&redis_addr()).await);
+    let mut vars = shared.variables(fx);
+    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
+    vars.insert("redis_address".into(), format!("redis://{}", redis.addr()));
+    let spin = SpinUp::start(&cli, vars).await;
+    let path = format!("/{}.narinfo", hash_of(&fx.leaf));
+    let (at_spin, at_native) = (format!("{}{path}", spin.url()), format!("{}{path}", native.url()));
+    let purge_bound = Duration::from_millis(ncps_edge_wire::purge_log::TRUST_MS as u64);
+
+    // Kept by the Spin node: answered with its database stalled.
+    assert_eq!(get(&at_spin).await.0, 200);
+    assert_eq!(get(&at_spin).await.0, 200);
+    db.stall();
+    assert_eq!(status_within_3s(&at_spin).await, 200, "a kept narinfo with the database stalled:\n{}", spin.log());
+
+    // Deleted at the native node: within the bound, the Spin node's tier
+    // no longer has it (its database is stalled: no answer at all).
+    let deleted = reqwest::Client::new().delete(&at_native).bearer_auth("delete-secret").send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    assert_ne!(
+        status_within_3s(&at_spin).await,
+        200,
+        "the Spin node served a narinfo purged at a native node:\n{}",
+        spin.log()
+    );
+    db.resume();
+    assert_eq!(get(&at_spin).await.0, 200);
+    assert_eq!(shared.up.hits(&path), 2, "fetched again after the delete");
+
+    // Kept again; then Redis refuses: the node cannot tell whether it
+    // missed a purge, so it does not serve what it keeps.
+    assert_eq!(get(&at_spin).await.0, 200);
+    redis.set(ProxyMode::Fail);
+    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    db.stall();
+    assert_ne!(status_within_3s(&at_spin).await, 200, "served from the tier without reading the purge log");
+    // Redis back, no purge missed: what it kept is served again.
+    redis.set(ProxyMode::Pass);
+    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    let hit = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap().get(&at_spin).send().await;
+    let hit = hit.expect("a kept narinfo answered once the purge log is read again");
+    assert_eq!((hit.status().as_u16(), hit.headers()["x-cache"].to_str().unwrap()), (200, "HIT"));
+    db.resume();
+    assert_eq!(shared.up.hits(&path), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

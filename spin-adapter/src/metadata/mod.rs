@@ -227,10 +227,11 @@ impl Guest for crate::Adapter {
         if let Some(kept) = tier::narinfo(&hash) {
             return Ok(Some(kept));
         }
+        let asked = now_ms();
         let rows = wit(run(|c| c.query(c.statements().get_narinfo, &[text(&hash)])))?;
         let found = rows.rows.first().map(|r| narinfo(r));
         if let Some(record) = &found {
-            tier::keep(record);
+            tier::keep(record, asked);
         }
         Ok(found)
     }
@@ -293,10 +294,13 @@ impl Guest for crate::Adapter {
         Ok(first_int(&rows).unwrap_or(0).max(0) as u64)
     }
 
+    /// After a narinfo answer (the client does not wait): the access time,
+    /// and the purge log when a read is due.
     fn record_access(key: String) {
         if let Err(e) = run(|c| c.execute(c.statements().record_access, &[P::Int64(now_ms()), text(&key)])) {
             crate::log::warn("recording a NAR access failed", &[("key", &key), ("error", &e.to_string())]);
         }
+        tier::read_log_if_due();
     }
 
     fn lru_candidates(limit: u32) -> std::result::Result<Vec<NarRecord>, WitError> {

@@ -65,6 +65,11 @@ impl Shared {
 
     /// A native node of this cache.
     pub async fn native_node(&self, fx: &Fixture) -> TestNode {
+        self.native_node_with(fx, &[]).await
+    }
+
+    /// A native node of this cache, with `extra` flags.
+    pub async fn native_node_with(&self, fx: &Fixture, extra: &[&str]) -> TestNode {
         let mut flags = upstream_flags(&self.up.url(), &fx.public_key);
         flags.extend([
             format!("--cache-redis-addrs={}", redis_addr()),
@@ -72,6 +77,7 @@ impl Shared {
             format!("--cache-database-url={}", self.db),
         ]);
         flags.extend(self.bucket.flags());
+        flags.extend(extra.iter().map(|f| f.to_string()));
         start_node(&flags).await
     }
 }

@@ -93,6 +93,12 @@ pub trait Publisher: Send + Sync {
     async fn publish(&self, message: &str) -> Result<()>;
     /// Largest message the channel carries, bytes.
     fn max_message(&self) -> usize;
+    /// Send purge `message` to every node: as any message, unless the
+    /// channel also keeps purges for nodes that read them later (Redis:
+    /// [`ncps_edge_wire::purge_log`], which Spin nodes read).
+    async fn publish_purge(&self, message: &str) -> Result<()> {
+        self.publish(message).await
+    }
 }
 
 /// What a listener hears.
@@ -138,7 +144,7 @@ pub async fn publish_download(publisher: &dyn Publisher, key: &str, url: Option<
 /// Announce a purge of `paths`, in as many messages as the channel needs.
 pub async fn publish_purge(publisher: &dyn Publisher, paths: &[String]) -> Result<()> {
     for message in ncps_edge_wire::channel::purges(paths, publisher.max_message()) {
-        publisher.publish(&message).await?;
+        publisher.publish_purge(&message).await?;
     }
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! The purge log on a real Redis (`NCPS_TEST_REDIS_ADDR`): what a native
+//! node publishes is numbered and kept, and the read script (the one Spin
+//! nodes run) returns the purges after a number and says when some may be
+//! missing.
+
+use ncps_edge_host_services::cluster::channel::publish_purge;
+use ncps_edge_host_services::cluster::channel::redis::RedisChannel;
+use ncps_edge_host_services::locks::redis::RedisOptions;
+use ncps_edge_test_support as support;
+use ncps_edge_wire::channel::{self, Message};
+use ncps_edge_wire::purge_log::{self, Read};
+
+async fn read(conn: &mut redis::aio::MultiplexedConnection, keys: &[String; 2], after: &str) -> Read {
+    let items: Vec<Vec<u8>> = redis::Script::new(purge_log::READ)
+        .key(&keys[0])
+        .key(&keys[1])
+        .arg(after)
+        .arg(purge_log::READ_MAX)
+        .invoke_async(conn)
+        .await
+        .expect("the read script runs");
+    Read::parse(&items).expect("the read script's answer")
+}
+
+fn paths(read: &Read) -> Vec<String> {
+    let mut all: Vec<String> = read
+        .messages
+        .iter()
+        .flat_map(|m| match Message::decode(m) {
+            Some(Message::Purge(p)) => p.into_iter().map(str::to_owned).collect::<Vec<String>>(),
+            other => panic!("not a purge: {other:?}"),
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
+    let prefix = format!("{}:", support::unique("purge-log"));
+    let opts = RedisOptions { addrs: vec![support::redis_addr()], ..Default::default() };
+    let node = RedisChannel::new(&opts, &prefix).expect("the channel");
+    let keys = purge_log::keys(&channel::name(&prefix));
+    let mut conn = redis::Client::open(format!("redis://{}", support::redis_addr()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+
+    // A reader that never read starts over, whatever the log holds.
+    let first = read(&mut conn, &keys, "").await;
+    assert_eq!((first.last, first.gap, first.messages.len()), (0, true, 0));
+    for i in 0..3 {
+        publish_purge(&node, &[format!("/{i:032}.narinfo")]).await.expect("published");
+    }
+    let all = read(&mut conn, &keys, "0").await;
+    assert_eq!((all.last, all.gap), (3, false));
+    assert_eq!(paths(&all), (0..3).map(|i| format!("/{i:032}.narinfo")).collect::<Vec<_>>());
+    let rest = read(&mut conn, &keys, "2").await;
+    assert_eq!((rest.last, rest.gap, paths(&rest)), (3, false, vec![format!("/{:032}.narinfo", 2)]));
+    let none = read(&mut conn, &keys, "3").await;
+    assert_eq!((none.last, none.gap, none.messages.len()), (3, false, 0));
+
+    // Purges trimmed from the log: the reader is told it missed some.
+    let _: i64 = redis::cmd("XTRIM").arg(&keys[0]).arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
+    let trimmed = read(&mut conn, &keys, "0").await;
+    assert_eq!((trimmed.last, trimmed.gap, trimmed.messages.len()), (3, true, 1));
+    // The log started over (Redis lost it): a reader ahead of it is too.
+    let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
+    publish_purge(&node, &["/x.narinfo".to_owned()]).await.expect("published");
+    let restarted = read(&mut conn, &keys, "3").await;
+    assert_eq!((restarted.last, restarted.gap), (1, true));
+    let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
+}

@@ -1,0 +1,9 @@
+-- Publish a purge: KEYS[1] the purge log (a stream), KEYS[2] its counter;
+-- ARGV[1] the channel, ARGV[2] the purge message, ARGV[3] how long the log
+-- keeps an entry, ms. Numbers the purge, appends it to the log (trimming
+-- entries older than ARGV[3]) and publishes it; answers PUBLISH's count.
+-- Shared by the native Redis channel and the Spin adapter.
+local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MINID', '~', tostring(now - tonumber(ARGV[3])), '*', 'seq', seq, 'm', ARGV[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
