@@ -9,6 +9,7 @@
 #   404 storm:   requests for 100 narinfos no upstream has, against upstream fetches
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-10s}
 NAR_SIZES=${NAR_SIZES:-64 1024}
 for tool in wrk nginx nix; do
@@ -18,9 +19,7 @@ cargo build --release -p ncps-edge >/dev/null 2>&1
 
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; [ -f $T/nginx.pid ] && kill $(cat $T/nginx.pid) 2>/dev/null; rm -rf $T' EXIT
-export NIX_CONF_DIR=$T/conf XDG_CACHE_HOME=$T/xdg
-mkdir -p $T/conf
-printf 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\n' > $T/conf/nix.conf
+nix_scratch $T
 nix-store --generate-binary-cache-key bench-1 $T/sk $T/pk
 declare -A NARS
 for mib in $NAR_SIZES; do
@@ -38,24 +37,14 @@ read -r H _ <<<"${NARS[${NAR_SIZES%% *}]}"
 # nginx (workers run as nobody): the upstream folder as static files, on
 # 18901 for the reference runs and, with an access log, on 18904 as the
 # nodes' upstream (the 404 storm counts its requests there).
-chmod 755 $T
-chmod -R a+rX $T/up
-cat > $T/nginx.conf <<CONF
-daemon on; worker_processes 2; pid $T/nginx.pid; error_log $T/nginx.err;
-events { worker_connections 1024; }
-http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
-  server { listen 127.0.0.1:18901; root $T/up; }
-  server { listen 127.0.0.1:18904; root $T/up; access_log $T/upstream.log; } }
-CONF
-nginx -c $T/nginx.conf
+serve_static $T $T/up 18901 18904
 
 start_node() { # $1 port, $2 data folder, rest: flags
   local port=$1 data=$2; shift 2
   ./target/release/ncps-edge serve --cache-hostname=bench --server-addr=127.0.0.1:$port --log-level=warn \
     --cache-storage-local=$data --cache-upstream-url=http://127.0.0.1:18904 \
     --cache-upstream-public-key="$(cat $T/pk)" "$@" >$T/node$port.log 2>&1 &
-  for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.2; done
+  wait_up http://127.0.0.1:$port/healthz
 }
 start_node 18902 $T/data-on
 ON_PID=$!
@@ -70,19 +59,6 @@ for port in 18902 18903; do
   done
 done
 
-wrk_field() { # $1 url, $2 connections, [$3 script] -> "req/s p99 transfer/s requests"
-  local threads=$(( $2 < 2 ? $2 : 2 ))
-  local out; out=$(wrk -t$threads -c$2 -d$DURATION --latency ${3:+-s $3} "$1")
-  local rps p99 tps n
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  tps=$(awk '/^Transfer\/sec/ {print $2}' <<<"$out")
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  echo "$rps $p99 $tps $n"
-}
-to_mb() { awk -v v="$1" 'BEGIN { u=substr(v,length(v)-1); n=v+0; if (u=="GB") n*=1024; else if (u=="KB") n/=1024; printf "%.0f", n }'; }
-to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 
 read -r N_RPS N_P99 _ _ < <(wrk_field http://127.0.0.1:18901/$H.narinfo 32)
 read -r E_RPS E_P99 _ _ < <(wrk_field http://127.0.0.1:18902/$H.narinfo 32)

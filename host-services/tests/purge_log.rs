@@ -48,27 +48,34 @@ async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
         .expect("Redis");
 
     // A reader that never read starts over, whatever the log holds.
+    let empty = read(&mut conn, &keys, "").await;
+    assert_eq!((empty.last, empty.gap, empty.messages.len()), (0, true, 0));
+    let path = |i: u64| format!("/{i:032}.narinfo");
+    publish_purge(&node, &[path(0)]).await.expect("published");
     let first = read(&mut conn, &keys, "").await;
-    assert_eq!((first.last, first.gap, first.messages.len()), (0, true, 0));
-    for i in 0..3 {
-        publish_purge(&node, &[format!("/{i:032}.narinfo")]).await.expect("published");
+    assert!(first.gap && first.last > 1_000_000_000_000_000, "numbered from the time in µs: {first:?}");
+    let base = first.last;
+    for i in 1..3 {
+        publish_purge(&node, &[path(i)]).await.expect("published");
     }
-    let all = read(&mut conn, &keys, "0").await;
-    assert_eq!((all.last, all.gap), (3, false));
-    assert_eq!(paths(&all), (0..3).map(|i| format!("/{i:032}.narinfo")).collect::<Vec<_>>());
-    let rest = read(&mut conn, &keys, "2").await;
-    assert_eq!((rest.last, rest.gap, paths(&rest)), (3, false, vec![format!("/{:032}.narinfo", 2)]));
-    let none = read(&mut conn, &keys, "3").await;
-    assert_eq!((none.last, none.gap, none.messages.len()), (3, false, 0));
+    let both = read(&mut conn, &keys, &base.to_string()).await;
+    assert_eq!((both.last, both.gap, paths(&both)), (base + 2, false, vec![path(1), path(2)]));
+    let rest = read(&mut conn, &keys, &(base + 1).to_string()).await;
+    assert_eq!((rest.last, rest.gap, paths(&rest)), (base + 2, false, vec![path(2)]));
+    let none = read(&mut conn, &keys, &(base + 2).to_string()).await;
+    assert_eq!((none.last, none.gap, none.messages.len()), (base + 2, false, 0));
 
     // Purges trimmed from the log: the reader is told it missed some.
     let _: i64 = redis::cmd("XTRIM").arg(&keys[0]).arg("MAXLEN").arg(1).query_async(&mut conn).await.unwrap();
-    let trimmed = read(&mut conn, &keys, "0").await;
-    assert_eq!((trimmed.last, trimmed.gap, trimmed.messages.len()), (3, true, 1));
-    // The log started over (Redis lost it): a reader ahead of it is too.
+    let trimmed = read(&mut conn, &keys, &base.to_string()).await;
+    assert_eq!((trimmed.last, trimmed.gap, paths(&trimmed)), (base + 2, true, vec![path(2)]));
+    // Redis lost the log, and more purges came than the reader had seen:
+    // the numbers still go forward, and the reader is told of the gap.
     let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
-    publish_purge(&node, &["/x.narinfo".to_owned()]).await.expect("published");
-    let restarted = read(&mut conn, &keys, "3").await;
-    assert_eq!((restarted.last, restarted.gap), (1, true));
+    for i in 0..4 {
+        publish_purge(&node, &[path(i)]).await.expect("published");
+    }
+    let restarted = read(&mut conn, &keys, &(base + 2).to_string()).await;
+    assert!(restarted.gap && restarted.last > base + 2, "{restarted:?}");
     let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
 }

@@ -6,10 +6,11 @@
 -- the log started over), and the messages of the others, newest first.
 local top = tonumber(redis.call('GET', KEYS[2]) or '0')
 local last = tonumber(ARGV[1])
+local out = {string.format('%.0f', top), '0'}
 if last == nil or last > top or top - last > tonumber(ARGV[2]) then
-  return {tostring(top), '1'}
+  out[2] = '1'
+  return out
 end
-local out = {tostring(top), '0'}
 if last == top then return out end
 local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', top - last)
 local expect = top

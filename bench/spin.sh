@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Warm narinfo hits under a real `spin up` of spin.toml, against native
+# `ncps-edge serve` nodes on the same backends (edge tier on, and off: a
+# fresh instance per request, as under Spin) and nginx serving the same
+# files, in one run on loopback; prints a markdown table (BENCHMARKS.md
+# records it):
+#   requests/s and p99 with wrk (32 connections, $DURATION each), and the
+#   Redis EVALs the Spin node made during its run (its purge-log reads).
+#
+#   bench/spin.sh
+#
+# Needs: spin (3.1+), nix, wrk and nginx (installed when missing), psql,
+# redis-cli, s3s-fs, curl, python3; Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+DURATION=${DURATION:-10s}
+for tool in wrk nginx; do
+  command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; break; }
+done
+for tool in spin nix wrk nginx psql redis-cli s3s-fs curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+cargo build --release --locked -p ncps-edge >/dev/null 2>&1
+spin build >/dev/null 2>&1
+
+T=$(mktemp -d)
+PIDS=()
+DB=""
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
+  [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
+  wait 2>/dev/null || true
+  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  rm -rf "$T"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# A signed upstream cache of one small path, served by nginx.
+nix_scratch "$T"
+nix-store --generate-binary-cache-key bench-1 "$T/sk" "$T/pk"
+echo leaf > "$T/leaf"
+LEAF=$(nix-store --store "$T/src" --add "$T/leaf")
+nix copy --store "$T/src" --to "file://$T/up?compression=none&secret-key=$T/sk" "$LEAF"
+H=$(basename "$LEAF" | cut -c1-32)
+REF_PORT=$(port) UP_PORT=$(port)
+serve_static "$T" "$T/up" "$REF_PORT" "$UP_PORT"
+UPSTREAM="http://127.0.0.1:$UP_PORT"
+
+# The region: an S3 server, a fresh database, a lock prefix of its own.
+S3_PORT=$(port)
+mkdir -p "$T/s3/ncps-bench"
+s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key bench-secret "$T/s3" >/dev/null 2>&1 & PIDS+=($!)
+DB="ncps_bench_spin_$$"
+psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
+PREFIX="bench-spin-$$:"
+
+# The Spin node, its state in the scratch folder.
+export SPIN_VARIABLE_HOSTNAME=bench SPIN_VARIABLE_UPSTREAM_URLS=$UPSTREAM SPIN_VARIABLE_UPSTREAM_ORIGIN=$UPSTREAM
+export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
+export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
+export SPIN_VARIABLE_LOCK_KEY_PREFIX=$PREFIX
+export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
+export SPIN_VARIABLE_S3_BUCKET=ncps-bench SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
+export SPIN_VARIABLE_S3_ACCESS_KEY_ID=bench SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=bench-secret
+export OTEL_SDK_DISABLED=true
+SPIN_PORT=$(port)
+setsid spin up --listen "127.0.0.1:$SPIN_PORT" --state-dir "$T/state" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
+wait_up "http://127.0.0.1:$SPIN_PORT/nix-cache-info" || { cat "$T/spin.log" >&2; exit 1; }
+
+# Native nodes on the same backends: tier on (the default) and off.
+native() { # $1 port, rest: flags
+  local p=$1; shift
+  ./target/release/ncps-edge serve --cache-hostname=bench --server-addr="127.0.0.1:$p" --log-level=warn \
+    --cache-upstream-url="$UPSTREAM" --cache-upstream-public-key="$(cat "$T/pk")" \
+    --cache-redis-addrs=127.0.0.1:6379 --cache-lock-redis-key-prefix="$PREFIX" \
+    --cache-database-url="postgres://postgres@127.0.0.1:5432/$DB" \
+    --cache-storage-s3-bucket=ncps-bench --cache-storage-s3-endpoint="http://127.0.0.1:$S3_PORT" \
+    --cache-storage-s3-access-key-id=bench --cache-storage-s3-secret-access-key=bench-secret \
+    --cache-storage-s3-force-path-style --wasm-cache-dir="$T/wasm-cache" "$@" > "$T/native$p.log" 2>&1 & PIDS+=($!)
+  wait_up "http://127.0.0.1:$p/healthz"
+}
+ON_PORT=$(port) OFF_PORT=$(port)
+native "$ON_PORT"
+native "$OFF_PORT" --edge-cache-memory=0
+
+# Warm every node: the narinfo is a hit (in the Spin node's key-value store).
+for p in "$SPIN_PORT" "$ON_PORT" "$OFF_PORT"; do
+  for _ in 1 2 3; do
+    curl -fsS "http://127.0.0.1:$p/$H.narinfo" > "$T/answer.$p"
+  done
+  grep -q "^StorePath: $LEAF" "$T/answer.$p" || { echo "node on $p answered: $(cat "$T/answer.$p")" >&2; exit 1; }
+done
+cmp "$T/answer.$SPIN_PORT" "$T/answer.$ON_PORT" || { echo "the Spin and native narinfos differ" >&2; exit 1; }
+
+evals() { redis-cli -h 127.0.0.1 info commandstats | sed -n 's/^cmdstat_eval:calls=\([0-9]*\).*/\1/p'; }
+read -r N_RPS N_P99 _ _ < <(wrk_field "http://127.0.0.1:$REF_PORT/$H.narinfo" 32)
+read -r E_RPS E_P99 _ _ < <(wrk_field "http://127.0.0.1:$ON_PORT/$H.narinfo" 32)
+read -r O_RPS O_P99 _ _ < <(wrk_field "http://127.0.0.1:$OFF_PORT/$H.narinfo" 32)
+EVALS_BEFORE=$(evals)
+read -r S_RPS S_P99 _ S_N < <(wrk_field "http://127.0.0.1:$SPIN_PORT/$H.narinfo" 32)
+EVALS=$(( $(evals) - ${EVALS_BEFORE:-0} ))
+UP=$(grep -c "GET /$H.narinfo" "$T/upstream.log" || true)
+
+echo "| warm narinfo hit (32 conns, $DURATION) | requests/s | p99 ms | Spin / this (requests/s) |"
+echo "| --- | --- | --- | --- |"
+echo "| \`spin up\` (Spin $(spin --version | cut -d' ' -f2)) | $S_RPS | $(to_ms "$S_P99") | 1.00 |"
+echo "| native, tier off | $O_RPS | $(to_ms "$O_P99") | $(ratio "$S_RPS" "$O_RPS") |"
+echo "| native, tier on | $E_RPS | $(to_ms "$E_P99") | $(ratio "$S_RPS" "$E_RPS") |"
+echo "| nginx (static file) | $N_RPS | $(to_ms "$N_P99") | $(ratio "$S_RPS" "$N_RPS") |"
+echo
+echo "Spin run: $S_N requests, $EVALS Redis EVALs (purge-log reads, on a Redis shared with other users), $UP upstream narinfo requests in all."
