@@ -3,8 +3,8 @@
 //! native nodes listen on (`<lock_key_prefix>edge-cache`, the native
 //! message format) and appended to the purge log beside it, which the
 //! other Spin nodes read; so a delete or upload through a Spin node clears
-//! every node's tier. Absences ("no upstream has it") are kept in the same
-//! tier.
+//! every node's tier. Absences ("no upstream has it") and small NARs are
+//! kept in the same tier.
 
 use crate::bindings::exports::ncps::edge::edge_cache::Guest;
 use crate::bindings::fermyon::spin::redis::RedisParameter;
@@ -41,5 +41,13 @@ impl Guest for crate::Adapter {
 
     fn absent_for(hash: String) -> u32 {
         crate::tier::absent_for(&hash)
+    }
+
+    fn kept_nar(key: String) -> Option<Vec<u8>> {
+        crate::tier::nar(&key)
+    }
+
+    fn keep_nar(key: String, bytes: Vec<u8>) {
+        crate::tier::keep_nar(&key, &bytes);
     }
 }

@@ -1,8 +1,10 @@
-//! A node-local tier under Spin: narinfo records kept in Spin's `default`
-//! key-value store (node-local, shared by every instance of the node), so
-//! a warm narinfo hit makes no round trip to the region; and absences (no
-//! upstream has a narinfo), for the seconds the handler asks, so a repeated
-//! miss asks the upstreams once.
+//! A node-local tier under Spin: narinfo records and small NARs (the
+//! handler offers those it read whole, up to 64 KiB; kept only when they
+//! hash to their name) in Spin's `default` key-value store (node-local,
+//! shared by every instance of the node), so a warm narinfo or small-NAR
+//! hit makes no round trip to the region; and absences (no upstream has a
+//! narinfo), for the seconds the handler asks, so a repeated miss asks the
+//! upstreams once.
 //!
 //! An entry is served for at most `max_age_s` seconds after it was read
 //! from the database (the `cache-control: max-age` every such answer
@@ -27,6 +29,7 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use ncps_edge_wire::channel::Message;
+use ncps_edge_wire::layout::ContentCheck;
 use ncps_edge_wire::purge_log::{self, Applied, Read};
 
 use crate::bindings::exports::ncps::edge::metadata::NarinfoRecord;
@@ -181,12 +184,64 @@ pub fn absent_for(hash: &str) -> u32 {
     u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX)
 }
 
-/// Forget what the request paths `paths` (`/<hash>.narinfo`, …) name.
+/// Forget what the request paths `paths` (`/<hash>.narinfo`,
+/// `/nar/<file>`) name.
 pub fn purge<S: AsRef<str>>(paths: &[S]) {
     for path in paths {
-        if let Some(hash) = path.as_ref().strip_prefix('/').and_then(|p| p.strip_suffix(".narinfo")) {
+        let Some(path) = path.as_ref().strip_prefix('/') else { continue };
+        if let Some(hash) = path.strip_suffix(".narinfo") {
             forget(hash);
+        } else if path.starts_with("nar/") {
+            if let Some(Err(e)) = with_store(|s| s.delete(&object_key(path))) {
+                crate::log::warn("forgetting a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
+            }
         }
+    }
+}
+
+/// The key of the kept object `key` (`nar/<file>`).
+fn object_key(key: &str) -> String {
+    format!("{}/{key}", scoped("object"))
+}
+
+/// The whole object `key`, when this node kept it less than `max_age_s`
+/// ago and may serve it ([`trusted`]).
+pub fn nar(key: &str) -> Option<Vec<u8>> {
+    if max_age_ms() == 0 {
+        return None;
+    }
+    // Stored as `<kept at, ms>\n<bytes>`.
+    let kept = || -> Option<(i64, Vec<u8>)> {
+        let mut value = with_store(|s| s.get(&object_key(key)).ok().flatten())??;
+        let newline = value.iter().position(|b| *b == b'\n')?;
+        let kept_at = std::str::from_utf8(&value[..newline]).ok()?.parse().ok()?;
+        Some((kept_at, value.split_off(newline + 1)))
+    };
+    kept()?;
+    let applied = trusted()?;
+    let (kept_at, bytes) = kept()?;
+    let now = now_ms();
+    ((0..max_age_ms()).contains(&(now - kept_at)) && applied.trusts(kept_at, now)).then_some(bytes)
+}
+
+/// Keep `bytes`, the whole object `key` just read from storage, when they
+/// hash to its name (a node never keeps what the name does not promise).
+pub fn keep_nar(key: &str, bytes: &[u8]) {
+    if max_age_ms() == 0 {
+        return;
+    }
+    let Some(mut check) = ContentCheck::for_key(key) else { return };
+    check.update(bytes);
+    if !check.matches() {
+        crate::log::warn("a NAR read from storage does not hash to its name; not kept", &[("key", key)]);
+        return;
+    }
+    // Kept after the node's first read of the purge log, so it is trusted.
+    read_once();
+    let mut value = format!("{}\n", now_ms()).into_bytes();
+    value.extend_from_slice(bytes);
+    if let Some(Err(e)) = with_store(|s| s.set(&object_key(key), &value)) {
+        crate::log::warn("keeping a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 

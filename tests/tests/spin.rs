@@ -325,6 +325,11 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     assert_eq!(status(client.delete(&url).bearer_auth("delete-secret").send().await), 204);
     assert_eq!(get(&url).await.0, 200);
     assert_eq!(shared.up.hits(&path), 2, "the deleted narinfo was served from the tier");
+    // The node reads its own purge back from the purge log and forgets,
+    // once, what it kept since (a purge is applied to whatever is kept
+    // when it is read): let that read happen.
+    past_the_purge_bound().await;
+    assert_eq!(get(&url).await.0, 200);
 
     // Kept (read from the database once more), it is served with the
     // database unreachable, until it is `max_age_s` old.
@@ -340,6 +345,17 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     db.resume();
 }
 
+/// A native node of `shared` that takes DELETEs with `delete-secret`.
+async fn native_that_deletes(shared: &Shared, fx: &Fixture) -> ncps_edge_tests::node::TestNode {
+    shared.native_node_with(fx, &["--cache-allow-delete-verb", "--cache-delete-token=delete-secret"]).await
+}
+
+/// Wait until a purge published now is past the bound within which every
+/// Spin node stops serving what it names.
+async fn past_the_purge_bound() {
+    tokio::time::sleep(Duration::from_millis(ncps_edge_wire::purge_log::TRUST_MS as u64 + 100)).await;
+}
+
 /// GET `url` within 3 s: its status, 0 when none came (a stalled backend).
 async fn status_within_3s(url: &str) -> u16 {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
@@ -351,8 +367,7 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
-    let native =
-        shared.native_node_with(fx, &["--cache-allow-delete-verb", "--cache-delete-token=delete-secret"]).await;
+    let native = native_that_deletes(&shared, fx).await;
     // The Spin node reaches its database and Redis through proxies that
     // can stall or refuse.
     let (db, redis) = (StallProxy::start(&host_port(&shared.db)).await, StallProxy::start(&redis_addr()).await);
@@ -362,7 +377,6 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     let spin = SpinUp::start(&cli, vars).await;
     let path = format!("/{}.narinfo", hash_of(&fx.leaf));
     let (at_spin, at_native) = (format!("{}{path}", spin.url()), format!("{}{path}", native.url()));
-    let purge_bound = Duration::from_millis(ncps_edge_wire::purge_log::TRUST_MS as u64);
 
     // Kept by the Spin node: answered with its database stalled.
     assert_eq!(get(&at_spin).await.0, 200);
@@ -374,7 +388,7 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     // no longer has it (its database is stalled: no answer at all).
     let deleted = reqwest::Client::new().delete(&at_native).bearer_auth("delete-secret").send().await.unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
-    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    past_the_purge_bound().await;
     assert_ne!(
         status_within_3s(&at_spin).await,
         200,
@@ -389,17 +403,97 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     // missed a purge, so it does not serve what it keeps.
     assert_eq!(get(&at_spin).await.0, 200);
     redis.set(ProxyMode::Fail);
-    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    past_the_purge_bound().await;
     db.stall();
     assert_ne!(status_within_3s(&at_spin).await, 200, "served from the tier without reading the purge log");
     // Redis back, no purge missed: what it kept is served again.
     redis.set(ProxyMode::Pass);
-    tokio::time::sleep(purge_bound + Duration::from_millis(100)).await;
+    past_the_purge_bound().await;
     let hit = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap().get(&at_spin).send().await;
     let hit = hit.expect("a kept narinfo answered once the purge log is read again");
     assert_eq!((hit.status().as_u16(), hit.headers()["x-cache"].to_str().unwrap()), (200, "HIT"));
     db.resume();
     assert_eq!(shared.up.hits(&path), 2);
+}
+
+/// Status, the headers a NAR answer is made of, and the body.
+async fn nar_answer(req: reqwest::RequestBuilder) -> (u16, Vec<String>, Vec<u8>) {
+    let resp = req.timeout(Duration::from_secs(3)).send().await.expect("an answer");
+    let headers = ["content-type", "content-length", "content-range", "accept-ranges"]
+        .iter()
+        .map(|h| format!("{h}: {:?}", resp.headers().get(*h)))
+        .collect();
+    (resp.status().as_u16(), headers, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_keeps_small_nars_in_its_own_tier_and_forgets_deleted_ones() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let native = native_that_deletes(&shared, fx).await;
+    let (db, s3) =
+        (StallProxy::start(&host_port(&shared.db)).await, StallProxy::start(&host_port(&shared.bucket.endpoint)).await);
+    let mut vars = shared.variables(fx);
+    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
+    vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &s3.addr()));
+    let spin = SpinUp::start(&cli, vars).await;
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
+    assert!(want.len() <= 64 << 10, "the leaf's NAR is small");
+    let (at_spin, at_native) = (format!("{}{nar}", spin.url()), format!("{}{nar}", native.url()));
+    assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await.0, 200);
+    // Downloaded, then a hit read from S3 whole: kept.
+    assert_eq!(get(&at_spin).await, (200, want.clone()));
+    assert_eq!(get(&at_spin).await, (200, want.clone()));
+
+    // With its database and S3 stalled, the Spin node answers the NAR, a
+    // HEAD and a range from its tier, as the native node answers them.
+    db.stall();
+    s3.stall();
+    let c = reqwest::Client::new();
+    for (what, spin_req, native_req) in [
+        ("GET", c.get(&at_spin), c.get(&at_native)),
+        ("HEAD", c.head(&at_spin), c.head(&at_native)),
+        ("range", c.get(&at_spin).header("range", "bytes=3-9"), c.get(&at_native).header("range", "bytes=3-9")),
+    ] {
+        let from_tier = nar_answer(spin_req).await;
+        assert_eq!(from_tier, nar_answer(native_req).await, "{what}");
+        assert!(from_tier.0 == 200 || from_tier.0 == 206, "{what}: {}", from_tier.0);
+    }
+
+    // Deleted at the native node: within the purge bound the Spin node no
+    // longer has it (with S3 stalled, no answer at all).
+    let deleted = c.delete(&at_native).bearer_auth("delete-secret").send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    past_the_purge_bound().await;
+    assert_ne!(status_within_3s(&at_spin).await, 200, "a NAR deleted at a native node was served from the tier");
+    db.resume();
+    s3.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spin_keeps_its_outbound_http_connections_to_s3_open_between_instances() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let s3 = StallProxy::start(&host_port(&shared.bucket.endpoint)).await;
+    let mut vars = shared.variables(fx);
+    vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &s3.addr()));
+    let spin = SpinUp::start(&cli, vars).await;
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
+    assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await.0, 200);
+    assert_eq!(get(&format!("{}{nar}", spin.url())).await, (200, want.clone()));
+
+    // Every NAR hit is a fresh instance reading the object from S3: Spin's
+    // outbound HTTP pool (on by default) keeps the connection between them.
+    let before = s3.connections();
+    for _ in 0..20 {
+        assert_eq!(get(&format!("{}{nar}", spin.url())).await, (200, want.clone()));
+    }
+    let opened = s3.connections() - before;
+    assert!(opened <= 2, "20 NAR hits opened {opened} connections to S3: Spin did not pool them");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -51,3 +51,13 @@ pub fn mark_absent(hash: &str, seconds: u32) {
 pub fn absent_for(hash: &str) -> u32 {
     edge_cache::absent_for(hash)
 }
+
+/// The whole stored object `key`, when the node's tier keeps it here.
+pub fn kept_nar(key: &str) -> Option<Vec<u8>> {
+    edge_cache::kept_nar(key)
+}
+
+/// Offer the whole stored object `key`, just read, to the node's tier.
+pub fn keep_nar(key: &str, bytes: &[u8]) {
+    edge_cache::keep_nar(key, bytes);
+}

@@ -28,6 +28,15 @@ impl edge_cache::Host for EdgeView<'_> {
     async fn absent_for(&mut self, hash: String) -> wasmtime::Result<u32> {
         Ok(self.0.absent_for(&hash).map_or(0, |left| left.as_secs_f64().ceil() as u32))
     }
+
+    /// The native tier keeps NAR answers itself, in front of the guest.
+    async fn kept_nar(&mut self, _key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    async fn keep_nar(&mut self, _key: String, _bytes: Vec<u8>) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

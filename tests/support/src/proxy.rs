@@ -4,6 +4,7 @@
 //! is open and answers every new HTTP request with `503` (a server in
 //! trouble), until told to forward again. It may also add a fixed latency.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub struct StallProxy {
     /// Its port on loopback.
     pub port: u16,
     mode: Arc<watch::Sender<Mode>>,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,8 +125,11 @@ impl StallProxy {
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = watch::channel(Mode::Pass);
         let target = target.to_owned();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
                 if *rx.borrow() == Mode::Fail {
                     tokio::spawn(refuse(client));
                     continue;
@@ -137,7 +142,12 @@ impl StallProxy {
                 tokio::spawn(pump(sr, cw, rx.clone(), one_way));
             }
         });
-        Self { port, mode: Arc::new(tx), task }
+        Self { port, mode: Arc::new(tx), accepted, task }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// `127.0.0.1:port`.

@@ -29,6 +29,9 @@ const CONTENT_TYPE: &str = "application/x-nix-nar";
 /// `GET|HEAD /nar/<hash>.nar<ext>`.
 pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutparam, head: bool) {
     let key = path.key();
+    if let Some(bytes) = edge::kept_nar(&key) {
+        return hit::serve_kept(settings, req, &key, bytes, out, head);
+    }
     if let Some(size) = stat(&key) {
         return hit::serve(settings, req, &key, size, out, head);
     }
