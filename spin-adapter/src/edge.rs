@@ -6,10 +6,10 @@
 //! every node's tier. Absences ("no upstream has it") and small NARs are
 //! kept in the same tier.
 
-use crate::bindings::exports::ncps::edge::edge_cache::Guest;
-use crate::bindings::fermyon::spin::redis::RedisParameter;
 use ncps_edge_wire::purge_log;
 
+use crate::bindings::exports::ncps::edge::edge_cache::Guest;
+use crate::bindings::fermyon::spin::redis::RedisParameter;
 use crate::{redis, settings};
 
 /// Largest purge message published, as the native Redis channel's.

@@ -16,10 +16,13 @@
 //! read the log without a gap. A busy node reads the log after an answer
 //! every [`purge_log::READ_EVERY_MS`], so no client waits for it; a hit
 //! that finds the last read too old reads the log first (a Redis
-//! connection and one `EVAL`). A node that cannot read the log (Redis down) serves nothing from
-//! its tier: every lookup goes to the database. So a purge anywhere stops
-//! being served by every Spin node within 1 s. `max_age_s = 0` turns the
-//! narinfo tier off, `negative_ttl_s = 0` the absences. A store that
+//! connection and one `EVAL`). A node that cannot read the log (Redis
+//! down) serves nothing from its tier: every lookup goes to the database.
+//! So a purge anywhere stops being served by every Spin node within 1 s.
+//! A purge read from the log forgets what the node keeps for its paths,
+//! whenever it was kept (an entry kept after the purge is read from the
+//! database once more). `max_age_s = 0` turns the narinfo and NAR tier
+//! off, `negative_ttl_s = 0` the absences. A store that
 //! cannot be opened (not granted in `spin.toml`) is logged once per
 //! instance, and every lookup goes to the database.
 

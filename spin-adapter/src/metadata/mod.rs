@@ -294,13 +294,14 @@ impl Guest for crate::Adapter {
         Ok(first_int(&rows).unwrap_or(0).max(0) as u64)
     }
 
-    /// After a narinfo answer (the client does not wait): the access time,
-    /// and the purge log when a read is due.
+    /// After a hit's answer (the client does not wait): the purge log when
+    /// a read is due (first: it does not wait for the database), then the
+    /// access time.
     fn record_access(key: String) {
+        tier::read_log_if_due();
         if let Err(e) = run(|c| c.execute(c.statements().record_access, &[P::Int64(now_ms()), text(&key)])) {
             crate::log::warn("recording a NAR access failed", &[("key", &key), ("error", &e.to_string())]);
         }
-        tier::read_log_if_due();
     }
 
     fn lru_candidates(limit: u32) -> std::result::Result<Vec<NarRecord>, WitError> {
