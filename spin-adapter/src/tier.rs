@@ -106,25 +106,34 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     if max_age_ms() == 0 {
         return None;
     }
-    let kept = || -> Option<(i64, Value)> {
+    let (kept_at, entry) = servable(|| {
         let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
         let entry: Value = serde_json::from_slice(&bytes).ok()?;
         Some((entry.get("kept_at_ms")?.as_i64()?, entry))
-    };
-    // Nothing kept: no need to ask the log (but for a node's first
-    // lookup: see [`read_once`]). Else the log first (reading it may
-    // forget the entry), then the entry.
+    })?;
+    if !young(kept_at) {
+        return None;
+    }
+    from_json(entry.get("record")?)
+}
+
+/// What `kept` reads (when it was kept, and the entry), when the node may
+/// serve it ([`trusted`]). Nothing kept: no need to ask the log (but for a
+/// node's first lookup: see [`read_once`]). Else the log first (reading it
+/// may forget the entry), then the entry again.
+fn servable<T>(kept: impl Fn() -> Option<(i64, T)>) -> Option<(i64, T)> {
     if kept().is_none() {
         read_once();
         return None;
     }
     let applied = trusted()?;
     let (kept_at, entry) = kept()?;
-    let now = now_ms();
-    if !(0..max_age_ms()).contains(&(now - kept_at)) || !applied.trusts(kept_at, now) {
-        return None;
-    }
-    from_json(entry.get("record")?)
+    applied.trusts(kept_at, now_ms()).then_some((kept_at, entry))
+}
+
+/// Whether what was kept at `kept_at` is younger than `max_age_s`.
+fn young(kept_at: i64) -> bool {
+    (0..max_age_ms()).contains(&(now_ms() - kept_at))
 }
 
 /// Keep `record`, read from the database at `asked_ms` (when the query
@@ -164,24 +173,17 @@ pub fn mark_absent(hash: &str, seconds: u32) {
 /// Seconds `hash` stays known to be absent (0: not known, or not to be
 /// trusted: [`trusted`]).
 pub fn absent_for(hash: &str) -> u32 {
-    // (until, kept at)
-    let kept = || -> Option<(i64, i64)> {
+    // Stored as `<until, ms> <kept at, ms>`; one that has run out is none.
+    let absence = servable(|| {
         let bytes = with_store(|s| s.get(&absent_key(hash)).ok().flatten())??;
         let text = String::from_utf8(bytes).ok()?;
         let (until, kept_at) = text.split_once(' ')?;
-        Some((until.parse().ok()?, kept_at.parse().ok()?))
-    };
-    match kept() {
-        None => {
-            read_once();
-            return 0;
-        }
-        Some((until, _)) if until <= now_ms() => return 0,
-        Some(_) => {}
-    }
-    let Some((applied, (until, kept_at))) = trusted().zip(kept()) else { return 0 };
-    let (now, left_ms) = (now_ms(), until - now_ms());
-    if left_ms <= 0 || !applied.trusts(kept_at, now) {
+        let until: i64 = until.parse().ok()?;
+        (until > now_ms()).then_some((kept_at.parse().ok()?, until))
+    });
+    let Some((_, until)) = absence else { return 0 };
+    let left_ms = until - now_ms();
+    if left_ms <= 0 {
         return 0;
     }
     u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX)
@@ -214,17 +216,13 @@ pub fn nar(key: &str) -> Option<Vec<u8>> {
         return None;
     }
     // Stored as `<kept at, ms>\n<bytes>`.
-    let kept = || -> Option<(i64, Vec<u8>)> {
+    let (kept_at, bytes) = servable(|| {
         let mut value = with_store(|s| s.get(&object_key(key)).ok().flatten())??;
         let newline = value.iter().position(|b| *b == b'\n')?;
         let kept_at = std::str::from_utf8(&value[..newline]).ok()?.parse().ok()?;
         Some((kept_at, value.split_off(newline + 1)))
-    };
-    kept()?;
-    let applied = trusted()?;
-    let (kept_at, bytes) = kept()?;
-    let now = now_ms();
-    ((0..max_age_ms()).contains(&(now - kept_at)) && applied.trusts(kept_at, now)).then_some(bytes)
+    })?;
+    young(kept_at).then_some(bytes)
 }
 
 /// Keep `bytes`, the whole object `key` just read from storage, when they
