@@ -1,10 +1,12 @@
-//! The handler's own link settings: every request is a fresh instance, so
-//! what an instance's linear memory holds at start is reset after every
-//! request. Rust's default shadow stack for wasm is 1 MiB, most of it never
-//! touched; a smaller one makes the initial memory (and what the host
-//! resets and keeps resident per instance slot) a fraction of that.
+//! The link settings of a component that runs as a fresh instance per
+//! request: the handler's, and the Spin adapter's (`spin-adapter/build.rs`
+//! links to this file). What an instance's linear memory holds at start is
+//! reset after every request. Rust's default shadow stack for wasm is
+//! 1 MiB, most of it never touched; a smaller one makes the initial memory
+//! (and what the host resets and keeps resident per instance slot) a
+//! fraction of that.
 
-/// Shadow stack of the handler's linear memory, bytes.
+/// Shadow stack of the component's linear memory, bytes.
 const STACK_SIZE: usize = 256 << 10;
 /// Linear memory at start: the stack, the data, and room for what a
 /// request allocates, so that most requests never grow it (a grow changes

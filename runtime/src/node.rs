@@ -24,7 +24,8 @@ use crate::schedulers;
 use crate::server::Server;
 
 /// How often batched last-access times are written.
-const ACCESS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const ACCESS_FLUSH_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS);
 
 /// A node serving requests until [`RunningNode::stop`].
 pub struct RunningNode {

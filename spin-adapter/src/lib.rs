@@ -18,6 +18,7 @@
 //!   key-value store while the node keeps up with that log (`tier`).
 #![deny(missing_docs)]
 
+mod accessed;
 mod edge;
 mod error;
 mod http;

@@ -5,13 +5,28 @@
 //! variable defaults to the native node's flag default. Durations are in
 //! milliseconds, sizes in bytes, lists are separated by spaces or commas.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::bindings::exports::ncps::edge::config::{Guest, Settings, Upstream};
 use crate::bindings::fermyon::spin::variables;
 use crate::error::{Error, Result};
 
+thread_local! {
+    /// The variables this instance read (each instance is one request, so
+    /// a value read once stays right for its life): most are asked for
+    /// several times per request, and each ask is a host call.
+    static READ: RefCell<HashMap<String, Option<String>>> = RefCell::default();
+}
+
 /// A variable's value; none when undefined or empty.
 pub fn var(name: &str) -> Option<String> {
-    variables::get(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    if let Some(value) = READ.with(|read| read.borrow().get(name).cloned()) {
+        return value;
+    }
+    let value = variables::get(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    READ.with(|read| read.borrow_mut().insert(name.to_owned(), value.clone()));
+    value
 }
 
 /// A variable the adapter cannot work without.

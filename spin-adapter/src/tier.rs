@@ -54,7 +54,9 @@ fn max_age_ms() -> i64 {
     i64::from(settings::max_age_s()) * 1000
 }
 
-fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
+/// `f` on the node-local store; none when it cannot be opened (logged once
+/// per instance).
+pub(crate) fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
     OPENED.with(|cell| {
         cell.get_or_init(|| {
             Store::open(STORE)
@@ -79,7 +81,7 @@ fn short_hash(text: &str) -> String {
 /// purge log that says which are stale, so a node pointed at another
 /// database or Redis never serves what it kept for the first. (Worked out
 /// once per instance.)
-fn scoped(key: &str) -> String {
+pub(crate) fn scoped(key: &str) -> String {
     SCOPE.with(|scope| {
         let scope = scope.get_or_init(|| {
             let database = settings::var("database_url").unwrap_or_default();
@@ -119,15 +121,16 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
 
 /// What `kept` reads (when it was kept, and the entry), when the node may
 /// serve it ([`trusted`]). Nothing kept: no need to ask the log (but for a
-/// node's first lookup: see [`read_once`]). Else the log first (reading it
-/// may forget the entry), then the entry again.
+/// node's first lookup: see [`read_once`]). Else the log (a read of it may
+/// forget the entry: then the entry is read again).
 fn servable<T>(kept: impl Fn() -> Option<(i64, T)>) -> Option<(i64, T)> {
-    if kept().is_none() {
+    let Some(first) = kept() else {
         read_once();
         return None;
-    }
-    let applied = trusted()?;
-    let (kept_at, entry) = kept()?;
+    };
+    let before = standing();
+    let applied = trusted_from(before)?;
+    let (kept_at, entry) = if before == Some(applied) { first } else { kept()? };
     applied.trusts(kept_at, now_ms()).then_some((kept_at, entry))
 }
 
@@ -324,7 +327,11 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
 /// of the purge log is recent, or a read now succeeds. None when the log
 /// cannot be read, or another instance's read is under way or just failed.
 fn trusted() -> Option<Applied> {
-    let before = standing();
+    trusted_from(standing())
+}
+
+/// [`trusted`], where the node stood being `before`.
+fn trusted_from(before: Option<Applied>) -> Option<Applied> {
     if let Some(fresh) = before.filter(|a| a.is_fresh(now_ms())) {
         return Some(fresh);
     }

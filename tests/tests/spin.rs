@@ -101,16 +101,47 @@ async fn concurrent_cold_requests_through_a_spin_node_fetch_once() {
     assert_eq!(shared.up.hits(&nar), 1, "one upstream download for 8 cold requests");
 }
 
+/// What `query` answers on the PostgreSQL database `db` (a URL), trimmed.
+fn psql(db: &str, query: &str) -> String {
+    let out = std::process::Command::new("psql").args([db, "-Atc", query]).output().expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Connections to the database `db` (a URL whose path is its name).
 fn connections_to(db: &str) -> usize {
     let name = db.rsplit('/').next().unwrap();
     let query = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'");
-    let out = std::process::Command::new("psql")
-        .args([&format!("{}/postgres", postgres_url()), "-Atc", &query])
-        .output()
-        .expect("psql");
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+    psql(&format!("{}/postgres", postgres_url()), &query).parse().expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_writes_a_nars_access_time_at_most_once_per_interval() {
+    let Some((_cli, fx, shared, node)) = spin_node("none").await else { return };
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(get(&format!("{}{nar}", node.url())).await.0, 200);
+    let key = nar.trim_start_matches('/');
+    let accessed = || psql(&shared.db, &format!("SELECT last_accessed_at FROM nars WHERE key = '{key}'"));
+    let forget = || psql(&shared.db, &format!("UPDATE nars SET last_accessed_at = 1 WHERE key = '{key}'"));
+    // Past the interval of whatever the fetches above wrote: the next hit
+    // writes (after its answer), the hits after it within the interval do not.
+    let interval = Duration::from_millis(ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS);
+    tokio::time::sleep(interval + Duration::from_millis(300)).await;
+    assert_eq!(forget(), "UPDATE 1");
+    assert_eq!(get(&url).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while accessed() == "1" {
+        assert!(Instant::now() < deadline, "a hit did not write its NAR's access time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    forget();
+    for _ in 0..5 {
+        assert_eq!(get(&url).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accessed(), "1", "hits within the interval wrote the access time again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,9 +5,9 @@
 //!
 //! One connection per instance. A statement that finds the schema missing
 //! applies the migrations (under the native nodes' migration lock) and runs
-//! again. Access times are written at once, one cheap `UPDATE` per hit
-//! (after the answer): an instance has no background task to batch them
-//! in. Narinfo lookups go through the node-local tier (`crate::tier`).
+//! again. Access times are written after the answer, at most once per
+//! key per node every 10 s (`crate::accessed`): an instance has no
+//! background task to batch them in. Narinfo lookups go through the node-local tier (`crate::tier`).
 
 /// The [`Statements`] of a dialect's included SQL module (`$time_twice`:
 /// whether its upserts take the time twice).
@@ -296,9 +296,13 @@ impl Guest for crate::Adapter {
 
     /// After a hit's answer (the client does not wait): the purge log when
     /// a read is due (first: it does not wait for the database), then the
-    /// access time.
+    /// access time when this node has not written it lately
+    /// ([`crate::accessed`]).
     fn record_access(key: String) {
         tier::read_log_if_due();
+        if !crate::accessed::due(&key) {
+            return;
+        }
         if let Err(e) = run(|c| c.execute(c.statements().record_access, &[P::Int64(now_ms()), text(&key)])) {
             crate::log::warn("recording a NAR access failed", &[("key", &key), ("error", &e.to_string())]);
         }

@@ -4,6 +4,11 @@
 //! (`GET_NARINFO`, `PUT_NAR`, `EVICT…`, …). Native nodes and the Spin
 //! adapter run these very statements, so they share one database.
 
+/// How stale a NAR's `last_accessed_at` may be: every node writes the
+/// access times of its hits at most this often (a native node in one batch
+/// per interval, a Spin node once per key per interval).
+pub const ACCESS_WRITE_EVERY_MS: u64 = 10_000;
+
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;

@@ -1,0 +1,1 @@
+../handler/build.rs
