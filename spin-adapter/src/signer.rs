@@ -1,7 +1,9 @@
 //! `ncps:edge/signer`: the cache's key from the `secret_key` variable (make
 //! it a Spin secret), else the one native nodes keep in the database
 //! (`config` row `cache.secret-key`), else a new one stored there for every
-//! node. The secret key stays in the adapter; the handler never sees it.
+//! node. The secret key stays in the adapter; the handler never sees it,
+//! and it is never written to the node's disk (only the public half is
+//! kept in the node-local tier).
 
 use std::cell::OnceCell;
 
@@ -12,7 +14,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use crate::bindings::exports::ncps::edge::signer::Guest;
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
 use crate::error::{Error, Result};
-use crate::{metadata, settings};
+use crate::{metadata, settings, tier};
 
 /// The database row of the key, as the native signer names it.
 const SECRET_KEY_CONFIG: &str = "cache.secret-key";
@@ -77,12 +79,22 @@ fn with_key<T>(f: impl FnOnce(&Key) -> T) -> Result<T> {
 impl Guest for crate::Adapter {
     /// A key that cannot be loaded (the database down, a malformed
     /// `secret_key`) is an error the handler answers with a 503, logged
-    /// here once with its cause.
+    /// here once with its cause. The database key's public half is kept
+    /// in the node-local tier, so `/pubkey` needs no round trip.
     fn public_key() -> std::result::Result<String, WitError> {
-        with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))).map_err(|e| {
-            crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
-            e.into()
-        })
+        let from_database = settings::var("secret_key").is_none();
+        if let Some(kept) = tier::public_key().filter(|_| from_database) {
+            return Ok(kept);
+        }
+        let key =
+            with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))).map_err(|e| {
+                crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
+                WitError::from(e)
+            })?;
+        if from_database {
+            tier::keep_public_key(&key);
+        }
+        Ok(key)
     }
 
     fn sign(fingerprint: String) -> std::result::Result<String, WitError> {

@@ -249,6 +249,27 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
     }
 }
 
+/// The public half of the database's signing key, when this node read it
+/// less than `max_age_s` ago (no purge names it: it is never replaced).
+pub fn public_key() -> Option<String> {
+    if max_age_ms() == 0 {
+        return None;
+    }
+    let bytes = with_store(|s| s.get(&scoped("public-key")).ok().flatten())??;
+    let (kept_at, key) = std::str::from_utf8(&bytes).ok()?.split_once('\n')?;
+    young(kept_at.parse().ok()?).then(|| key.to_owned())
+}
+
+/// Keep the public half of the database's signing key.
+pub fn keep_public_key(key: &str) {
+    if max_age_ms() == 0 {
+        return;
+    }
+    if let Some(Err(e)) = with_store(|s| s.set(&scoped("public-key"), format!("{}\n{key}", now_ms()).as_bytes())) {
+        crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
+    }
+}
+
 /// The channel of this node's cache (its purge log is beside it).
 fn channel() -> String {
     ncps_edge_wire::channel::name(&settings::lock_prefix())

@@ -363,14 +363,19 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     assert_eq!(get(&url).await.0, 200);
 
     // Kept (read from the database once more), it is served with the
-    // database unreachable, until it is `max_age_s` old.
+    // database unreachable, until it is `max_age_s` old; so is the public
+    // half of the database's key.
+    let pubkey = get(&format!("{}/pubkey", node.url())).await;
+    assert_eq!(pubkey.0, 200);
     assert_eq!(get(&url).await.0, 200);
     let kept = Instant::now();
     db.stall();
     let hit = client.get(&url).send().await.expect("a kept narinfo answered with the database stalled");
+    let kept_pubkey = client.get(format!("{}/pubkey", node.url())).send().await.expect("a kept /pubkey answered");
     assert!(kept.elapsed() < Duration::from_secs(3), "the test was too slow to tell");
     assert_eq!(hit.status(), 200);
     assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert_eq!((kept_pubkey.status().as_u16(), kept_pubkey.bytes().await.unwrap().to_vec()), pubkey);
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(kept.elapsed()) + Duration::from_millis(500)).await;
     assert_ne!(status(client.get(&url).send().await), 200, "a narinfo older than max_age_s was served");
     db.resume();
