@@ -79,7 +79,8 @@ native() { # $1 port, rest: flags
     --cache-database-url="postgres://postgres@127.0.0.1:5432/$DB" \
     --cache-storage-s3-bucket=ncps-bench --cache-storage-s3-endpoint="http://127.0.0.1:$S3_PORT" \
     --cache-storage-s3-access-key-id=bench --cache-storage-s3-secret-access-key=bench-secret \
-    --cache-storage-s3-force-path-style --wasm-cache-dir="$T/wasm-cache" "$@" > "$T/native$p.log" 2>&1 & PIDS+=($!)
+    --cache-storage-s3-force-path-style --wasm-cache-dir="$T/wasm-cache" --cache-storage-local="$T/native$p" \
+    "$@" > "$T/native$p.log" 2>&1 & PIDS+=($!)
   wait_up "http://127.0.0.1:$p/healthz"
 }
 ON_PORT=$(port) OFF_PORT=$(port)
