@@ -1,21 +1,28 @@
 //! What a fleet of nodes costs one region: `NCPS_FLEET_NODES` (default 50)
-//! `ncps-edge` processes on one PostgreSQL (metadata and advisory locks)
-//! and one S3 bucket. Prints a markdown table (the figures of
-//! [`ncps_edge_tests::fleet::Report`]).
+//! nodes on one PostgreSQL (metadata and advisory locks) and one S3
+//! bucket; with `NCPS_FLEET_SPIN=<k>`, the last k of them are a real
+//! `spin up` (`spin` on `PATH`) and every node locks on Redis. Prints a
+//! markdown table (the figures of [`ncps_edge_tests::fleet::Report`]).
 //!
 //! `cargo build --release -p ncps-edge && NCPS_EDGE_BIN=target/release/ncps-edge
 //! cargo bench -p ncps-edge-tests --bench fleet` (needs PostgreSQL, s3s-fs
 //! and nix, like the tests).
 
-use ncps_edge_tests::fleet::run;
+use ncps_edge_tests::fleet::{run, Shape};
+use ncps_edge_tests::spin_up::spin_binary;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let n = std::env::var("NCPS_FLEET_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let r = run(n).await;
+    let spin = std::env::var("NCPS_FLEET_SPIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let spin = (spin > 0).then(|| (spin, spin_binary().expect("NCPS_FLEET_SPIN needs `spin` on PATH")));
+    let shape = Shape { nodes: n, spin };
+    let r = run(&shape).await;
     println!("| figure | value |");
     println!("|---|---|");
     println!("| nodes (far: 50 ms RTT to database and bucket) | {} ({}) |", r.nodes, r.far_nodes);
+    println!("| Spin nodes among them (`spin up`) | {} |", r.spin_nodes);
+    println!("| locks | {} |", if r.spin_nodes > 0 { "Redis" } else { "PostgreSQL advisory" });
     println!("| PostgreSQL max_connections | {} |", r.max_connections);
     println!("| start all (parallel), s | {:.1} |", r.start_s);
     println!("| connections, idle (per node) | {} ({:.2}) |", r.idle_connections, r.idle_connections as f64 / n as f64);
@@ -47,5 +54,8 @@ async fn main() {
         r.purge_quantile(1.0)
     );
     println!("| purge at node 0 → far nodes, max, s | {:.2} |", r.purge_far_max_s);
-    println!("| RSS per node, mean / max, MiB | {:.0} / {:.0} |", r.rss_mib.0, r.rss_mib.1);
+    println!("| RSS per native node, mean / max, MiB | {:.0} / {:.0} |", r.rss_mib.0, r.rss_mib.1);
+    if r.spin_nodes > 0 {
+        println!("| RSS per Spin node, mean / max, MiB | {:.0} / {:.0} |", r.spin_rss_mib.0, r.spin_rss_mib.1);
+    }
 }

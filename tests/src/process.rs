@@ -79,6 +79,11 @@ impl NodeProcess {
         self.child = launch(self.port, &self.flags, &self.log, self.cwd.path());
     }
 
+    /// What it logged so far (every start).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

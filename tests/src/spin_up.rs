@@ -134,6 +134,11 @@ impl SpinUp {
         format!("http://{}", self.addr)
     }
 
+    /// The process id of `spin up`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What Spin and the component wrote so far (component logs included).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,23 +1,24 @@
 //! Eight nodes (two of them far, at 50 ms RTT) on one PostgreSQL (metadata
 //! and advisory locks) and one bucket: what they cost the server stays
 //! bounded per node, one upstream download serves them all, a purge
-//! reaches all of them. (The 50-node run is `cargo bench --bench fleet`;
-//! BENCHMARKS.md has its figures.)
+//! reaches all of them. Then the same with two of the eight a real
+//! `spin up` (one of them far), all locking on Redis. (The 50-node run is
+//! `cargo bench --bench fleet`; BENCHMARKS.md has its figures.)
 
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
-use ncps_edge_tests::fleet::run;
+use ncps_edge_tests::fleet::{run, Report, Shape};
+use ncps_edge_tests::spin_up::spin_or_skip;
 
 const NODES: usize = 8;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
-    let r = run(NODES).await;
-    // Each node's one connection carries its metadata, locks and channel.
-    assert!(r.idle_connections <= NODES as i64, "{r:?}");
-    assert!(r.peak_connections <= NODES as i64, "{r:?}");
+/// What every fleet must show: no node refused a connection, every client
+/// got the right bytes from one upstream download, `nix` substituted
+/// through every node it tried, a purge reached every node within the
+/// channel's bound, and a hit made no round trip to the region.
+fn check_served_alike(r: &Report) {
     assert_eq!(r.too_many_clients, 0, "{r:?}");
     assert_eq!(r.correct_bodies, NODES, "{r:?}");
-    assert_eq!(r.nix_copies, (2, 2), "{r:?}");
+    assert_eq!(r.nix_copies.0, r.nix_copies.1, "{r:?}");
     assert_eq!(r.upstream_downloads, 1, "{r:?}");
     if !r.purge_s.is_empty() {
         assert!(r.purge_quantile(1.0) <= HEARD_WITHIN.as_secs_f64(), "{r:?}");
@@ -26,4 +27,25 @@ async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
             assert!(per_hit < 0.1, "{r:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
+    let r = run(&Shape::native(NODES)).await;
+    // Each node's one connection carries its metadata, locks and channel.
+    assert!(r.idle_connections <= NODES as i64, "{r:?}");
+    assert!(r.peak_connections <= NODES as i64, "{r:?}");
+    assert_eq!(r.nix_copies, (2, 2), "{r:?}");
+    check_served_alike(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_of_native_and_spin_nodes_downloads_once_and_hears_every_purge() {
+    let Some(cli) = spin_or_skip() else { return };
+    let r = run(&Shape { nodes: NODES, spin: Some((2, cli)) }).await;
+    eprintln!("{r:?}");
+    // Before their first request Spin nodes hold no connection.
+    assert!(r.idle_connections <= NODES as i64, "{r:?}");
+    assert_eq!(r.nix_copies, (3, 3), "{r:?}");
+    check_served_alike(&r);
 }
