@@ -11,7 +11,8 @@
 //!   native schemas;
 //! - `storage`: S3 over `wasi:http`, SigV4-signed here, the native layout;
 //! - `signer`: the `secret_key` variable, else the key in the database;
-//! - `config`: Spin variables; `log`: JSON lines on stderr; `metrics`: not
+//! - `config`: Spin variables (those that hold no secret kept in the node's
+//!   key-value store for a second, see `settings`); `log`: JSON lines on stderr; `metrics`: not
 //!   collected (Spin has no `/metrics` of ours); `edge-cache`: purges are
 //!   published on the native nodes' Redis channel and appended to the
 //!   purge log; narinfos and absences are kept in Spin's node-local

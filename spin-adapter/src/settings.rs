@@ -4,27 +4,145 @@
 //! required (a call that needs one fails saying which); every other
 //! variable defaults to the native node's flag default. Durations are in
 //! milliseconds, sizes in bytes, lists are separated by spaces or commas.
+//!
+//! Spin resolves each variable a component asks for on a blocking thread
+//! of its own (a thread hand-off per variable), and a request reads about
+//! thirty: most of an instance's cost. So the variables that hold no
+//! secret ([`SHARED`]) are read together at most once per
+//! [`SHARED_FOR_MS`] per node and kept in its key-value store, where every
+//! instance reads them in one call; secrets (tokens, keys, URLs that may
+//! carry a password) are read from Spin alone, never written to the
+//! node's disk. A changed variable (a restart, a changing provider) is
+//! seen within [`SHARED_FOR_MS`].
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 
 use crate::bindings::exports::ncps::edge::config::{Guest, Settings, Upstream};
 use crate::bindings::fermyon::spin::variables;
 use crate::error::{Error, Result};
+use crate::metadata::now_ms;
+use crate::tier;
+
+/// The variables that hold no secret, read once per [`SHARED_FOR_MS`] per
+/// node and shared by its instances.
+const SHARED: &[&str] = &[
+    "hostname",
+    "priority",
+    "sign_narinfo",
+    "allow_put",
+    "allow_delete",
+    "allow_anonymous_writes",
+    "upload_trusted_keys",
+    "require_trusted_signature",
+    "max_upload_size",
+    "max_narinfo_size",
+    "max_size",
+    "max_age_s",
+    "negative_ttl_s",
+    "upstream_public_keys",
+    "upstream_allow_unsigned",
+    "upstream_timeout_ms",
+    "upstream_connect_timeout_ms",
+    "upstream_stall_timeout_ms",
+    "backend_timeout_ms",
+    "download_lease_ms",
+    "download_lock_ttl_ms",
+    "lru_lock_ttl_ms",
+    "lock_key_prefix",
+    "lock_retry_max_attempts",
+    "lock_retry_initial_delay_ms",
+    "lock_retry_max_delay_ms",
+    "s3_bucket",
+    "s3_endpoint",
+    "s3_region",
+    "s3_force_path_style",
+];
+
+/// Secrets whose presence, never their value, the shared copy records:
+/// one that is unset costs an instance no read.
+const PRESENCE: &[&str] = &["get_token", "put_token", "delete_token", "admin_token", "secret_key"];
+
+/// The shared copy's entry of the node-local tier's scope
+/// ([`tier::scope`]: digests, no secret).
+const TIER_SCOPE: &str = "#tier-scope";
+
+/// Milliseconds a node's shared copy of the [`SHARED`] variables is used.
+pub const SHARED_FOR_MS: i64 = 1_000;
+
+/// The key of the shared copy in the node-local store.
+const SHARED_KEY: &str = "settings/variables";
 
 thread_local! {
     /// The variables this instance read (each instance is one request, so
-    /// a value read once stays right for its life): most are asked for
-    /// several times per request, and each ask is a host call.
+    /// a value read once stays right for its life).
     static READ: RefCell<HashMap<String, Option<String>>> = RefCell::default();
+    /// The [`SHARED`] variables, as this instance found them (none when
+    /// the node-local store cannot be used).
+    static SHARED_READ: OnceCell<Option<HashMap<String, Option<String>>>> = const { OnceCell::new() };
+}
+
+/// A variable's value from Spin; none when undefined or empty.
+fn from_spin(name: &str) -> Option<String> {
+    variables::get(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// The [`SHARED`] variables, whether each [`PRESENCE`] secret is set
+/// (`"<name>?"`: `"1"` or none) and the [`TIER_SCOPE`]: the node's copy when
+/// it is younger than [`SHARED_FOR_MS`], else read from Spin and stored for
+/// the others.
+fn shared() -> Option<HashMap<String, Option<String>>> {
+    let kept = tier::with_store(|s| s.get(SHARED_KEY).ok().flatten())?;
+    let fresh = kept.and_then(|bytes| {
+        let (read_at, values): (i64, HashMap<String, Option<String>>) = serde_json::from_slice(&bytes).ok()?;
+        (0..SHARED_FOR_MS).contains(&(now_ms() - read_at)).then_some(values)
+    });
+    if let Some(values) = fresh.filter(|v| v.len() == SHARED.len() + PRESENCE.len() + 1) {
+        return Some(values);
+    }
+    let read_at = now_ms();
+    let mut values: HashMap<String, Option<String>> = SHARED.iter().map(|n| ((*n).to_owned(), from_spin(n))).collect();
+    for secret in PRESENCE {
+        values.insert(format!("{secret}?"), from_spin(secret).map(|_| "1".to_owned()));
+    }
+    let prefix = values["lock_key_prefix"].clone().unwrap_or_else(|| ncps_edge_wire::locks::DEFAULT_PREFIX.into());
+    let scope = tier::scope(
+        &from_spin("database_url").unwrap_or_default(),
+        &from_spin("redis_address").unwrap_or_default(),
+        &prefix,
+    );
+    values.insert(TIER_SCOPE.to_owned(), Some(scope));
+    if let Ok(bytes) = serde_json::to_vec(&(read_at, &values)) {
+        let _ = tier::with_store(|s| s.set(SHARED_KEY, &bytes));
+    }
+    Some(values)
+}
+
+/// What the shared copy holds under `key`: none when the node-local
+/// store cannot be used, `Some(None)` when it holds nothing there.
+fn in_shared(key: &str) -> Option<Option<String>> {
+    SHARED_READ.with(|cell| cell.get_or_init(shared).as_ref().map(|v| v.get(key).cloned().flatten()))
+}
+
+/// The node-local tier's scope, from the shared copy.
+pub fn tier_scope() -> Option<String> {
+    in_shared(TIER_SCOPE).flatten()
 }
 
 /// A variable's value; none when undefined or empty.
 pub fn var(name: &str) -> Option<String> {
+    if SHARED.contains(&name) {
+        if let Some(value) = in_shared(name) {
+            return value;
+        }
+    }
+    if PRESENCE.contains(&name) && in_shared(&format!("{name}?")) == Some(None) {
+        return None;
+    }
     if let Some(value) = READ.with(|read| read.borrow().get(name).cloned()) {
         return value;
     }
-    let value = variables::get(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let value = from_spin(name);
     READ.with(|read| read.borrow_mut().insert(name.to_owned(), value.clone()));
     value
 }

@@ -26,7 +26,7 @@
 //! cannot be opened (not granted in `spin.toml`) is logged once per
 //! instance, and every lookup goes to the database.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -47,6 +47,7 @@ const STORE: &str = "default";
 thread_local! {
     static OPENED: OnceCell<Option<Store>> = const { OnceCell::new() };
     static SCOPE: OnceCell<String> = const { OnceCell::new() };
+    static STANDING: Cell<Option<Option<Applied>>> = const { Cell::new(None) };
 }
 
 /// Milliseconds an entry is trusted; 0 when the tier is off.
@@ -77,19 +78,28 @@ fn short_hash(text: &str) -> String {
     Sha256::digest(text.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The scope of every key: the database records were read from and the
-/// purge log that says which are stale, so a node pointed at another
-/// database or Redis never serves what it kept for the first. (Worked out
-/// once per instance.)
+/// The scope of every key, `key/<scope>`: the database records were read
+/// from and the purge log that says which are stale, so a node pointed at
+/// another database or Redis never serves what it kept for the first.
+/// (From the node's shared copy of its settings, else worked out once per
+/// instance.)
 pub(crate) fn scoped(key: &str) -> String {
-    SCOPE.with(|scope| {
-        let scope = scope.get_or_init(|| {
-            let database = settings::var("database_url").unwrap_or_default();
-            let log = format!("{} {}", settings::var("redis_address").unwrap_or_default(), channel());
-            format!("{}/{}", short_hash(&database), short_hash(&log))
+    SCOPE.with(|cell| {
+        let scope = cell.get_or_init(|| {
+            settings::tier_scope().unwrap_or_else(|| {
+                let database = settings::var("database_url").unwrap_or_default();
+                scope(&database, &settings::var("redis_address").unwrap_or_default(), &settings::lock_prefix())
+            })
         });
         format!("{key}/{scope}")
     })
+}
+
+/// The scope of a node on the database `database_url` whose purge log is
+/// on `redis_address` beside the channel of `lock_prefix`: digests only.
+pub fn scope(database_url: &str, redis_address: &str, lock_prefix: &str) -> String {
+    let log = format!("{redis_address} {}", ncps_edge_wire::channel::name(lock_prefix));
+    format!("{}/{}", short_hash(database_url), short_hash(&log))
 }
 
 /// The key of `hash`'s record.
@@ -275,8 +285,21 @@ fn channel() -> String {
     ncps_edge_wire::channel::name(&settings::lock_prefix())
 }
 
-/// Where this node stands in the purge log.
+/// Where this node stands in the purge log, as this instance last read or
+/// stored it (an instance is one request: what it read stays fresh enough,
+/// and [`Applied::is_fresh`] goes by the time of the read, not of this).
 fn standing() -> Option<Applied> {
+    STANDING.with(|cell| {
+        cell.get().unwrap_or_else(|| {
+            let stored = stored_standing();
+            cell.set(Some(stored));
+            stored
+        })
+    })
+}
+
+/// Where this node stands in the purge log, as its store says now.
+fn stored_standing() -> Option<Applied> {
     let bytes = with_store(|s| s.get(&scoped("purge-log")).ok().flatten())??;
     Applied::decode(std::str::from_utf8(&bytes).ok()?)
 }
@@ -331,7 +354,7 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
     // Another instance may have stored a read meanwhile: never trust more
     // than either says.
     let mut applied = Applied::after(before, &read, started);
-    if let Some(other) = standing() {
+    if let Some(other) = stored_standing() {
         applied.trusted_since_ms = applied.trusted_since_ms.max(other.trusted_since_ms);
         if other.read_at_ms > applied.read_at_ms {
             (applied.last, applied.read_at_ms) = (other.last, other.read_at_ms);
@@ -341,6 +364,7 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
         crate::log::warn("storing where the node stands in the purge log failed", &[("error", &format!("{e:?}"))]);
         return None;
     }
+    STANDING.with(|cell| cell.set(Some(Some(applied))));
     Some(applied)
 }
 

@@ -79,7 +79,7 @@ pub struct SpinUp {
     child: Child,
     addr: String,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl SpinUp {
@@ -112,7 +112,7 @@ impl SpinUp {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
         let child = command.spawn().expect("spawning spin up");
-        let mut node = Self { child, addr: format!("127.0.0.1:{port}"), log, _dir: dir };
+        let mut node = Self { child, addr: format!("127.0.0.1:{port}"), log, dir };
         node.wait_ready().await;
         node
     }
@@ -132,6 +132,12 @@ impl SpinUp {
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The app's folder: its manifest, and Spin's state (`.spin/`: the
+    /// key-value store's file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The process id of `spin up`.

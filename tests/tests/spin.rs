@@ -620,6 +620,62 @@ async fn spin_and_native_nodes_share_one_mysql_database() {
     assert_eq!(shared.up.hits(&narinfo), 2, "evicted, then fetched again");
 }
 
+/// Files under `dir` (recursively) that contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_enforces_its_tokens_and_never_writes_a_secret_to_its_disk() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let mut vars = shared.variables(fx);
+    let secrets = [
+        ("get_token", "read-secret-4417"),
+        ("put_token", "put-secret-4417"),
+        ("delete_token", "delete-secret-4417"),
+        ("admin_token", "admin-secret-4417"),
+        ("secret_key", "spin-test:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+    ];
+    for (name, value) in secrets {
+        vars.insert(name.into(), value.into());
+    }
+    vars.insert("allow_put".into(), "true".into());
+    let node = SpinUp::start(&cli, vars).await;
+    let url = format!("{}/{}.narinfo", node.url(), hash_of(&fx.leaf));
+    let c = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // Every instance after the first finds the settings in the node's
+    // copy: the tokens are still asked for, and enforced.
+    for _ in 0..3 {
+        assert_eq!(status(c.get(&url).send().await.unwrap()), 401);
+        assert_eq!(status(c.get(&url).bearer_auth("read-secret-4417").send().await.unwrap()), 200);
+        assert_eq!(status(c.get(&url).bearer_auth("wrong").send().await.unwrap()), 401);
+        let put = c.put(format!("{}/0c5gsym8rwxz5ynj76j0gh1q9h9wv5px.narinfo", node.url()));
+        assert_eq!(status(put.bearer_auth("read-secret-4417").body("x").send().await.unwrap()), 403);
+    }
+    let pubkey = c.get(format!("{}/pubkey", node.url())).bearer_auth("read-secret-4417").send().await.unwrap();
+    assert!(pubkey.text().await.unwrap().starts_with("spin-test:"), "the secret_key variable's key");
+    let kept = files_containing(node.dir(), b"upstream_timeout_ms");
+    assert!(!kept.is_empty(), "no copy of the settings in the node's store (under {})", node.dir().display());
+    for (name, value) in secrets {
+        let secret = value.rsplit(':').next().unwrap();
+        assert_eq!(files_containing(node.dir(), secret.as_bytes()), Vec::<PathBuf>::new(), "{name} on disk");
+    }
+    let s3_secret = shared.bucket.secret_key.as_bytes();
+    assert_eq!(files_containing(node.dir(), s3_secret), Vec::<PathBuf>::new(), "the S3 secret on disk");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_spin_settings_fail_closed() {
     let Some(cli) = spin_or_skip() else { return };
