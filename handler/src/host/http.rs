@@ -6,6 +6,7 @@ use crate::bindings::wasi::http::types::{
 };
 use crate::bindings::wasi::io::poll::poll;
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
+use crate::host::logging;
 use crate::host::time::Instant;
 
 /// Bytes read from a stream per call.
@@ -146,12 +147,18 @@ impl Response {
         }
     }
 
-    /// Send the head and return the body writer (none for HEAD requests,
-    /// which get the head only).
-    pub fn start(self, out: ResponseOutparam, head_only: bool) -> Option<BodyWriter> {
+    /// The head as the host takes it.
+    fn outgoing(&self) -> OutgoingResponse {
         let fields = Fields::from_list(&self.headers).unwrap_or_else(|_| Fields::new());
         let resp = OutgoingResponse::new(fields);
         let _ = resp.set_status_code(self.status);
+        resp
+    }
+
+    /// Send the head and return the body writer (none for HEAD requests,
+    /// which get the head only).
+    pub fn start(self, out: ResponseOutparam, head_only: bool) -> Option<BodyWriter> {
+        let resp = self.outgoing();
         if head_only {
             ResponseOutparam::set(out, Ok(resp));
             return None;
@@ -165,11 +172,39 @@ impl Response {
 
     /// Send the whole response with `body` (its length as Content-Length).
     pub fn send(self, out: ResponseOutparam, body: &[u8], head_only: bool) {
-        let resp = self.header("content-length", body.len().to_string());
-        if let Some(mut w) = resp.start(out, head_only) {
-            if w.write_all(body).is_ok() {
-                w.finish();
+        self.header("content-length", body.len().to_string()).send_body(out, body, head_only);
+    }
+
+    /// Send the whole response with `body`, its Content-Length already
+    /// given. What the body stream takes at once is written, and a body it
+    /// takes whole is finished, before the head is handed over: the host
+    /// then has the whole response and sends it in one write. (Head first,
+    /// then the body, and the body waits behind Nagle's algorithm for the
+    /// client's delayed ACK of the head: 40 ms per small answer.) A body
+    /// that cannot be written whole is abandoned: a broken transfer.
+    pub fn send_body(self, out: ResponseOutparam, body: &[u8], head_only: bool) {
+        if head_only {
+            self.start(out, true);
+            return;
+        }
+        let head = self.outgoing();
+        let Some((outgoing, stream)) = head.body().ok().and_then(|b| b.write().ok().map(|s| (b, s))) else {
+            return ResponseOutparam::set(out, Ok(head));
+        };
+        let mut w = BodyWriter { stream, body: outgoing };
+        let taken = w.write_now(body);
+        if taken == body.len() {
+            let finished = w.finish();
+            ResponseOutparam::set(out, Ok(head));
+            if !finished {
+                logging::debug("a response body could not be finished", &[]);
             }
+            return;
+        }
+        ResponseOutparam::set(out, Ok(head));
+        match w.write_all(&body[taken..]) {
+            Ok(()) => _ = w.finish(),
+            Err(_) => w.abort(),
         }
     }
 }
@@ -186,6 +221,17 @@ pub struct BodyWriter {
 }
 
 impl BodyWriter {
+    /// Write what the stream takes of `data` without waiting; returns how
+    /// much it took.
+    fn write_now(&mut self, data: &[u8]) -> usize {
+        let permitted = self.stream.check_write().map_or(0, |p| p as usize);
+        let n = permitted.min(data.len());
+        match n > 0 && self.stream.write(&data[..n]).is_ok() {
+            true => n,
+            false => 0,
+        }
+    }
+
     /// Write all of `data`, waiting for the client as needed.
     pub fn write_all(&mut self, mut data: &[u8]) -> Result<(), StreamError> {
         while !data.is_empty() {

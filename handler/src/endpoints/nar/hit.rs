@@ -93,13 +93,7 @@ fn answer(settings: &Settings, req: &Request, key: &str, source: Source, out: Re
             Range::Part { first, last } => bytes.get(first as usize..=last as usize).unwrap_or_default(),
             _ => &bytes[..],
         };
-        if let Some(mut body) = resp.start(out, head) {
-            match body.write_all(part) {
-                Ok(()) => _ = body.finish(),
-                Err(_) => body.abort(),
-            }
-        }
-        return;
+        return resp.send_body(out, part, head);
     }
     let Some(stream) = stream else {
         // A HEAD, or a body the host sends: the head only.
