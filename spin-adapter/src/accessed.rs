@@ -11,7 +11,8 @@ use crate::metadata::now_ms;
 use crate::tier::{scoped, with_store};
 
 /// Whether `key`'s access time is to be written now: this node has not
-/// written it in the last [`ACCESS_WRITE_EVERY_MS`]. When it is, notes it written.
+/// written it in the last [`ACCESS_WRITE_EVERY_MS`]. When it is, notes it
+/// written.
 pub fn due(key: &str) -> bool {
     let noted = format!("{}/{key}", scoped("accessed"));
     let now = now_ms();

@@ -12,11 +12,12 @@
 //! - `storage`: S3 over `wasi:http`, SigV4-signed here, the native layout;
 //! - `signer`: the `secret_key` variable, else the key in the database;
 //! - `config`: Spin variables (those that hold no secret kept in the node's
-//!   key-value store for a second, see `settings`); `log`: JSON lines on stderr; `metrics`: not
-//!   collected (Spin has no `/metrics` of ours); `edge-cache`: purges are
-//!   published on the native nodes' Redis channel and appended to the
-//!   purge log; narinfos and absences are kept in Spin's node-local
-//!   key-value store while the node keeps up with that log (`tier`).
+//!   key-value store for a second, see `settings`); `log`: JSON lines on
+//!   stderr; `metrics`: not collected (Spin has no `/metrics` of ours);
+//!   `edge-cache`: purges are published on the native nodes' Redis channel
+//!   and appended to the purge log; narinfos, absences, small NARs and the
+//!   public key are kept in Spin's node-local key-value store while the
+//!   node keeps up with that log (`tier`).
 #![deny(missing_docs)]
 
 mod accessed;

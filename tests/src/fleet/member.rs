@@ -33,8 +33,9 @@ impl Member {
             Member::Native(n) => n.pid(),
             Member::Spin(s) => s.pid(),
         };
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let children: u64 = children.split_whitespace().filter_map(|c| rss(c.parse().ok()?)).sum();
+        let children = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().ok()?;
+        let children: u64 =
+            String::from_utf8_lossy(&children.stdout).split_whitespace().filter_map(|c| rss(c.parse().ok()?)).sum();
         Some(rss(pid)? + children)
     }
 
