@@ -129,7 +129,12 @@ pub async fn run(shape: &Shape) -> Report {
     for (i, client) in clients.into_iter().enumerate() {
         match client.await {
             Ok(Ok(got)) if got == want => report.correct_bodies += 1,
-            other => eprintln!("node {i} (far: {}): {other:?}", is_far(i)),
+            other => {
+                eprintln!("node {i} (far: {}): {other:?}", is_far(i));
+                let log = fleet.nodes[i].log();
+                let said: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+                eprintln!("  its last warnings:\n  {}", said[said.len().saturating_sub(3)..].join("\n  "));
+            }
         }
     }
     sampling.store(false, Ordering::Release);
