@@ -58,7 +58,7 @@ pub struct Fleet {
     pub database: String,
     /// Their bucket.
     pub bucket: S3Bucket,
-    /// Their logs (`node<i>.log`).
+    /// The native nodes' logs (`node<i>.log`; a Spin node keeps its own).
     pub dir: tempfile::TempDir,
     /// How long starting all of them took.
     pub started_in: Duration,
