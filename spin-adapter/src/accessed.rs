@@ -7,20 +7,11 @@
 
 use ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS;
 
-use crate::metadata::now_ms;
-use crate::tier::{scoped, with_store};
+use crate::tier::{noted_within, scoped};
 
 /// Whether `key`'s access time is to be written now: this node has not
 /// written it in the last [`ACCESS_WRITE_EVERY_MS`]. When it is, notes it
 /// written.
 pub fn due(key: &str) -> bool {
-    let noted = format!("{}/{key}", scoped("accessed"));
-    let now = now_ms();
-    let last = with_store(|s| s.get(&noted).ok().flatten()).flatten();
-    let last: Option<i64> = last.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
-    if last.is_some_and(|t| (0..ACCESS_WRITE_EVERY_MS as i64).contains(&(now - t))) {
-        return false;
-    }
-    let _ = with_store(|s| s.set(&noted, now.to_string().as_bytes()));
-    true
+    !noted_within(&format!("{}/{key}", scoped("accessed")), ACCESS_WRITE_EVERY_MS as i64)
 }

@@ -308,14 +308,19 @@ fn stored_standing() -> Option<Applied> {
 /// another) less than `ms` ago: one under way, or one that failed. Marks a
 /// new one started now when not.
 fn read_started_within(ms: i64) -> bool {
-    let key = scoped("purge-log-read");
+    noted_within(&scoped("purge-log-read"), ms)
+}
+
+/// Whether the store's `key` notes a time less than `ms` ago. When it
+/// does not, it notes now.
+pub(crate) fn noted_within(key: &str, ms: i64) -> bool {
     let now = now_ms();
-    let started = with_store(|s| s.get(&key).ok().flatten()).flatten();
-    let started: Option<i64> = started.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
-    if started.is_some_and(|t| (0..ms).contains(&(now - t))) {
+    let noted = with_store(|s| s.get(key).ok().flatten()).flatten();
+    let noted: Option<i64> = noted.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+    if noted.is_some_and(|t| (0..ms).contains(&(now - t))) {
         return true;
     }
-    let _ = with_store(|s| s.set(&key, now.to_string().as_bytes()));
+    let _ = with_store(|s| s.set(key, now.to_string().as_bytes()));
     false
 }
 
