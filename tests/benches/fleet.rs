@@ -1,7 +1,8 @@
 //! What a fleet of nodes costs one region: `NCPS_FLEET_NODES` (default 50)
 //! nodes on one PostgreSQL (metadata and advisory locks) and one S3
 //! bucket; with `NCPS_FLEET_SPIN=<k>`, the last k of them are a real
-//! `spin up` (`spin` on `PATH`) and every node locks on Redis. Prints a
+//! `spin up` (`spin` on `PATH`) and every node locks on Redis;
+//! `NCPS_FLEET_LOAD_S` (default 5) is how long each `wrk` runs. Prints a
 //! markdown table (the figures of [`ncps_edge_tests::fleet::Report`]).
 //!
 //! `cargo build --release -p ncps-edge && NCPS_EDGE_BIN=target/release/ncps-edge
@@ -16,7 +17,8 @@ async fn main() {
     let n = std::env::var("NCPS_FLEET_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let spin = std::env::var("NCPS_FLEET_SPIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let spin = (spin > 0).then(|| (spin, spin_binary().expect("NCPS_FLEET_SPIN needs `spin` on PATH")));
-    let shape = Shape { nodes: n, spin };
+    let load_s = std::env::var("NCPS_FLEET_LOAD_S").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let shape = Shape { nodes: n, spin, load_s };
     let r = run(&shape).await;
     println!("| figure | value |");
     println!("|---|---|");
@@ -57,5 +59,32 @@ async fn main() {
     println!("| RSS per native node, mean / max, MiB | {:.0} / {:.0} |", r.rss_mib.0, r.rss_mib.1);
     if r.spin_nodes > 0 {
         println!("| RSS per Spin node, mean / max, MiB | {:.0} / {:.0} |", r.spin_rss_mib.0, r.spin_rss_mib.1);
+    }
+    if let Some(load) = &r.load {
+        for hit in &load.hits {
+            let (kind, i) = hit.node;
+            println!(
+                "| `wrk` warm narinfo hits at node {i} ({kind}), 16 conns: requests/s, p99 ms, non-200 | {:.0}, {:.1}, {} |",
+                hit.counted.per_s(),
+                hit.counted.p99_ms,
+                hit.counted.answers() - hit.counted.ok + hit.counted.socket_errors
+            );
+        }
+        let m = &load.misses;
+        println!(
+            "| `wrk` misses at all nodes at once ({} conns): answers/s, 404 / 5xx / other / socket errors | {:.0}, {} / {} / {} / {} |",
+            load.miss_clients,
+            m.per_s(),
+            m.absent,
+            m.server_errors,
+            m.other,
+            m.socket_errors
+        );
+        println!(
+            "| connections, peak during the miss burst (per node) | {} ({:.2}) |",
+            load.miss_peak_connections,
+            load.miss_peak_connections as f64 / n as f64
+        );
+        println!("| statements per miss of the burst (absent narinfo) | {} |", show(load.statements_per_absent));
     }
 }

@@ -27,6 +27,18 @@ fn check_served_alike(r: &Report) {
             assert!(per_hit < 0.1, "{r:?}");
         }
     }
+    // Under wrk every hit is a 200, every random miss a 404: no node
+    // answers 5xx however many clients miss at once.
+    if let Some(load) = &r.load {
+        assert_eq!(load.hits.len(), 2 + usize::from(r.spin_nodes > 0), "{load:?}");
+        for hit in &load.hits {
+            assert!(hit.counted.ok > 0, "{load:?}");
+            assert_eq!(hit.counted.answers() + hit.counted.socket_errors, hit.counted.ok, "{load:?}");
+        }
+        let m = &load.misses;
+        assert!(m.absent > 0, "{load:?}");
+        assert_eq!((m.ok, m.server_errors, m.other, m.socket_errors), (0, 0, 0, 0), "{load:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,6 +47,8 @@ async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
     // Each node's one connection carries its metadata, locks and channel.
     assert!(r.idle_connections <= NODES as i64, "{r:?}");
     assert!(r.peak_connections <= NODES as i64, "{r:?}");
+    let burst_peak = r.load.as_ref().map_or(0, |l| l.miss_peak_connections);
+    assert!(burst_peak <= NODES as i64, "{r:?}");
     assert_eq!(r.nix_copies, (2, 2), "{r:?}");
     check_served_alike(&r);
 }
@@ -42,7 +56,7 @@ async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_of_native_and_spin_nodes_downloads_once_and_hears_every_purge() {
     let Some(cli) = spin_or_skip() else { return };
-    let r = run(&Shape { nodes: NODES, spin: Some((2, cli)) }).await;
+    let r = run(&Shape { nodes: NODES, spin: Some((2, cli)), load_s: 2 }).await;
     eprintln!("{r:?}");
     // Before their first request Spin nodes hold no connection.
     assert!(r.idle_connections <= NODES as i64, "{r:?}");

@@ -4,16 +4,19 @@
 //! them (50 ms RTT through delaying proxies), in front of one upstream, and
 //! what they cost the region: connections (idle and at peak), statements
 //! (round trips) per hit and per miss, idle traffic, upstream downloads,
-//! purge propagation, memory per node, time to start. The fleet tests run
-//! a small N in CI; `cargo bench --bench fleet` runs 50.
+//! purge propagation, memory per node, time to start, and `wrk` load
+//! (hits at single nodes, a burst of misses at all of them). The fleet
+//! tests run a small N in CI; `cargo bench --bench fleet` runs 50.
 
+mod far;
+mod load;
 mod member;
 mod run;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_bucket, host_port, postgres_url, via, S3Bucket, StallProxy};
+use ncps_edge_test_support::{fresh_bucket, host_port, postgres_url, via, S3Bucket};
 
 use crate::cluster::backend_flags;
 use crate::fixture::fixture;
@@ -22,6 +25,8 @@ use crate::process::NodeProcess;
 use crate::spin_host::variables;
 use crate::spin_up::SpinUp;
 use crate::upstream::FakeUpstream;
+use far::FarProxies;
+pub use load::{Counted, HitLoad, Load, MISS_CLIENTS_PER_NODE};
 pub use member::Member;
 pub use run::run;
 
@@ -34,12 +39,14 @@ pub struct Shape {
     /// that runs them. With any, every node locks on Redis (the one lock
     /// service a Spin node has) instead of PostgreSQL.
     pub spin: Option<(usize, PathBuf)>,
+    /// Seconds of each `wrk` run of the load phase ([`Load`]).
+    pub load_s: u64,
 }
 
 impl Shape {
     /// `n` native nodes.
     pub fn native(n: usize) -> Self {
-        Self { nodes: n, spin: None }
+        Self { nodes: n, spin: None, load_s: 2 }
     }
 
     /// Spin nodes in all.
@@ -63,7 +70,7 @@ pub struct Fleet {
     /// How long starting all of them took.
     pub started_in: Duration,
     /// The proxies of the far nodes (database, bucket).
-    _far: (StallProxy, StallProxy),
+    _far: FarProxies,
 }
 
 /// One-way delay between a far node and the region (RTT 50 ms).
@@ -118,6 +125,8 @@ pub struct Report {
     pub rss_mib: (f64, f64),
     /// The same per Spin node (`spin up` and its trigger process).
     pub spin_rss_mib: (f64, f64),
+    /// `wrk` through the fleet (none without `wrk`, outside CI).
+    pub load: Option<Load>,
 }
 
 impl Report {
@@ -154,13 +163,13 @@ impl Fleet {
         let database = url.rsplit('/').next().expect("a database name").to_owned();
         // Far nodes reach the database and the bucket through proxies
         // that delay every packet.
-        let far_db = StallProxy::with_delay(&host_port(url), FAR_ONE_WAY).await;
-        let far_s3 = StallProxy::with_delay(&host_port(&bucket.endpoint), FAR_ONE_WAY).await;
+        let far = FarProxies::start(&host_port(url), &host_port(&bucket.endpoint));
+        let (far_db, far_s3) = (&far.db, &far.s3);
         let far_url = format!("--cache-database-url={}", via(url, &far_db.addr()));
         let mut far_flags: Vec<String> =
             backend.iter().filter(|f| !f.starts_with("--cache-database-url=")).cloned().collect();
         far_flags.push(far_url);
-        far_flags.extend(bucket.through(&far_s3).flags());
+        far_flags.extend(bucket.through(far_s3).flags());
         let mut near_flags = backend.clone();
         near_flags.extend(bucket.flags());
         if server_log().is_some() {
@@ -203,7 +212,7 @@ impl Fleet {
                 backend.iter().find_map(|f| f.strip_prefix("--cache-lock-redis-key-prefix=")).expect("a prefix");
             let spin_nodes = (natives..n).map(|i| {
                 let (db, bucket) = match is_far(i) {
-                    true => (via(url, &far_db.addr()), bucket.through(&far_s3)),
+                    true => (via(url, &far_db.addr()), bucket.through(far_s3)),
                     false => (url.to_owned(), bucket.clone()),
                 };
                 // Spin's PostgreSQL client verifies a certificate a server
@@ -215,7 +224,7 @@ impl Fleet {
             });
             nodes.extend(futures_util::future::join_all(spin_nodes).await.into_iter().map(Member::Spin));
         }
-        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed(), _far: (far_db, far_s3) }
+        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed(), _far: far }
     }
 
     /// Connections to the fleet's database now.

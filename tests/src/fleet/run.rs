@@ -1,12 +1,12 @@
 //! [`run`]: start a fleet and measure it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{admin, connections_to, is_far, Fleet, Report, Shape};
+use super::load::{load, peak_connections_during, wrk_binary};
+use super::{admin, is_far, Fleet, Report, Shape};
 use crate::fixture::{fixture, hash_of, nar_file, nar_url};
 use crate::nix::NixEnv;
 use crate::node::memory_tier_on;
@@ -18,15 +18,20 @@ async fn idle_rate(fleet: &Fleet, window: Duration) -> Option<f64> {
     Some((fleet.statements()? - before) as f64 / window.as_secs_f64())
 }
 
-/// Statements `work` caused, the idle rate over its duration taken off.
-async fn statements_of<F: std::future::Future<Output = ()>>(fleet: &Fleet, idle: Option<f64>, work: F) -> Option<f64> {
+/// What `work` returned, and the statements it caused, the idle rate over
+/// its duration taken off.
+pub(super) async fn statements_of<T>(
+    fleet: &Fleet,
+    idle: Option<f64>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<f64>) {
     let before = fleet.statements();
     let started = Instant::now();
-    work.await;
+    let out = work.await;
     // The server writes its log as it goes; give it a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let spent = (fleet.statements()? - before?) as f64;
-    Some((spent - idle? * started.elapsed().as_secs_f64()).max(0.0))
+    let spent = fleet.statements().zip(before).map(|(after, before)| (after - before) as f64);
+    (out, spent.zip(idle).map(|(spent, idle)| (spent - idle * started.elapsed().as_secs_f64()).max(0.0)))
 }
 
 /// Ask every one of `urls` `rounds` times, one after the other; each must answer 200.
@@ -66,13 +71,14 @@ pub async fn run(shape: &Shape) -> Report {
     let narinfo = |i: usize, p: &str| format!("{}/{}.narinfo", fleet.nodes[i].url(), hash_of(p));
     let urls: Vec<String> = (0..n).map(|i| narinfo(i, &fx.leaf)).collect();
     let idle = report.idle_statements_per_s;
-    report.statements_per_miss = statements_of(&fleet, idle, ask_each(&c, &urls[..1], 1)).await;
+    let (_, first) = statements_of(&fleet, idle, ask_each(&c, &urls[..1], 1)).await;
+    report.statements_per_miss = first;
     if n > 1 {
-        let others = statements_of(&fleet, idle, ask_each(&c, &urls[1..], 1)).await;
+        let (_, others) = statements_of(&fleet, idle, ask_each(&c, &urls[1..], 1)).await;
         report.statements_per_node_miss = others.map(|s| s / (n - 1) as f64);
     }
     const HITS: usize = 20;
-    let hits = statements_of(&fleet, idle, ask_each(&c, &urls, HITS)).await;
+    let (_, hits) = statements_of(&fleet, idle, ask_each(&c, &urls, HITS)).await;
     report.statements_per_hit = hits.map(|s| s / (n * HITS) as f64);
 
     // The real nix client substitutes a closure through a near and a far
@@ -96,18 +102,6 @@ pub async fn run(shape: &Shape) -> Report {
     let cache = fx.cache("zstd");
     let nar = nar_url(&cache, &fx.big);
     let want = format!("{:x}", Sha256::digest(std::fs::read(nar_file(&cache, &fx.big)).unwrap()));
-    let peak = Arc::new(AtomicI64::new(0));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling, database) = (peak.clone(), sampling.clone(), fleet.database.clone());
-        let sampler_admin = self::admin().await;
-        tokio::spawn(async move {
-            while sampling.load(Ordering::Acquire) {
-                peak.fetch_max(connections_to(&sampler_admin, &database).await, Ordering::AcqRel);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
     let clients: Vec<_> = fleet
         .nodes
         .iter()
@@ -122,12 +116,15 @@ pub async fn run(shape: &Shape) -> Report {
                 if info != 200 || status != 200 {
                     return Err(format!("narinfo {info}, NAR {status}: {}", String::from_utf8_lossy(&body)));
                 }
-                Ok::<_, String>(format!("{:x}", Sha256::digest(&body)))
+                // Hashed off the runtime's threads, as a client would.
+                let digest = tokio::task::spawn_blocking(move || format!("{:x}", Sha256::digest(&body)));
+                digest.await.map_err(|e| format!("hashing: {e}"))
             })
         })
         .collect();
-    for (i, client) in clients.into_iter().enumerate() {
-        match client.await {
+    let (got, peak) = peak_connections_during(&fleet, futures_util::future::join_all(clients)).await;
+    for (i, client) in got.into_iter().enumerate() {
+        match client {
             Ok(Ok(got)) if got == want => report.correct_bodies += 1,
             other => {
                 eprintln!("node {i} (far: {}): {other:?}", is_far(i));
@@ -137,10 +134,14 @@ pub async fn run(shape: &Shape) -> Report {
             }
         }
     }
-    sampling.store(false, Ordering::Release);
-    sampler.await.unwrap();
-    report.peak_connections = peak.load(Ordering::Acquire);
+    report.peak_connections = peak;
     report.upstream_downloads = fleet.up.hits(&nar);
+
+    // wrk: warm hits at single nodes, then misses at every node at once.
+    if let Some(wrk) = wrk_binary() {
+        let path = format!("/{}.narinfo", hash_of(&fx.leaf));
+        report.load = Some(load(&fleet, &wrk, &path, shape.load_s, idle).await);
+    }
 
     // A purge at node 0: how long each node goes on serving the narinfo.
     // The upstream has no narinfo from now on, so a node that no longer
