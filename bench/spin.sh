@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Warm narinfo hits under a real `spin up` of spin.toml, against native
-# `ncps-edge serve` nodes on the same backends (edge tier on, and off: a
-# fresh instance per request, as under Spin) and nginx serving the same
-# files, in one run on loopback; prints a markdown table (BENCHMARKS.md
-# records it):
+# Warm narinfo hits under a real `spin up` of spin.toml (its key-value
+# store on disk, Spin's default, and a second node with it in memory),
+# against native `ncps-edge serve` nodes on the same backends (edge tier
+# on, and off: a fresh instance per request, as under Spin) and nginx
+# serving the same files, in one run on loopback; prints a markdown table
+# (BENCHMARKS.md records it):
 #   requests/s and p99 with wrk (32 connections, $DURATION each), and the
 #   Redis EVALs the Spin node made during its run (its purge-log reads).
 #
@@ -69,6 +70,13 @@ export OTEL_SDK_DISABLED=true
 SPIN_PORT=$(port)
 setsid spin up --listen "127.0.0.1:$SPIN_PORT" --state-dir "$T/state" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
 wait_up "http://127.0.0.1:$SPIN_PORT/nix-cache-info" || { cat "$T/spin.log" >&2; exit 1; }
+# A second Spin node whose `default` store is in memory (a runtime config
+# naming no path): no file, no fsync under the store's one lock.
+printf '[key_value_store.default]\ntype = "spin"\n' > "$T/memory-store.toml"
+MEM_PORT=$(port)
+setsid spin up --listen "127.0.0.1:$MEM_PORT" --state-dir "$T/state-mem" --runtime-config-file "$T/memory-store.toml" \
+  > "$T/spin-mem.log" 2>&1 & PIDS+=("-$!")
+wait_up "http://127.0.0.1:$MEM_PORT/nix-cache-info" || { cat "$T/spin-mem.log" >&2; exit 1; }
 
 # Native nodes on the same backends: tier on (the default) and off.
 native() { # $1 port, rest: flags
@@ -88,13 +96,15 @@ native "$ON_PORT"
 native "$OFF_PORT" --edge-cache-memory=0
 
 # Warm every node: the narinfo is a hit (in the Spin node's key-value store).
-for p in "$SPIN_PORT" "$ON_PORT" "$OFF_PORT"; do
+for p in "$SPIN_PORT" "$MEM_PORT" "$ON_PORT" "$OFF_PORT"; do
   for _ in 1 2 3; do
     curl -fsS "http://127.0.0.1:$p/$H.narinfo" > "$T/answer.$p"
   done
   grep -q "^StorePath: $LEAF" "$T/answer.$p" || { echo "node on $p answered: $(cat "$T/answer.$p")" >&2; exit 1; }
 done
-cmp "$T/answer.$SPIN_PORT" "$T/answer.$ON_PORT" || { echo "the Spin and native narinfos differ" >&2; exit 1; }
+for p in "$SPIN_PORT" "$MEM_PORT"; do
+  cmp "$T/answer.$p" "$T/answer.$ON_PORT" || { echo "the Spin and native narinfos differ" >&2; exit 1; }
+done
 
 evals() { redis-cli -h 127.0.0.1 info commandstats | sed -n 's/^cmdstat_eval:calls=\([0-9]*\).*/\1/p'; }
 read -r N_RPS N_P99 _ _ < <(wrk_field "http://127.0.0.1:$REF_PORT/$H.narinfo" 32)
@@ -103,11 +113,13 @@ read -r O_RPS O_P99 _ _ < <(wrk_field "http://127.0.0.1:$OFF_PORT/$H.narinfo" 32
 EVALS_BEFORE=$(evals)
 read -r S_RPS S_P99 _ S_N < <(wrk_field "http://127.0.0.1:$SPIN_PORT/$H.narinfo" 32)
 EVALS=$(( $(evals) - ${EVALS_BEFORE:-0} ))
+read -r M_RPS M_P99 _ _ < <(wrk_field "http://127.0.0.1:$MEM_PORT/$H.narinfo" 32)
 UP=$(grep -c "GET /$H.narinfo" "$T/upstream.log" || true)
 
 echo "| warm narinfo hit (32 conns, $DURATION) | requests/s | p99 ms | Spin / this (requests/s) |"
 echo "| --- | --- | --- | --- |"
 echo "| \`spin up\` (Spin $(spin --version | cut -d' ' -f2)) | $S_RPS | $(to_ms "$S_P99") | 1.00 |"
+echo "| \`spin up\`, \`default\` store in memory | $M_RPS | $(to_ms "$M_P99") | $(ratio "$S_RPS" "$M_RPS") |"
 echo "| native, tier off | $O_RPS | $(to_ms "$O_P99") | $(ratio "$S_RPS" "$O_RPS") |"
 echo "| native, tier on | $E_RPS | $(to_ms "$E_P99") | $(ratio "$S_RPS" "$E_RPS") |"
 echo "| nginx (static file) | $N_RPS | $(to_ms "$N_P99") | $(ratio "$S_RPS" "$N_RPS") |"
