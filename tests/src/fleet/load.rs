@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::statements_of;
-use super::{admin, connections_to, Fleet};
+use super::Fleet;
 
 /// The script every `wrk` of the harness runs (`wrk.lua`: random misses
 /// or the given URL, answers counted by kind).
 const SCRIPT: &str = include_str!("wrk.lua");
+
+/// Connections of each warm-hit run (`wrk -c`).
+pub const HIT_CONNECTIONS: usize = 16;
 
 /// Connections per node of the miss burst (`wrk -c`).
 pub const MISS_CLIENTS_PER_NODE: usize = 2;
@@ -92,7 +95,8 @@ pub struct HitLoad {
 pub struct Load {
     /// Warm narinfo hits, one node at a time.
     pub hits: Vec<HitLoad>,
-    /// The miss burst: every node at once, summed.
+    /// The miss burst: every node at once, answers summed (its seconds
+    /// and p99: the largest of any node's).
     pub misses: Counted,
     /// Clients of the miss burst in all.
     pub miss_clients: usize,
@@ -145,10 +149,10 @@ pub(crate) async fn peak_connections_during<T>(fleet: &Fleet, work: impl std::fu
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let (peak, sampling, database) = (peak.clone(), sampling.clone(), fleet.database.clone());
-        let admin = admin().await;
+        let watcher = fleet.watcher.clone();
         tokio::spawn(async move {
             while sampling.load(Ordering::Acquire) {
-                peak.fetch_max(connections_to(&admin, &database).await, Ordering::AcqRel);
+                peak.fetch_max(watcher.lock().await.connections(&database).await, Ordering::AcqRel);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -160,8 +164,8 @@ pub(crate) async fn peak_connections_during<T>(fleet: &Fleet, work: impl std::fu
 }
 
 /// Drive `fleet` with `wrk`: `path` (a warm narinfo) at a near, a far and
-/// a Spin node for `seconds` each with 16 connections, then random misses
-/// at every node at once.
+/// a Spin node for `seconds` each with [`HIT_CONNECTIONS`], then random
+/// misses at every node at once.
 pub async fn load(fleet: &Fleet, bin: &str, path: &str, seconds: u64, idle: Option<f64>) -> Load {
     let script = fleet.dir.path().join("wrk.lua");
     std::fs::write(&script, SCRIPT).expect("the wrk script written");
@@ -172,7 +176,7 @@ pub async fn load(fleet: &Fleet, bin: &str, path: &str, seconds: u64, idle: Opti
     for (kind, node) in picks {
         let Some(i) = node else { continue };
         let url = format!("{}{path}", fleet.nodes[i].url());
-        let counted = wrk(bin, &script, &url, 16, seconds, false, i).await;
+        let counted = wrk(bin, &script, &url, HIT_CONNECTIONS, seconds, false, i).await;
         report.hits.push(HitLoad { node: (kind, i), counted });
     }
     report.miss_clients = n * MISS_CLIENTS_PER_NODE;

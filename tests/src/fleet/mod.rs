@@ -12,11 +12,12 @@ mod far;
 mod load;
 mod member;
 mod run;
+mod server;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_bucket, host_port, postgres_url, via, S3Bucket};
+use ncps_edge_test_support::{fresh_bucket, host_port, via, S3Bucket};
 
 use crate::cluster::backend_flags;
 use crate::fixture::fixture;
@@ -26,9 +27,10 @@ use crate::spin_host::variables;
 use crate::spin_up::SpinUp;
 use crate::upstream::FakeUpstream;
 use far::FarProxies;
-pub use load::{Counted, HitLoad, Load, MISS_CLIENTS_PER_NODE};
+pub use load::{Counted, HitLoad, Load, HIT_CONNECTIONS};
 pub use member::Member;
 pub use run::run;
+pub use server::{Server, Watcher};
 
 /// How many nodes, and of which kind.
 #[derive(Debug, Clone)]
@@ -41,12 +43,16 @@ pub struct Shape {
     pub spin: Option<(usize, PathBuf)>,
     /// Seconds of each `wrk` run of the load phase ([`Load`]).
     pub load_s: u64,
+    /// The server of the metadata (and, without Spin nodes, the locks).
+    pub server: Server,
+    /// Flags of every native node beyond the harness's own.
+    pub flags: Vec<String>,
 }
 
 impl Shape {
     /// `n` native nodes.
     pub fn native(n: usize) -> Self {
-        Self { nodes: n, spin: None, load_s: 2 }
+        Self { nodes: n, spin: None, load_s: 2, server: Server::Postgres, flags: Vec::new() }
     }
 
     /// Spin nodes in all.
@@ -61,7 +67,12 @@ pub struct Fleet {
     pub nodes: Vec<Member>,
     /// Their upstream.
     pub up: FakeUpstream,
-    /// Name of their PostgreSQL database.
+    /// Their database's server.
+    pub server: Server,
+    /// A session on it, opened before the nodes start (a busy fleet may
+    /// leave no connection for a new one).
+    pub watcher: std::sync::Arc<tokio::sync::Mutex<Watcher>>,
+    /// Name of their database.
     pub database: String,
     /// Their bucket.
     pub bucket: S3Bucket,
@@ -92,6 +103,8 @@ pub struct Report {
     pub start_s: f64,
     /// The server's `max_connections`.
     pub max_connections: i64,
+    /// The server.
+    pub server: Server,
     /// Connections to the fleet's database, all nodes idle.
     pub idle_connections: i64,
     /// Most connections seen while every node served a cold NAR at once.
@@ -119,7 +132,8 @@ pub struct Report {
     pub purge_far_max_s: f64,
     /// Far nodes ([`is_far`]).
     pub far_nodes: usize,
-    /// Node logs that mention "too many clients".
+    /// Node logs that say the server refused a connection ("too many
+    /// clients" on PostgreSQL, "Too many connections" on MySQL).
     pub too_many_clients: usize,
     /// Resident memory per native node after the run, MiB: mean and max.
     pub rss_mib: (f64, f64),
@@ -139,26 +153,22 @@ impl Report {
     }
 }
 
-/// A client of the PostgreSQL server, on its `postgres` database.
-pub(crate) async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", postgres_url()), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL must be reachable");
-    tokio::spawn(conn);
-    client
-}
-
 impl Fleet {
-    /// Start the nodes of `shape` on a fresh database and bucket, the
-    /// native ones with `extra` flags.
-    pub async fn start(shape: &Shape, extra: &[String]) -> Fleet {
+    /// Start the nodes of `shape` on a fresh database and bucket.
+    pub async fn start(shape: &Shape) -> Fleet {
         let n = shape.nodes;
         let fx = fixture();
         let up = FakeUpstream::start(fx.cache("zstd")).await;
         let bucket = fresh_bucket().await;
         let dir = tempfile::tempdir().unwrap();
         let mut flags = upstream_flags(&up.url(), &fx.public_key);
-        let backend = backend_flags(if shape.spin_nodes() > 0 { "redis" } else { "postgres" }).await;
+        let backend = backend_flags(match (shape.spin_nodes() > 0, shape.server) {
+            (true, Server::Postgres) => "redis",
+            (true, Server::Mysql) => panic!("the harness runs Spin nodes on PostgreSQL only"),
+            (false, Server::Postgres) => "postgres",
+            (false, Server::Mysql) => "mysql",
+        })
+        .await;
         let url = backend.iter().find_map(|f| f.strip_prefix("--cache-database-url=")).expect("a database URL");
         let database = url.rsplit('/').next().expect("a database name").to_owned();
         // Far nodes reach the database and the bucket through proxies
@@ -172,11 +182,12 @@ impl Fleet {
         far_flags.extend(bucket.through(far_s3).flags());
         let mut near_flags = backend.clone();
         near_flags.extend(bucket.flags());
-        if server_log().is_some() {
+        let mut watcher = Watcher::connect(shape.server).await;
+        if server_log().is_some() && shape.server == Server::Postgres {
             // Every statement of the fleet's nodes goes to the server's log ([`Fleet::statements`]).
-            let sql = format!("ALTER DATABASE {database} SET log_statement = 'all'");
-            admin().await.batch_execute(&sql).await.expect("ALTER DATABASE");
+            watcher.batch_execute(&format!("ALTER DATABASE {database} SET log_statement = 'all'")).await;
         }
+        let watcher = std::sync::Arc::new(tokio::sync::Mutex::new(watcher));
         flags.extend([
             "--cache-hostname=fleet".to_string(),
             "--cache-allow-delete-verb".into(),
@@ -184,7 +195,7 @@ impl Fleet {
             "--edge-cache-max-age=1h".into(),
             format!("--wasm-cache-dir={}", std::env::temp_dir().join("ncps-edge-test-wasm-cache").display()),
         ]);
-        flags.extend_from_slice(extra);
+        flags.extend_from_slice(&shape.flags);
         // The first node applies the migrations and compiles the handler
         // into the shared cache; the rest start together.
         let flags_of = |i: usize| {
@@ -224,18 +235,18 @@ impl Fleet {
             });
             nodes.extend(futures_util::future::join_all(spin_nodes).await.into_iter().map(Member::Spin));
         }
-        Fleet { nodes, up, database, bucket, dir, started_in: started.elapsed(), _far: far }
-    }
-
-    /// Connections to the fleet's database now.
-    pub async fn connections(&self, admin: &tokio_postgres::Client) -> i64 {
-        connections_to(admin, &self.database).await
+        let server = shape.server;
+        let started_in = started.elapsed();
+        Fleet { nodes, up, server, watcher, database, bucket, dir, started_in, _far: far }
     }
 
     /// Statements the fleet's nodes have sent so far (each one round
-    /// trip; pings included), read from the server's log; none when the
-    /// log cannot be read.
+    /// trip; pings included), read from PostgreSQL's log; none when the
+    /// log cannot be read or the server is MySQL.
     pub fn statements(&self) -> Option<usize> {
+        if self.server != Server::Postgres {
+            return None;
+        }
         let log = std::fs::read(server_log()?).ok()?;
         let needle = format!("@{} LOG:  ", self.database);
         let text = String::from_utf8_lossy(&log);
@@ -260,15 +271,6 @@ impl Fleet {
     pub fn logs_with(&self, needle: &str) -> usize {
         self.nodes.iter().filter(|n| n.log().contains(needle)).count()
     }
-}
-
-/// Connections to `database` now, as `admin` sees them.
-pub(crate) async fn connections_to(admin: &tokio_postgres::Client, database: &str) -> i64 {
-    let row = admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&database])
-        .await
-        .expect("pg_stat_activity");
-    row.get(0)
 }
 
 /// The PostgreSQL server's log (`NCPS_FLEET_PG_LOG`, else Debian's), where

@@ -3,10 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ncps_edge_host_services::pg_link::IDLE_CLOSE;
 use sha2::{Digest, Sha256};
 
 use super::load::{load, peak_connections_during, wrk_binary};
-use super::{admin, is_far, Fleet, Report, Shape};
+use super::{is_far, Fleet, Report, Shape};
 use crate::fixture::{fixture, hash_of, nar_file, nar_url};
 use crate::nix::NixEnv;
 use crate::node::memory_tier_on;
@@ -48,10 +49,12 @@ async fn ask_each(c: &reqwest::Client, urls: &[String], rounds: usize) {
 pub async fn run(shape: &Shape) -> Report {
     let n = shape.nodes;
     let fx = fixture();
-    let admin = admin().await;
-    let fleet = Fleet::start(shape, &[]).await;
-    // Until a node hears its channel it answers nothing from its tier.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fleet = Fleet::start(shape).await;
+    // Until a node hears its channel it answers nothing from its tier;
+    // connections its start opened beyond its pool's idle count close
+    // after IDLE_CLOSE unused, at checks every half of it: idle is
+    // measured after that.
+    tokio::time::sleep(IDLE_CLOSE * 3 / 2 + Duration::from_secs(1)).await;
     let c = reqwest::Client::new();
     let far_nodes = (0..n).filter(|i| is_far(*i)).count();
     let mut report = Report {
@@ -61,9 +64,9 @@ pub async fn run(shape: &Shape) -> Report {
         start_s: fleet.started_in.as_secs_f64(),
         ..Report::default()
     };
-    report.max_connections =
-        admin.query_one("SHOW max_connections", &[]).await.unwrap().get::<_, String>(0).parse().unwrap_or(0);
-    report.idle_connections = fleet.connections(&admin).await;
+    report.server = shape.server;
+    report.max_connections = fleet.watcher.lock().await.max_connections().await;
+    report.idle_connections = fleet.watcher.lock().await.connections(&fleet.database).await;
     report.idle_statements_per_s = idle_rate(&fleet, Duration::from_secs(5)).await;
 
     // A narinfo: its first ask (fetched upstream), the first at every
@@ -181,7 +184,7 @@ pub async fn run(shape: &Shape) -> Report {
         }
         report.purge_s.sort_by(f64::total_cmp);
     }
-    report.too_many_clients = fleet.logs_with("too many clients");
+    report.too_many_clients = fleet.logs_with("too many clients") + fleet.logs_with("Too many connections");
     let mean_max = |v: Vec<f64>| (v.iter().sum::<f64>() / v.len().max(1) as f64, v.iter().copied().fold(0.0, f64::max));
     report.rss_mib = mean_max(fleet.rss_mib(false));
     report.spin_rss_mib = mean_max(fleet.rss_mib(true));
