@@ -52,18 +52,29 @@ async fn connecting<T>(
 /// Default of `--cache-database-pool-max-open-conns` on PostgreSQL: one
 /// pipelined connection serves a node, so 50 nodes fit a default server.
 const PG_MAX_OPEN: usize = 1;
-/// Default of `--cache-database-pool-max-open-conns` on MySQL (no pipelining).
-const MYSQL_MAX_OPEN: usize = 4;
+/// Default of `--cache-database-pool-max-open-conns` on MySQL (no
+/// pipelining): with the lock session, 3 connections per node at most, so
+/// 50 busy nodes fit a default server (`max_connections` 151).
+const MYSQL_MAX_OPEN: usize = 2;
+
+/// Connections the metadata database opened that the node's locks and
+/// edge-cache channel share ([`locks`], [`edge_channel`]).
+#[derive(Default)]
+pub struct Shared {
+    /// PostgreSQL: the link that carries metadata, advisory locks and `LISTEN`.
+    pub pg: Option<PgLink>,
+    /// MySQL: the metadata store, whose pool the purge channel polls on.
+    pub mysql: Option<MySqlMetadata>,
+}
 
 /// The metadata database (migrations applied), behind its deadline, and
-/// the PostgreSQL connections it opened, which the node's locks and
-/// edge-cache channel share ([`locks`], [`edge_channel`]).
-pub async fn metadata(config: &Config) -> anyhow::Result<(Arc<dyn Database>, Option<PgLink>)> {
+/// the connections it opened that others share ([`Shared`]).
+pub async fn metadata(config: &Config) -> anyhow::Result<(Arc<dyn Database>, Shared)> {
     let timeout = config.backend_timeout;
     let (max_open, max_idle) = (config.database.max_open, config.database.max_idle.max(1));
     let or_default = |default: usize| if max_open == 0 { default } else { max_open };
-    let (db, name, link): (Arc<dyn Database>, &'static str, _) = match &config.database.url {
-        DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite", None),
+    let (db, name, shared): (Arc<dyn Database>, &'static str, _) = match &config.database.url {
+        DatabaseUrl::Sqlite(path) => (Arc::new(SqliteMetadata::open(path)?), "sqlite", Shared::default()),
         DatabaseUrl::Postgres(url) => {
             let limits = LinkLimits {
                 max_open: or_default(PG_MAX_OPEN),
@@ -78,17 +89,17 @@ pub async fn metadata(config: &Config) -> anyhow::Result<(Arc<dyn Database>, Opt
                 Ok((PgMetadata::connect(link.clone()).await.context("PostgreSQL metadata")?, link))
             })
             .await?;
-            (Arc::new(db), "postgres", Some(link))
+            (Arc::new(db), "postgres", Shared { pg: Some(link), mysql: None })
         }
         DatabaseUrl::Mysql(url) => {
             let db = connecting(config, "MySQL metadata", async {
                 MySqlMetadata::connect(url, or_default(MYSQL_MAX_OPEN), max_idle).await.context("MySQL metadata")
             })
             .await?;
-            (Arc::new(db), "mysql", None)
+            (Arc::new(db.clone()), "mysql", Shared { pg: None, mysql: Some(db) })
         }
     };
-    Ok((Arc::new(GuardedMetadata::new(db, name, timeout, BREAKER_COOL_DOWN)), link))
+    Ok((Arc::new(GuardedMetadata::new(db, name, timeout, BREAKER_COOL_DOWN)), shared))
 }
 
 /// The PostgreSQL link of a node whose locks are on PostgreSQL.
@@ -133,18 +144,19 @@ pub async fn locks(config: &Config, pg: Option<&PgLink>) -> anyhow::Result<Arc<d
 
 /// The channel that carries edge-tier purges between nodes: the lock
 /// service's own (none with local locks: a single node); on PostgreSQL,
-/// on `pg`'s connections.
-pub async fn edge_channel(config: &Config, pg: Option<&PgLink>) -> anyhow::Result<Option<Arc<dyn Channel>>> {
+/// on the metadata's link, on MySQL on its pool ([`Shared`]).
+pub async fn edge_channel(config: &Config, shared: &Shared) -> anyhow::Result<Option<Arc<dyn Channel>>> {
     let locks = &config.locks;
     let prefix = &locks.prefix;
     Ok(match (locks.backend, &config.database.url, &locks.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => Some(Arc::new(RedisChannel::new(opts, prefix)?)),
         (LockBackendKind::Postgres, DatabaseUrl::Postgres(_), _) => {
-            Some(Arc::new(PgChannel::new(pg_link(pg)?, prefix)))
+            Some(Arc::new(PgChannel::new(pg_link(shared.pg.as_ref())?, prefix)))
         }
-        (LockBackendKind::Mysql, DatabaseUrl::Mysql(url), _) => {
+        (LockBackendKind::Mysql, DatabaseUrl::Mysql(_), _) => {
+            let pool = shared.mysql.as_ref().context("the MySQL channel needs the MySQL metadata")?.pool();
             let channel = connecting(config, "MySQL edge-cache channel", async {
-                MySqlChannel::connect(url).await.context("MySQL edge-cache channel")
+                MySqlChannel::on_pool(pool).await.context("MySQL edge-cache channel")
             })
             .await?;
             Some(Arc::new(channel))

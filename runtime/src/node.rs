@@ -93,14 +93,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Server>> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     // Metadata first: on PostgreSQL its migration runs on the connection
     // the locks and the channel then share.
-    let (database, pg) = backends::metadata(config).await?;
-    let lock_backend = backends::locks(config, pg.as_ref()).await?;
+    let (database, shared) = backends::metadata(config).await?;
+    let lock_backend = backends::locks(config, shared.pg.as_ref()).await?;
     let (storage, disk_tier) = backends::with_disk_tier(config, backends::storage(config).await?)?;
     let cluster = Cluster::new();
     let edge = EdgeCache::new(config.edge.memory, config.edge.negative_ttl, disk_tier, cluster.clone())
         .with_stale_if_error(config.edge.stale_if_error);
     let edge = Arc::new(edge);
-    let channel = backends::edge_channel(config, pg.as_ref()).await?;
+    let channel = backends::edge_channel(config, &shared).await?;
     if let Some(channel) = &channel {
         cluster.connect(channel.clone());
     }

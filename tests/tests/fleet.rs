@@ -1,12 +1,13 @@
 //! Eight nodes (two of them far, at 50 ms RTT) on one PostgreSQL (metadata
 //! and advisory locks) and one bucket: what they cost the server stays
 //! bounded per node, one upstream download serves them all, a purge
-//! reaches all of them. Then the same with two of the eight a real
-//! `spin up` (one of them far), all locking on Redis. (The 50-node run is
-//! `cargo bench --bench fleet`; BENCHMARKS.md has its figures.)
+//! reaches all of them, and `wrk` finds no 5xx. Then the same with two of
+//! the eight a real `spin up` (one of them far), all locking on Redis, and
+//! with eight nodes on MySQL. (The 50-node run is `cargo bench --bench
+//! fleet`; BENCHMARKS.md has its figures.)
 
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
-use ncps_edge_tests::fleet::{run, Report, Shape};
+use ncps_edge_tests::fleet::{run, Report, Server, Shape};
 use ncps_edge_tests::spin_up::spin_or_skip;
 
 const NODES: usize = 8;
@@ -56,10 +57,22 @@ async fn a_fleet_holds_one_connection_per_node_and_downloads_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_of_native_and_spin_nodes_downloads_once_and_hears_every_purge() {
     let Some(cli) = spin_or_skip() else { return };
-    let r = run(&Shape { nodes: NODES, spin: Some((2, cli)), load_s: 2 }).await;
+    let r = run(&Shape { spin: Some((2, cli)), ..Shape::native(NODES) }).await;
     eprintln!("{r:?}");
     // Before their first request Spin nodes hold no connection.
     assert!(r.idle_connections <= NODES as i64, "{r:?}");
     assert_eq!(r.nix_copies, (3, 3), "{r:?}");
+    check_served_alike(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mysql_fleet_holds_two_connections_per_node_when_idle() {
+    let r = run(&Shape { server: Server::Mysql, ..Shape::native(NODES) }).await;
+    eprintln!("{r:?}");
+    // A node's metadata pool (which its purge channel polls on) and its
+    // lock session; at most the pool (4 by default) and the session.
+    assert!(r.idle_connections <= 2 * NODES as i64, "{r:?}");
+    assert!(r.peak_connections <= 5 * NODES as i64, "{r:?}");
+    assert_eq!(r.nix_copies, (2, 2), "{r:?}");
     check_served_alike(&r);
 }

@@ -73,6 +73,12 @@ impl MySqlMetadata {
         Ok(this)
     }
 
+    /// The pool, for what shares the node's metadata connections (the
+    /// edge-cache channel).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut c = self.pool.get_conn().await.map_err(db)?;
         let locked: Option<Option<i64>> = c.query_first(LOCK_MIGRATIONS).await.map_err(db)?;

@@ -189,10 +189,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHE_BACKEND_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_backend_timeout: Duration,
     /// Connections of the PostgreSQL or MySQL metadata pool, at most (0: the
-    /// backend's default, PostgreSQL 1, MySQL 4). On PostgreSQL the node's
+    /// backend's default, PostgreSQL 1, MySQL 2). On PostgreSQL the node's
     /// advisory locks and edge-cache channel use the same connections, and
     /// one connection carries concurrent queries pipelined: more open only
-    /// under load.
+    /// under load. On MySQL the edge-cache channel polls on them.
     #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 0)]
     pub cache_database_pool_max_open_conns: usize,
     /// Connections a node keeps open while idle (0: 1); those above it close

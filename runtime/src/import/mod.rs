@@ -102,7 +102,7 @@ const BATCH: u32 = 500;
 
 /// Run the import into the node `config` describes.
 pub async fn run(config: &Config, args: &ImportArgs) -> anyhow::Result<Summary> {
-    let (database, _pg) = crate::backends::metadata(config).await?;
+    let (database, _shared) = crate::backends::metadata(config).await?;
     let storage = crate::backends::content_named(crate::backends::storage(config).await?);
     let from = ncps_storage(args).await?;
     let mut source = Source::open(&parse_database_url(&args.ncps_database_url)?).await?;

@@ -1,5 +1,8 @@
 //! Purges over MySQL: MySQL has no notifications, so purges are rows of a
 //! table that every node polls; each successful poll proves the channel.
+//! The channel holds no connection of its own: it takes one from the
+//! node's metadata pool for each poll and publish, so a node's idle
+//! connections are its metadata pool's and its lock session.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -29,7 +32,8 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS ncps_edge_purges (
     KEY ncps_edge_purges_created (created_at)
 )";
 
-/// The table `ncps_edge_purges` of the metadata database.
+/// The table `ncps_edge_purges` of the metadata database, reached through
+/// the metadata's pool.
 pub struct MySqlChannel {
     pool: mysql_async::Pool,
     last_prune: Mutex<Instant>,
@@ -44,10 +48,10 @@ async fn within<T>(call: impl std::future::Future<Output = Result<T>>) -> Result
 }
 
 impl MySqlChannel {
-    /// The channel on the database at `url` (its table is made if missing).
-    pub async fn connect(url: &str) -> Result<Self> {
-        let opts = mysql_async::Opts::from_url(url).map_err(|e| Error::invalid(format!("mysql url: {e}")))?;
-        let pool = mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts));
+    /// The channel on the database of `pool` (a node's metadata pool,
+    /// [`crate::metadata::mysql::MySqlMetadata::pool`]); its table is made
+    /// if missing.
+    pub async fn on_pool(pool: mysql_async::Pool) -> Result<Self> {
         within(async {
             let mut conn = pool.get_conn().await.map_err(failed)?;
             conn.query_drop(TABLE).await.map_err(failed)
@@ -86,8 +90,10 @@ impl Channel for MySqlChannel {
     }
 
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
-        let mut conn = within(async { self.pool.get_conn().await.map_err(failed) }).await?;
+        // A connection from the pool for each poll, given back between
+        // polls: the pool's idle connections serve the channel too.
         let start: Option<u64> = within(async {
+            let mut conn = self.pool.get_conn().await.map_err(failed)?;
             conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
         })
         .await?;
@@ -97,27 +103,28 @@ impl Channel for MySqlChannel {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             let from = highest.saturating_sub(REORDER_WINDOW);
-            let ids: Vec<u64> = within(async {
-                conn.exec("SELECT id FROM ncps_edge_purges WHERE id > ? ORDER BY id", (from,)).await.map_err(failed)
+            let rows: Vec<(u64, String)> = within(async {
+                let mut conn = self.pool.get_conn().await.map_err(failed)?;
+                let ids: Vec<u64> = conn
+                    .exec("SELECT id FROM ncps_edge_purges WHERE id > ? ORDER BY id", (from,))
+                    .await
+                    .map_err(failed)?;
+                let new: Vec<u64> =
+                    ids.into_iter().filter(|id| *id > start.unwrap_or(0) && !seen.contains(id)).collect();
+                let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Vec::new()) };
+                conn.exec(
+                    "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
+                    (first, last),
+                )
+                .await
+                .map_err(failed)
             })
             .await?;
-            let new: Vec<u64> = ids.into_iter().filter(|id| *id > start.unwrap_or(0) && !seen.contains(id)).collect();
-            if let (Some(first), Some(last)) = (new.first(), new.last()) {
-                let rows: Vec<(u64, String)> = within(async {
-                    conn.exec(
-                        "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
-                        (first, last),
-                    )
-                    .await
-                    .map_err(failed)
-                })
-                .await?;
-                for (id, message) in rows {
-                    if seen.insert(id) {
-                        heard(Heard::Message(message));
-                    }
-                    highest = highest.max(id);
+            for (id, message) in rows {
+                if seen.insert(id) {
+                    heard(Heard::Message(message));
                 }
+                highest = highest.max(id);
             }
             seen = seen.split_off(&highest.saturating_sub(REORDER_WINDOW));
             heard(Heard::Alive);
