@@ -70,9 +70,9 @@ async fn a_mysql_fleet_holds_two_connections_per_node_when_idle() {
     let r = run(&Shape { server: Server::Mysql, ..Shape::native(NODES) }).await;
     eprintln!("{r:?}");
     // A node's metadata pool (which its purge channel polls on) and its
-    // lock session; at most the pool (4 by default) and the session.
+    // lock session; at most the pool (2 by default) and the session.
     assert!(r.idle_connections <= 2 * NODES as i64, "{r:?}");
-    assert!(r.peak_connections <= 5 * NODES as i64, "{r:?}");
+    assert!(r.peak_connections <= 3 * NODES as i64, "{r:?}");
     assert_eq!(r.nix_copies, (2, 2), "{r:?}");
     check_served_alike(&r);
 }
