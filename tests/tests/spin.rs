@@ -9,6 +9,7 @@
 //! instance's lease is checked in the Spin-shaped host, which can kill an
 //! instance on cue.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,22 @@ async fn run_lru(node: &str, token: &str) -> serde_json::Value {
 /// the fixture's `compression` cache, and a Spin node on them (none when
 /// Spin is missing outside CI).
 async fn spin_node(compression: &'static str) -> Option<(PathBuf, &'static Fixture, Shared, SpinUp)> {
+    let (cli, fx, shared, _) = spin_backends(compression).await?;
+    let node = shared.spin_up(&cli, fx).await;
+    Some((cli, fx, shared, node))
+}
+
+/// Spin's CLI, the fixture, fresh shared backends whose upstream serves
+/// the fixture's `compression` cache, and a Spin node's variables on them
+/// (none when Spin is missing outside CI).
+async fn spin_backends(
+    compression: &'static str,
+) -> Option<(PathBuf, &'static Fixture, Shared, HashMap<String, String>)> {
     let cli = spin_or_skip()?;
     let fx = fixture();
     let shared = Shared::new(fx, compression).await;
-    let node = shared.spin_up(&cli, fx).await;
-    Some((cli, fx, shared, node))
+    let vars = shared.variables(fx);
+    Some((cli, fx, shared, vars))
 }
 
 async fn get(url: &str) -> (u16, Vec<u8>) {
@@ -636,10 +648,7 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spin_node_enforces_its_tokens_and_never_writes_a_secret_to_its_disk() {
-    let Some(cli) = spin_or_skip() else { return };
-    let fx = fixture();
-    let shared = Shared::new(fx, "none").await;
-    let mut vars = shared.variables(fx);
+    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
     let secrets = [
         ("get_token", "read-secret-4417"),
         ("put_token", "put-secret-4417"),
@@ -744,4 +753,52 @@ async fn unreachable_backends_get_a_503_and_a_log_line_with_the_fix() {
         }
     }
     assert_eq!(shared.up.hits(&nar_url(&fx.cache("none"), &fx.leaf)), 0, "nothing fetched unsigned");
+}
+
+/// The keys of a Spin node's `default` key-value store, from its file.
+fn store_keys(node: &SpinUp) -> Vec<String> {
+    let file = node.dir().join(".spin").join("sqlite_key_value.db");
+    let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut query = db.prepare("SELECT key FROM spin_key_value WHERE store = 'default' ORDER BY key").unwrap();
+    query.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
+    let Some((cli, fx, _backends, mut vars)) = spin_backends("none").await else { return };
+    vars.insert("max_age_s".into(), "1".into());
+    vars.insert("negative_ttl_s".into(), "1".into());
+    let node = SpinUp::start(&cli, vars).await;
+    let hash = hash_of(&fx.leaf);
+    let (gone, later) = ("11111111111111111111111111111111", "22222222222222222222222222222222");
+    let of_kind = |keys: &[String], kind: &str, name: &str| {
+        keys.iter().filter(|k| k.starts_with(&format!("{kind}/")) && k.ends_with(name)).count()
+    };
+
+    // A narinfo (its record, kept when read from the database: at the
+    // second request; and its NAR's access note) and an absence.
+    for _ in 0..2 {
+        assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
+    }
+    assert_eq!(get(&format!("{}/{gone}.narinfo", node.url())).await.0, 404);
+    let kept = store_keys(&node);
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    for (kind, name) in [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)] {
+        assert_eq!(of_kind(&kept, kind, name), 1, "{kind} {name} not kept: {kept:?}");
+    }
+
+    // Past every entry's age (an access note lives 10 s) and the sweep's
+    // interval, a write starts a pass that deletes the dead entries.
+    tokio::time::sleep(Duration::from_millis(ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS + 500)).await;
+    assert_eq!(get(&format!("{}/{later}.narinfo", node.url())).await.0, 404);
+    let swept = store_keys(&node);
+    for (kind, name) in [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)] {
+        assert_eq!(of_kind(&swept, kind, name), 0, "{kind} {name} not swept: {swept:?}");
+    }
+    assert_eq!(of_kind(&swept, "absent", later), 1, "a live absence was swept: {swept:?}");
+    assert!(swept.iter().any(|k| k == "settings/variables"), "the node's notes were swept: {swept:?}");
+    // The node serves on.
+    assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
 }

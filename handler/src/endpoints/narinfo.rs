@@ -53,17 +53,20 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     }
     match fetch(settings, hash) {
         Fetched::Found(info) => respond(settings, out, &info, CacheResult::Miss, head),
+        // Answered first, then remembered (the host may do more work when
+        // it writes, e.g. a sweep of its store): still under the lease, so
+        // the requests waiting for it find the absence.
         Fetched::Absent => {
+            not_found(settings, out, head, settings.negative_ttl_s);
             edge::mark_absent(hash, settings.negative_ttl_s);
-            not_found(settings, out, head, settings.negative_ttl_s)
         }
         // Upstream trouble: not found now, and for a few seconds, so the
         // requests that waited for this fetch (and those right behind) take
         // its outcome instead of asking the troubled upstreams once each.
         Fetched::Failed => {
             let seconds = FAILURE_MEMORY_S.min(settings.negative_ttl_s);
+            not_found(settings, out, head, seconds);
             edge::mark_absent(hash, seconds);
-            not_found(settings, out, head, seconds)
         }
         // The host cannot sign (it logged why): retry, nothing recorded.
         Fetched::CannotSign => text(out, 503, "signing key unavailable\n", head),

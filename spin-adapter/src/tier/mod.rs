@@ -24,11 +24,15 @@
 //! database once more). `max_age_s = 0` turns the narinfo and NAR tier
 //! off, `negative_ttl_s = 0` the absences. A store that
 //! cannot be opened (not granted in `spin.toml`) is logged once per
-//! instance, and every lookup goes to the database.
+//! instance, and every lookup goes to the database. What can no longer be
+//! served is deleted by the sweep ([`sweep`]), so the store holds what the
+//! node served in about the last `max_age_s` plus a minute.
+
+mod entry;
+pub mod sweep;
 
 use std::cell::{Cell, OnceCell};
 
-use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use ncps_edge_wire::channel::Message;
@@ -118,15 +122,11 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, entry) = servable(|| {
+    let (kept_at, record) = servable(|| {
         let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
-        let entry: Value = serde_json::from_slice(&bytes).ok()?;
-        Some((entry.get("kept_at_ms")?.as_i64()?, entry))
+        entry::decode_narinfo(&bytes)
     })?;
-    if !young(kept_at) {
-        return None;
-    }
-    from_json(entry.get("record")?)
+    young(kept_at).then_some(record)
 }
 
 /// What `kept` reads (when it was kept, and the entry), when the node may
@@ -146,7 +146,7 @@ fn servable<T>(kept: impl Fn() -> Option<(i64, T)>) -> Option<(i64, T)> {
 
 /// Whether what was kept at `kept_at` is younger than `max_age_s`.
 fn young(kept_at: i64) -> bool {
-    (0..max_age_ms()).contains(&(now_ms() - kept_at))
+    entry::young(kept_at, now_ms(), max_age_ms())
 }
 
 /// Keep `record`, read from the database at `asked_ms` (when the query
@@ -155,8 +155,8 @@ pub fn keep(record: &NarinfoRecord, asked_ms: i64) {
     if max_age_ms() == 0 {
         return;
     }
-    let entry = json!({ "kept_at_ms": asked_ms, "record": to_json(record) });
-    let written = with_store(|s| s.set(&narinfo_key(&record.hash), entry.to_string().as_bytes()));
+    let entry = entry::encode_narinfo(record, asked_ms);
+    let written = with_store(|s| s.set(&narinfo_key(&record.hash), entry.as_bytes()));
     if let Some(Err(e)) = written {
         crate::log::warn("keeping a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
@@ -177,22 +177,21 @@ pub fn mark_absent(hash: &str, seconds: u32) {
         return;
     }
     let now = now_ms();
-    let entry = format!("{} {now}", now + i64::from(seconds) * 1000);
+    let entry = entry::encode_absence(now + i64::from(seconds) * 1000, now);
     if let Some(Err(e)) = with_store(|s| s.set(&absent_key(hash), entry.as_bytes())) {
         crate::log::warn("keeping an absence in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
+    sweep::if_due();
 }
 
 /// Seconds `hash` stays known to be absent (0: not known, or not to be
 /// trusted: [`trusted`]).
 pub fn absent_for(hash: &str) -> u32 {
-    // Stored as `<until, ms> <kept at, ms>`; one that has run out is none.
+    // One that has run out is none.
     let absence = servable(|| {
         let bytes = with_store(|s| s.get(&absent_key(hash)).ok().flatten())??;
-        let text = String::from_utf8(bytes).ok()?;
-        let (until, kept_at) = text.split_once(' ')?;
-        let until: i64 = until.parse().ok()?;
-        (until > now_ms()).then_some((kept_at.parse().ok()?, until))
+        let (until, kept_at) = entry::decode_absence(&bytes)?;
+        (until > now_ms()).then_some((kept_at, until))
     });
     let Some((_, until)) = absence else { return 0 };
     let left_ms = until - now_ms();
@@ -228,13 +227,7 @@ pub fn nar(key: &str) -> Option<Vec<u8>> {
     if max_age_ms() == 0 {
         return None;
     }
-    // Stored as `<kept at, ms>\n<bytes>`.
-    let (kept_at, bytes) = servable(|| {
-        let mut value = with_store(|s| s.get(&object_key(key)).ok().flatten())??;
-        let newline = value.iter().position(|b| *b == b'\n')?;
-        let kept_at = std::str::from_utf8(&value[..newline]).ok()?.parse().ok()?;
-        Some((kept_at, value.split_off(newline + 1)))
-    })?;
+    let (kept_at, bytes) = servable(|| entry::decode_timed(with_store(|s| s.get(&object_key(key)).ok().flatten())??))?;
     young(kept_at).then_some(bytes)
 }
 
@@ -252,8 +245,7 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
     }
     // Kept after the node's first read of the purge log, so it is trusted.
     read_once();
-    let mut value = format!("{}\n", now_ms()).into_bytes();
-    value.extend_from_slice(bytes);
+    let value = entry::encode_timed(now_ms(), bytes);
     if let Some(Err(e)) = with_store(|s| s.set(&object_key(key), &value)) {
         crate::log::warn("keeping a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
@@ -265,9 +257,8 @@ pub fn public_key() -> Option<String> {
     if max_age_ms() == 0 {
         return None;
     }
-    let bytes = with_store(|s| s.get(&scoped("public-key")).ok().flatten())??;
-    let (kept_at, key) = std::str::from_utf8(&bytes).ok()?.split_once('\n')?;
-    young(kept_at.parse().ok()?).then(|| key.to_owned())
+    let (kept_at, key) = entry::decode_timed(with_store(|s| s.get(&scoped("public-key")).ok().flatten())??)?;
+    young(kept_at).then(|| String::from_utf8(key).ok()).flatten()
 }
 
 /// Keep the public half of the database's signing key.
@@ -275,7 +266,7 @@ pub fn keep_public_key(key: &str) {
     if max_age_ms() == 0 {
         return;
     }
-    if let Some(Err(e)) = with_store(|s| s.set(&scoped("public-key"), format!("{}\n{key}", now_ms()).as_bytes())) {
+    if let Some(Err(e)) = with_store(|s| s.set(&scoped("public-key"), &entry::encode_timed(now_ms(), key.as_bytes()))) {
         crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
@@ -412,34 +403,4 @@ pub fn read_log_if_due() {
         return;
     }
     read_log(before);
-}
-
-fn to_json(r: &NarinfoRecord) -> Value {
-    json!({
-        "hash": r.hash, "store_path": r.store_path, "url": r.url, "compression": r.compression,
-        "file_hash": r.file_hash, "file_size": r.file_size, "nar_hash": r.nar_hash, "nar_size": r.nar_size,
-        "references": r.references, "deriver": r.deriver, "system": r.system, "ca": r.ca, "sigs": r.sigs,
-    })
-}
-
-fn from_json(v: &Value) -> Option<NarinfoRecord> {
-    let field = |k: &str| v.get(k)?.as_str().map(str::to_owned);
-    let words = |k: &str| -> Option<Vec<String>> {
-        v.get(k)?.as_array()?.iter().map(|s| s.as_str().map(str::to_owned)).collect()
-    };
-    Some(NarinfoRecord {
-        hash: field("hash")?,
-        store_path: field("store_path")?,
-        url: field("url")?,
-        compression: field("compression")?,
-        file_hash: field("file_hash"),
-        file_size: v.get("file_size")?.as_u64(),
-        nar_hash: field("nar_hash")?,
-        nar_size: v.get("nar_size")?.as_u64()?,
-        references: words("references")?,
-        deriver: field("deriver"),
-        system: field("system"),
-        ca: field("ca"),
-        sigs: words("sigs")?,
-    })
 }
