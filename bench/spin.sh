@@ -6,7 +6,10 @@
 # serving the same files, in one run on loopback; prints a markdown table
 # (BENCHMARKS.md records it):
 #   requests/s and p99 with wrk (32 connections, $DURATION each), and the
-#   Redis EVALs the Spin node made during its run (its purge-log reads).
+#   Redis EVALs the Spin node made during its run (its purge-log reads);
+#   then random misses at a third Spin node whose absences live 2 s
+#   (16 connections, $MISS_DURATION), and the entries its store holds
+#   right after them and after a minute of one miss every 5 s (the sweep).
 #
 #   bench/spin.sh
 #
@@ -16,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 DURATION=${DURATION:-10s}
+MISS_DURATION=${MISS_DURATION:-30s}
 for tool in wrk nginx; do
   command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; break; }
 done
@@ -77,6 +81,11 @@ MEM_PORT=$(port)
 setsid spin up --listen "127.0.0.1:$MEM_PORT" --state-dir "$T/state-mem" --runtime-config-file "$T/memory-store.toml" \
   > "$T/spin-mem.log" 2>&1 & PIDS+=("-$!")
 wait_up "http://127.0.0.1:$MEM_PORT/nix-cache-info" || { cat "$T/spin-mem.log" >&2; exit 1; }
+# A third, for random misses: absences live 2 s, so the sweep has work.
+MISS_PORT=$(port)
+SPIN_VARIABLE_NEGATIVE_TTL_S=2 setsid spin up --listen "127.0.0.1:$MISS_PORT" --state-dir "$T/state-miss" \
+  > "$T/spin-miss.log" 2>&1 & PIDS+=("-$!")
+wait_up "http://127.0.0.1:$MISS_PORT/nix-cache-info" || { cat "$T/spin-miss.log" >&2; exit 1; }
 
 # Native nodes on the same backends: tier on (the default) and off.
 native() { # $1 port, rest: flags
@@ -116,6 +125,27 @@ EVALS=$(( $(evals) - ${EVALS_BEFORE:-0} ))
 read -r M_RPS M_P99 _ _ < <(wrk_field "http://127.0.0.1:$MEM_PORT/$H.narinfo" 32)
 UP=$(grep -c "GET /$H.narinfo" "$T/upstream.log" || true)
 
+# Random misses, then a minute of one miss every 5 s: the absences the
+# miss node's store holds after each (its SQLite file, read beside Spin).
+absences() {
+  python3 - "$T/state-miss/sqlite_key_value.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=10)
+print(db.execute("SELECT count(*) FROM spin_key_value WHERE key LIKE 'absent/%'").fetchone()[0])
+PY
+}
+MISS_OUT=$(NCPS_WRK_MISS=1 wrk -t2 -c16 -d"$MISS_DURATION" --latency -s tests/src/fleet/wrk.lua "http://127.0.0.1:$MISS_PORT/")
+MISS_LINE=$(grep '^fleet-wrk ' <<<"$MISS_OUT") || { echo "wrk measured no misses: $MISS_OUT" >&2; exit 1; }
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$MISS_LINE"; }
+MISSES=$(field absent)
+[ "$MISSES" -gt 0 ] && [ "$(field server_errors)" = 0 ] || { echo "the misses were not all 404: $MISS_LINE" >&2; exit 1; }
+AFTER_FLOOD=$(absences)
+for i in $(seq 13); do
+  sleep 5
+  curl -s -o /dev/null "http://127.0.0.1:$MISS_PORT/$(printf '%032d' "$i" | tr 0-9 a-j | tr e 0).narinfo"
+done
+AFTER_ROUND=$(absences)
+
 echo "| warm narinfo hit (32 conns, $DURATION) | requests/s | p99 ms | Spin / this (requests/s) |"
 echo "| --- | --- | --- | --- |"
 echo "| \`spin up\` (Spin $(spin --version | cut -d' ' -f2)) | $S_RPS | $(to_ms "$S_P99") | 1.00 |"
@@ -125,3 +155,10 @@ echo "| native, tier on | $E_RPS | $(to_ms "$E_P99") | $(ratio "$S_RPS" "$E_RPS"
 echo "| nginx (static file) | $N_RPS | $(to_ms "$N_P99") | $(ratio "$S_RPS" "$N_RPS") |"
 echo
 echo "Spin run: $S_N requests, $EVALS Redis EVALs (purge-log reads, on a Redis shared with other users), $UP upstream narinfo requests in all."
+echo
+echo "| random misses at a Spin node, absences live 2 s (16 conns, $MISS_DURATION) | value |"
+echo "| --- | --- |"
+echo "| misses/s, p99 ms | $(awk -v n="$MISSES" -v s="$(field seconds)" 'BEGIN { printf "%.0f", n/s }'), $(field p99_ms) |"
+echo "| 404 answers (absences written) | $MISSES |"
+echo "| absences in the store right after | $AFTER_FLOOD |"
+echo "| absences in the store after 13 more misses, one every 5 s | $AFTER_ROUND |"

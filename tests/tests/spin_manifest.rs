@@ -84,6 +84,9 @@ fn the_spin_guide_documents_every_variable_and_its_files_parse() {
     let config = std::fs::read_to_string(root().join("deploy/spin/runtime-config.toml")).unwrap();
     let config: toml::Table = config.parse().expect("the runtime config is TOML");
     assert_eq!(config["config_provider"][0]["type"].as_str(), Some("vault"));
+    // The tier's store in memory: Spin's own store type without a file.
+    let store = config["key_value_store"]["default"].as_table().expect("a default store");
+    assert_eq!((store["type"].as_str(), store.get("path")), (Some("spin"), None));
     let check = root().join("deploy/spin/check.sh");
     let status = std::process::Command::new("bash").arg("-n").arg(&check).status().unwrap();
     assert!(status.success(), "{} does not parse", check.display());
