@@ -158,7 +158,7 @@ echo "Spin run: $S_N requests, $EVALS Redis EVALs (purge-log reads, on a Redis s
 echo
 echo "| random misses at a Spin node, absences live 2 s (16 conns, $MISS_DURATION) | value |"
 echo "| --- | --- |"
-echo "| misses/s, p99 ms | $(awk -v n="$MISSES" -v s="$(field seconds)" 'BEGIN { printf "%.0f", n/s }'), $(field p99_ms) |"
+echo "| misses/s, p99 ms | $(awk -v n="$MISSES" -v s="$(field seconds)" 'BEGIN { printf "%.0f", n/s }'), $(to_ms "$(field p99_ms)ms") |"
 echo "| 404 answers (absences written) | $MISSES |"
 echo "| absences in the store right after | $AFTER_FLOOD |"
 echo "| absences in the store after 13 more misses, one every 5 s | $AFTER_ROUND |"

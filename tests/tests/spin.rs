@@ -765,6 +765,19 @@ fn store_keys(node: &SpinUp) -> Vec<String> {
     query.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
+/// The keys of `node`'s store once `settled` holds of them, or after 5 s
+/// (the node writes some after its answer).
+async fn store_keys_once(node: &SpinUp, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys = store_keys(node);
+        if settled(&keys) || Instant::now() > deadline {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     let Some((cli, fx, _backends, mut vars)) = spin_backends("none").await else { return };
@@ -776,6 +789,8 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     let of_kind = |keys: &[String], kind: &str, name: &str| {
         keys.iter().filter(|k| k.starts_with(&format!("{kind}/")) && k.ends_with(name)).count()
     };
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    let entries = [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)];
 
     // A narinfo (its record, kept when read from the database: at the
     // second request; and its NAR's access note) and an absence.
@@ -783,9 +798,8 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
         assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
     }
     assert_eq!(get(&format!("{}/{gone}.narinfo", node.url())).await.0, 404);
-    let kept = store_keys(&node);
-    let nar = nar_url(&fx.cache("none"), &fx.leaf);
-    for (kind, name) in [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)] {
+    let kept = store_keys_once(&node, |keys| entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 1)).await;
+    for (kind, name) in entries {
         assert_eq!(of_kind(&kept, kind, name), 1, "{kind} {name} not kept: {kept:?}");
     }
 
@@ -793,8 +807,11 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     // interval, a write starts a pass that deletes the dead entries.
     tokio::time::sleep(Duration::from_millis(ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS + 500)).await;
     assert_eq!(get(&format!("{}/{later}.narinfo", node.url())).await.0, 404);
-    let swept = store_keys(&node);
-    for (kind, name) in [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)] {
+    let swept = store_keys_once(&node, |keys| {
+        of_kind(keys, "absent", later) == 1 && entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 0)
+    })
+    .await;
+    for (kind, name) in entries {
         assert_eq!(of_kind(&swept, kind, name), 0, "{kind} {name} not swept: {swept:?}");
     }
     assert_eq!(of_kind(&swept, "absent", later), 1, "a live absence was swept: {swept:?}");
