@@ -10,12 +10,12 @@
 //! note (`crate::accessed`). So an instance that writes an absence or an
 //! access note, both after its answer, starts a pass when none started on
 //! this node in the last [`EVERY_MS`] (a note in the store), and no client
-//! waits for a pass. A pass lists the store's keys
-//! and reads the next `max(`[`PASS_MIN`]`, keys / `[`PASSES_PER_ROUND`]`)`
-//! of them after where the last pass stopped (in key order, wrapping
-//! round), deleting each entry that is dead ([`entry::expired`]). So every
-//! key is looked at at least once a minute while the node writes, an entry
-//! is gone at most a minute (plus [`EVERY_MS`]) after it died, and the
+//! waits for a pass. A pass lists the store's keys and reads the next
+//! `max(`[`PASS_MIN`]`, keys / `[`PASSES_PER_ROUND`]`)` of them after where
+//! the last pass stopped (in key order, wrapping round), deleting each
+//! entry that is dead ([`entry::expired`]). So while the node writes,
+//! every key is looked at once in twelve passes (a minute), an entry is
+//! gone about a minute (plus [`EVERY_MS`]) after it died, and the
 //! sweep costs a busy node about one read and one delete per entry it
 //! wrote. A store that cannot be listed is logged and left as it is.
 
@@ -45,8 +45,8 @@ thread_local! {
     static ASKED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// After an answer that wrote to the store: a pass, when none started on this node in
-/// the last [`EVERY_MS`].
+/// After an answer that wrote to the store: a pass, when none started on
+/// this node in the last [`EVERY_MS`].
 pub fn if_due() {
     if ASKED.replace(true) || noted_within(NOTE, EVERY_MS) {
         return;
