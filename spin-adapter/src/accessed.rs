@@ -8,13 +8,13 @@
 
 use ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS;
 
-use crate::tier::{noted_within, scoped, sweep};
+use crate::tier::{noted_within, scoped, sweep, Kind};
 
 /// Whether `key`'s access time is to be written now: this node has not
 /// written it in the last [`ACCESS_WRITE_EVERY_MS`]. When it is, notes it
 /// written.
 pub fn due(key: &str) -> bool {
-    let due = !noted_within(&format!("{}/{key}", scoped("accessed")), ACCESS_WRITE_EVERY_MS as i64);
+    let due = !noted_within(&format!("{}/{key}", scoped(Kind::Accessed.prefix())), ACCESS_WRITE_EVERY_MS as i64);
     if due {
         sweep::if_due();
     }

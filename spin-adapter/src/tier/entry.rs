@@ -17,6 +17,44 @@ use ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS;
 
 use crate::bindings::exports::ncps::edge::metadata::NarinfoRecord;
 
+/// The kinds of entry: what the first segment of a key names. The tier
+/// names its keys with [`Kind::prefix`] and the sweep tells them apart with
+/// [`Kind::of`], so the two cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A narinfo record.
+    Narinfo,
+    /// A small NAR.
+    Object,
+    /// The public half of the database's signing key.
+    PublicKey,
+    /// An absence.
+    Absent,
+    /// When a NAR's access time was last written.
+    Accessed,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::Narinfo, Kind::Object, Kind::PublicKey, Kind::Absent, Kind::Accessed];
+
+    /// The first segment of this kind's keys.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Kind::Narinfo => "narinfo",
+            Kind::Object => "object",
+            Kind::PublicKey => "public-key",
+            Kind::Absent => "absent",
+            Kind::Accessed => "accessed",
+        }
+    }
+
+    /// The kind of entry `key` is; none for the node's notes.
+    pub fn of(key: &str) -> Option<Kind> {
+        let (first, _) = key.split_once('/')?;
+        Kind::ALL.into_iter().find(|kind| kind.prefix() == first)
+    }
+}
+
 /// The entry kept for a narinfo record read from the database at
 /// `kept_at_ms`.
 pub fn encode_narinfo(record: &NarinfoRecord, kept_at_ms: i64) -> String {
@@ -72,23 +110,18 @@ pub fn young(kept_at: i64, now: i64, max_age_ms: i64) -> bool {
     (0..max_age_ms).contains(&(now - kept_at))
 }
 
-/// Whether the sweep knows `key`'s kind (its notes are not entries).
-pub fn is_entry(key: &str) -> bool {
-    matches!(key.split_once('/'), Some(("narinfo" | "object" | "public-key" | "absent" | "accessed", _)))
-}
-
 /// Whether the entry `key` holding `value` can no longer be served at
 /// `now` by a node whose entries live `max_age_ms` (0: the tier is off,
 /// and every narinfo, NAR and key entry is dead): the sweep deletes it. An
 /// entry of a known kind that cannot be read is dead too; a key of no
 /// known kind is never.
 pub fn expired(key: &str, value: &[u8], now: i64, max_age_ms: i64) -> bool {
-    let kept = match key.split_once('/').map(|(kind, _)| kind) {
-        Some("narinfo") => narinfo_kept_at(value).map(|(kept_at, _)| young(kept_at, now, max_age_ms)),
-        Some("object" | "public-key") => leading_time(value).map(|kept_at| young(kept_at, now, max_age_ms)),
-        Some("absent") => decode_absence(value).map(|(until, _)| until > now),
-        Some("accessed") => leading_time(value).map(|at| young(at, now, ACCESS_WRITE_EVERY_MS as i64)),
-        _ => return false,
+    let Some(kind) = Kind::of(key) else { return false };
+    let kept = match kind {
+        Kind::Narinfo => narinfo_kept_at(value).map(|(kept_at, _)| young(kept_at, now, max_age_ms)),
+        Kind::Object | Kind::PublicKey => leading_time(value).map(|kept_at| young(kept_at, now, max_age_ms)),
+        Kind::Absent => decode_absence(value).map(|(until, _)| until > now),
+        Kind::Accessed => leading_time(value).map(|at| young(at, now, ACCESS_WRITE_EVERY_MS as i64)),
     };
     !kept.unwrap_or(false)
 }
@@ -177,9 +210,10 @@ mod tests {
         assert!(expired("narinfo/s/h", b"{", NOW, AGE));
         assert!(expired("absent/narinfo/s/h", b"soon", NOW, AGE));
         for note in ["purge-log/s", "purge-log-read/s", "settings/variables", "sweep/at", "other"] {
-            assert!(!is_entry(note));
+            assert_eq!(Kind::of(note), None);
             assert!(!expired(note, b"0", NOW, AGE), "{note}");
         }
-        assert!(is_entry("accessed/s/nar/f.nar"));
+        assert_eq!(Kind::of("accessed/s/nar/f.nar"), Some(Kind::Accessed));
+        assert_eq!(Kind::of("absent/narinfo/s/h"), Some(Kind::Absent));
     }
 }

@@ -31,6 +31,8 @@
 mod entry;
 pub mod sweep;
 
+pub(crate) use entry::Kind;
+
 use std::cell::{Cell, OnceCell};
 
 use sha2::{Digest as _, Sha256};
@@ -108,12 +110,12 @@ pub fn scope(database_url: &str, redis_address: &str, lock_prefix: &str) -> Stri
 
 /// The key of `hash`'s record.
 fn narinfo_key(hash: &str) -> String {
-    format!("{}/{hash}", scoped("narinfo"))
+    format!("{}/{hash}", scoped(Kind::Narinfo.prefix()))
 }
 
 /// The key of `hash`'s absence, scoped as its record's.
 fn absent_key(hash: &str) -> String {
-    format!("absent/{}", narinfo_key(hash))
+    format!("{}/{}", Kind::Absent.prefix(), narinfo_key(hash))
 }
 
 /// The record of `hash`, when this node read it less than `max_age_s` ago
@@ -218,7 +220,7 @@ pub fn purge<S: AsRef<str>>(paths: &[S]) {
 
 /// The key of the kept object `key` (`nar/<file>`).
 fn object_key(key: &str) -> String {
-    format!("{}/{key}", scoped("object"))
+    format!("{}/{key}", scoped(Kind::Object.prefix()))
 }
 
 /// The whole object `key`, when this node kept it less than `max_age_s`
@@ -251,13 +253,18 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
     }
 }
 
+/// The key of the kept public half of the database's signing key.
+fn public_key_key() -> String {
+    scoped(Kind::PublicKey.prefix())
+}
+
 /// The public half of the database's signing key, when this node read it
 /// less than `max_age_s` ago (no purge names it: it is never replaced).
 pub fn public_key() -> Option<String> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, key) = entry::decode_timed(with_store(|s| s.get(&scoped("public-key")).ok().flatten())??)?;
+    let (kept_at, key) = entry::decode_timed(with_store(|s| s.get(&public_key_key()).ok().flatten())??)?;
     young(kept_at).then(|| String::from_utf8(key).ok()).flatten()
 }
 
@@ -266,7 +273,7 @@ pub fn keep_public_key(key: &str) {
     if max_age_ms() == 0 {
         return;
     }
-    if let Some(Err(e)) = with_store(|s| s.set(&scoped("public-key"), &entry::encode_timed(now_ms(), key.as_bytes()))) {
+    if let Some(Err(e)) = with_store(|s| s.set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes()))) {
         crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }

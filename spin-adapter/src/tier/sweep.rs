@@ -62,7 +62,7 @@ pub fn if_due() {
         let cursor = store.get(CURSOR).ok().flatten().and_then(|b| String::from_utf8(b).ok());
         let (now, max_age) = (now_ms(), max_age_ms());
         let turn = this_turn(keys, cursor.as_deref());
-        for key in turn.iter().filter(|k| entry::is_entry(k)) {
+        for key in turn.iter().filter(|k| entry::Kind::of(k).is_some()) {
             let dead = store.get(key).ok().flatten().is_some_and(|value| entry::expired(key, &value, now, max_age));
             if dead {
                 if let Err(e) = store.delete(key) {
