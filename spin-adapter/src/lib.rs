@@ -24,6 +24,7 @@ mod accessed;
 mod edge;
 mod error;
 mod http;
+mod kv;
 mod locks;
 mod log;
 mod metadata;

@@ -22,7 +22,7 @@ use crate::bindings::exports::ncps::edge::config::{Guest, Settings, Upstream};
 use crate::bindings::fermyon::spin::variables;
 use crate::error::{Error, Result};
 use crate::metadata::now_ms;
-use crate::tier;
+use crate::{kv, tier};
 
 /// The variables that hold no secret, read once per [`SHARED_FOR_MS`] per
 /// node and shared by its instances.
@@ -92,7 +92,10 @@ fn from_spin(name: &str) -> Option<String> {
 /// it is younger than [`SHARED_FOR_MS`], else read from Spin and stored for
 /// the others.
 fn shared() -> Option<HashMap<String, Option<String>>> {
-    let kept = tier::with_store(|s| s.get(SHARED_KEY).ok().flatten())?;
+    if !kv::opened() {
+        return None;
+    }
+    let kept = kv::get(SHARED_KEY);
     let fresh = kept.and_then(|bytes| {
         let (read_at, values): (i64, HashMap<String, Option<String>>) = serde_json::from_slice(&bytes).ok()?;
         (0..SHARED_FOR_MS).contains(&(now_ms() - read_at)).then_some(values)
@@ -113,7 +116,7 @@ fn shared() -> Option<HashMap<String, Option<String>>> {
     );
     values.insert(TIER_SCOPE.to_owned(), Some(scope));
     if let Ok(bytes) = serde_json::to_vec(&(read_at, &values)) {
-        let _ = tier::with_store(|s| s.set(SHARED_KEY, &bytes));
+        let _ = kv::set(SHARED_KEY, &bytes);
     }
     Some(values)
 }

@@ -790,10 +790,13 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
         keys.iter().filter(|k| k.starts_with(&format!("{kind}/")) && k.ends_with(name)).count()
     };
     let nar = nar_url(&fx.cache("none"), &fx.leaf);
-    let entries = [("narinfo", hash), ("accessed", nar.as_str()), ("absent", gone)];
+    let narinfo_note = format!("/narinfo/{hash}");
+    let entries =
+        [("narinfo", hash), ("accessed", nar.as_str()), ("accessed", narinfo_note.as_str()), ("absent", gone)];
 
     // A narinfo (its record, kept when read from the database: at the
-    // second request; and its NAR's access note) and an absence.
+    // second request; its NAR's access note, written by the miss, and the
+    // narinfo hit's own) and an absence.
     for _ in 0..2 {
         assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
     }

@@ -85,6 +85,8 @@ pub const SPIN_HOST_INTERFACES: &[(&str, &str, &str)] = &[
     ("fermyon:spin", "rdbms-types", "2.0.0"),
     ("fermyon:spin", "sqlite", "2.0.0"),
     ("fermyon:spin", "key-value", "2.0.0"),
+    ("wasi:keyvalue", "store", "0.2.0-draft2"),
+    ("wasi:keyvalue", "batch", "0.2.0-draft2"),
     ("spin:postgres", "postgres", "3.0.0"),
 ];
 

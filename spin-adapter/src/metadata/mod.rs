@@ -226,6 +226,7 @@ impl Guest for crate::Adapter {
     /// database (and then kept in the tier).
     fn get_narinfo(hash: String) -> std::result::Result<Option<NarinfoRecord>, WitError> {
         if let Some(kept) = tier::narinfo(&hash) {
+            crate::accessed::answered_narinfo(&hash, &kept.url);
             return Ok(Some(kept));
         }
         let asked = now_ms();
@@ -233,6 +234,7 @@ impl Guest for crate::Adapter {
         let found = rows.rows.first().map(|r| narinfo(r));
         if let Some(record) = &found {
             tier::keep(record, asked);
+            crate::accessed::answered_narinfo(&hash, &record.url);
         }
         Ok(found)
     }

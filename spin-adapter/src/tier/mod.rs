@@ -42,16 +42,11 @@ use ncps_edge_wire::layout::ContentCheck;
 use ncps_edge_wire::purge_log::{self, Applied, Read};
 
 use crate::bindings::exports::ncps::edge::metadata::NarinfoRecord;
-use crate::bindings::fermyon::spin::key_value::Store;
 use crate::bindings::fermyon::spin::redis::{RedisParameter, RedisResult};
 use crate::metadata::now_ms;
-use crate::{redis, settings};
-
-/// The store the tier lives in (Spin's node-local default).
-const STORE: &str = "default";
+use crate::{kv, redis, settings};
 
 thread_local! {
-    static OPENED: OnceCell<Option<Store>> = const { OnceCell::new() };
     static SCOPE: OnceCell<String> = const { OnceCell::new() };
     static STANDING: Cell<Option<Option<Applied>>> = const { Cell::new(None) };
 }
@@ -59,25 +54,6 @@ thread_local! {
 /// Milliseconds an entry is trusted; 0 when the tier is off.
 fn max_age_ms() -> i64 {
     i64::from(settings::max_age_s()) * 1000
-}
-
-/// `f` on the node-local store; none when it cannot be opened (logged once
-/// per instance).
-pub(crate) fn with_store<T>(f: impl FnOnce(&Store) -> T) -> Option<T> {
-    OPENED.with(|cell| {
-        cell.get_or_init(|| {
-            Store::open(STORE)
-                .inspect_err(|e| {
-                    crate::log::warn(
-                        "the node-local tier is off: Spin's key-value store cannot be opened",
-                        &[("store", STORE), ("error", &format!("{e:?}")), ("fix", "key_value_stores = [\"default\"]")],
-                    )
-                })
-                .ok()
-        })
-        .as_ref()
-        .map(f)
-    })
 }
 
 fn short_hash(text: &str) -> String {
@@ -124,11 +100,22 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, record) = servable(|| {
-        let bytes = with_store(|s| s.get(&narinfo_key(hash)).ok().flatten())??;
-        entry::decode_narinfo(&bytes)
-    })?;
+    // A hit reads its access note after the answer. (Not an absence:
+    // that is read after a wait for another instance's fetch, and must be
+    // read then.)
+    read_ahead(vec![narinfo_key(hash), crate::accessed::narinfo_note_key(hash)]);
+    let (kept_at, record) = servable(|| entry::decode_narinfo(&kv::get(&narinfo_key(hash))?))?;
     young(kept_at).then_some(record)
+}
+
+/// Read in one call `keys` (an entry, and what its lookup reads next) and
+/// where the node stands in the purge log, when this instance has not
+/// read it ([`kv::read_ahead`]).
+fn read_ahead(mut keys: Vec<String>) {
+    if STANDING.get().is_none() {
+        keys.push(standing_key());
+    }
+    kv::read_ahead(&keys);
 }
 
 /// What `kept` reads (when it was kept, and the entry), when the node may
@@ -158,18 +145,22 @@ pub fn keep(record: &NarinfoRecord, asked_ms: i64) {
         return;
     }
     let entry = entry::encode_narinfo(record, asked_ms);
-    let written = with_store(|s| s.set(&narinfo_key(&record.hash), entry.as_bytes()));
+    let written = kv::set(&narinfo_key(&record.hash), entry.as_bytes());
     if let Some(Err(e)) = written {
         crate::log::warn("keeping a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 
+/// The keys of what the node keeps for the narinfo `hash`: its record, and
+/// its absence.
+fn narinfo_keys(hash: &str) -> [String; 2] {
+    [narinfo_key(hash), absent_key(hash)]
+}
+
 /// Forget the record of `hash`, and that it was absent.
 pub fn forget(hash: &str) {
-    for key in [narinfo_key(hash), absent_key(hash)] {
-        if let Some(Err(e)) = with_store(|s| s.delete(&key)) {
-            crate::log::warn("forgetting a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
-        }
+    if let Some(Err(e)) = kv::delete(&narinfo_keys(hash)) {
+        crate::log::warn("forgetting a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 
@@ -180,7 +171,7 @@ pub fn mark_absent(hash: &str, seconds: u32) {
     }
     let now = now_ms();
     let entry = entry::encode_absence(now + i64::from(seconds) * 1000, now);
-    if let Some(Err(e)) = with_store(|s| s.set(&absent_key(hash), entry.as_bytes())) {
+    if let Some(Err(e)) = kv::set(&absent_key(hash), entry.as_bytes()) {
         crate::log::warn("keeping an absence in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
     sweep::if_due();
@@ -190,9 +181,9 @@ pub fn mark_absent(hash: &str, seconds: u32) {
 /// trusted: [`trusted`]).
 pub fn absent_for(hash: &str) -> u32 {
     // One that has run out is none.
+    read_ahead(vec![absent_key(hash)]);
     let absence = servable(|| {
-        let bytes = with_store(|s| s.get(&absent_key(hash)).ok().flatten())??;
-        let (until, kept_at) = entry::decode_absence(&bytes)?;
+        let (until, kept_at) = entry::decode_absence(&kv::get(&absent_key(hash))?)?;
         (until > now_ms()).then_some((kept_at, until))
     });
     let Some((_, until)) = absence else { return 0 };
@@ -206,15 +197,17 @@ pub fn absent_for(hash: &str) -> u32 {
 /// Forget what the request paths `paths` (`/<hash>.narinfo`,
 /// `/nar/<file>`) name.
 pub fn purge<S: AsRef<str>>(paths: &[S]) {
+    let mut keys = Vec::new();
     for path in paths {
         let Some(path) = path.as_ref().strip_prefix('/') else { continue };
         if let Some(hash) = path.strip_suffix(".narinfo") {
-            forget(hash);
+            keys.extend(narinfo_keys(hash));
         } else if path.starts_with("nar/") {
-            if let Some(Err(e)) = with_store(|s| s.delete(&object_key(path))) {
-                crate::log::warn("forgetting a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
-            }
+            keys.push(object_key(path));
         }
+    }
+    if let Some(Err(e)) = kv::delete(&keys) {
+        crate::log::warn("forgetting purged paths in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 
@@ -229,7 +222,9 @@ pub fn nar(key: &str) -> Option<Vec<u8>> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, bytes) = servable(|| entry::decode_timed(with_store(|s| s.get(&object_key(key)).ok().flatten())??))?;
+    // A hit reads its access note next.
+    read_ahead(vec![object_key(key), crate::accessed::note_key(key)]);
+    let (kept_at, bytes) = servable(|| entry::decode_timed(kv::get(&object_key(key))?))?;
     young(kept_at).then_some(bytes)
 }
 
@@ -248,7 +243,7 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
     // Kept after the node's first read of the purge log, so it is trusted.
     read_once();
     let value = entry::encode_timed(now_ms(), bytes);
-    if let Some(Err(e)) = with_store(|s| s.set(&object_key(key), &value)) {
+    if let Some(Err(e)) = kv::set(&object_key(key), &value) {
         crate::log::warn("keeping a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
@@ -264,7 +259,7 @@ pub fn public_key() -> Option<String> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, key) = entry::decode_timed(with_store(|s| s.get(&public_key_key()).ok().flatten())??)?;
+    let (kept_at, key) = entry::decode_timed(kv::get(&public_key_key())?)?;
     young(kept_at).then(|| String::from_utf8(key).ok()).flatten()
 }
 
@@ -273,7 +268,7 @@ pub fn keep_public_key(key: &str) {
     if max_age_ms() == 0 {
         return;
     }
-    if let Some(Err(e)) = with_store(|s| s.set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes()))) {
+    if let Some(Err(e)) = kv::set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes())) {
         crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
@@ -296,9 +291,14 @@ fn standing() -> Option<Applied> {
     })
 }
 
+/// The key of where this node stands in the purge log.
+fn standing_key() -> String {
+    scoped("purge-log")
+}
+
 /// Where this node stands in the purge log, as its store says now.
 fn stored_standing() -> Option<Applied> {
-    let bytes = with_store(|s| s.get(&scoped("purge-log")).ok().flatten())??;
+    let bytes = kv::get(&standing_key())?;
     Applied::decode(std::str::from_utf8(&bytes).ok()?)
 }
 
@@ -313,12 +313,11 @@ fn read_started_within(ms: i64) -> bool {
 /// does not, it notes now.
 pub(crate) fn noted_within(key: &str, ms: i64) -> bool {
     let now = now_ms();
-    let noted = with_store(|s| s.get(key).ok().flatten()).flatten();
-    let noted: Option<i64> = noted.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+    let noted: Option<i64> = kv::get(key).and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
     if noted.is_some_and(|t| (0..ms).contains(&(now - t))) {
         return true;
     }
-    let _ = with_store(|s| s.set(key, now.to_string().as_bytes()));
+    let _ = kv::set(key, now.to_string().as_bytes());
     false
 }
 
@@ -363,7 +362,7 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
             (applied.last, applied.read_at_ms) = (other.last, other.read_at_ms);
         }
     }
-    if let Some(Err(e)) = with_store(|s| s.set(&scoped("purge-log"), applied.encode().as_bytes())) {
+    if let Some(Err(e)) = kv::set(&standing_key(), applied.encode().as_bytes()) {
         crate::log::warn("storing where the node stands in the purge log failed", &[("error", &format!("{e:?}"))]);
         return None;
     }

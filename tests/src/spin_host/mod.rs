@@ -1,8 +1,9 @@
 //! A Spin-shaped host: the composed component (`handler.wasm` plugged with
 //! the Spin adapter) run the way Spin 3.x's HTTP trigger runs it, one fresh
 //! instance per request, with exactly the Spin host interfaces the adapter
-//! imports (`fermyon:spin/{variables,redis,postgres,mysql,key-value}@2.0.0`,
-//! bindings generated from the vendored Spin WIT) backed by real clients:
+//! imports (`fermyon:spin/{variables,redis,postgres,mysql}@2.0.0`,
+//! `wasi:keyvalue/{store,batch}@0.2.0-draft2`, bindings generated from the
+//! vendored Spin WIT) backed by real clients:
 //! the machine's Redis, PostgreSQL and MariaDB, and `wasi:http` for S3 and
 //! upstreams. It grants no key-value store, so the adapter's node-local
 //! tier is off here: every lookup goes to the database.

@@ -23,7 +23,8 @@ pub mod bindings {
     });
 }
 
-use bindings::fermyon::spin::{key_value, mysql, postgres, rdbms_types, redis, variables};
+use bindings::fermyon::spin::{mysql, postgres, rdbms_types, redis, variables};
+use bindings::wasi::keyvalue;
 
 /// One instance's WASI, wasi-http, resources and Spin variables.
 pub struct SpinState {
@@ -76,6 +77,7 @@ pub fn add_spin_to_linker(linker: &mut Linker<SpinState>) -> wasmtime::Result<()
     rdbms_types::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     postgres::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     mysql::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
-    key_value::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
+    keyvalue::store::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
+    keyvalue::batch::add_to_linker::<SpinState, HasSelf<SpinState>>(linker, |s| s)?;
     Ok(())
 }
