@@ -158,7 +158,17 @@ async fn sweeping_removes_what_a_dead_writer_left() {
         let mut w = s.create(&k).await.unwrap();
         w.write(&vec![5u8; PART_SIZE + 1]).await.unwrap();
         std::mem::forget(w);
-        let swept = s.sweep_incomplete(std::time::Duration::ZERO).await.unwrap();
+        // A local write may still be landing (tokio writes files on a
+        // blocking thread): its file's time can be later than the first
+        // sweep's cutoff. Sweep until it is found, or give up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut swept = 0;
+        while swept == 0 && std::time::Instant::now() < deadline {
+            swept = s.sweep_incomplete(std::time::Duration::ZERO).await.unwrap();
+            if swept == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         assert_eq!(swept, 1, "{name}: one leftover");
         assert_eq!(s.sweep_incomplete(std::time::Duration::ZERO).await.unwrap(), 0, "{name}: swept twice");
         assert_eq!(s.stat(&k).await.unwrap(), None, "{name}");
