@@ -103,8 +103,9 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     // A hit reads its access note after the answer. (Not an absence:
     // that is read after a wait for another instance's fetch, and must be
     // read then.)
-    read_ahead(vec![narinfo_key(hash), crate::accessed::narinfo_note_key(hash)]);
-    let (kept_at, record) = servable(|| entry::decode_narinfo(&kv::get(&narinfo_key(hash))?))?;
+    let key = narinfo_key(hash);
+    read_ahead(vec![key.clone(), crate::accessed::narinfo_note_key(hash)]);
+    let (kept_at, record) = servable(|| entry::decode_narinfo(&kv::get(&key)?))?;
     young(kept_at).then_some(record)
 }
 
@@ -181,9 +182,10 @@ pub fn mark_absent(hash: &str, seconds: u32) {
 /// trusted: [`trusted`]).
 pub fn absent_for(hash: &str) -> u32 {
     // One that has run out is none.
-    read_ahead(vec![absent_key(hash)]);
+    let key = absent_key(hash);
+    read_ahead(vec![key.clone()]);
     let absence = servable(|| {
-        let (until, kept_at) = entry::decode_absence(&kv::get(&absent_key(hash))?)?;
+        let (until, kept_at) = entry::decode_absence(&kv::get(&key)?)?;
         (until > now_ms()).then_some((kept_at, until))
     });
     let Some((_, until)) = absence else { return 0 };
@@ -223,8 +225,9 @@ pub fn nar(key: &str) -> Option<Vec<u8>> {
         return None;
     }
     // A hit reads its access note next.
-    read_ahead(vec![object_key(key), crate::accessed::note_key(key)]);
-    let (kept_at, bytes) = servable(|| entry::decode_timed(kv::get(&object_key(key))?))?;
+    let object = object_key(key);
+    read_ahead(vec![object.clone(), crate::accessed::note_key(key)]);
+    let (kept_at, bytes) = servable(|| entry::decode_timed(kv::get(&object)?))?;
     young(kept_at).then_some(bytes)
 }
 
