@@ -10,16 +10,21 @@ use tokio::io::AsyncReadExt;
 
 use ncps_edge_test_support as support;
 
+/// Settings of a store in `bucket`, reached at `endpoint`.
+fn s3_options(bucket: &support::S3Bucket, endpoint: &str) -> S3Options {
+    S3Options {
+        bucket: bucket.bucket.clone(),
+        endpoint: Some(endpoint.to_owned()),
+        region: "us-east-1".into(),
+        access_key_id: bucket.access_key.clone(),
+        secret_access_key: bucket.secret_key.clone(),
+        force_path_style: true,
+    }
+}
+
 async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn BlobStore>)> {
     let bucket = support::fresh_bucket().await;
-    let opts = S3Options {
-        bucket: bucket.bucket,
-        endpoint: Some(bucket.endpoint),
-        region: "us-east-1".into(),
-        access_key_id: bucket.access_key,
-        secret_access_key: bucket.secret_key,
-        force_path_style: true,
-    };
+    let opts = s3_options(&bucket, &bucket.endpoint);
     let s3 = S3Store::connect(&opts).await.unwrap();
     vec![("local", Arc::new(LocalStore::open(dir).await.unwrap())), ("s3", Arc::new(s3))]
 }
@@ -182,14 +187,7 @@ async fn sweeping_removes_what_a_dead_writer_left() {
 #[tokio::test]
 async fn sweeping_drops_the_marker_of_an_upload_that_finished() {
     let bucket = support::fresh_bucket().await;
-    let opts = S3Options {
-        bucket: bucket.bucket.clone(),
-        endpoint: Some(bucket.endpoint.clone()),
-        region: "us-east-1".into(),
-        access_key_id: bucket.access_key.clone(),
-        secret_access_key: bucket.secret_key.clone(),
-        force_path_style: true,
-    };
+    let opts = s3_options(&bucket, &bucket.endpoint);
     let s3 = S3Store::connect(&opts).await.unwrap();
     let k = key("nar/1b8zpfdv1c2ghx7gzm1c6ig6zfqwc0xz5wvd6p1mb5d7w5qiw2jb.nar");
     let mut w = s3.create(&k).await.unwrap();
@@ -204,4 +202,48 @@ async fn sweeping_drops_the_marker_of_an_upload_that_finished() {
     let left = client.head_object().bucket(&bucket.bucket).key(&marker).send().await;
     assert!(left.is_err(), "the marker of a finished upload was kept");
     assert!(s3.stat(&k).await.unwrap().is_some(), "the finished object was touched");
+}
+
+/// A writer given up while S3 answers 503 cannot abort its upload then: it
+/// keeps trying, and once S3 is back the upload and its marker are gone.
+#[tokio::test]
+async fn an_upload_given_up_during_an_outage_is_aborted_when_s3_is_back() {
+    let bucket = support::fresh_bucket().await;
+    let proxy = support::StallProxy::start(&support::host_port(&bucket.endpoint)).await;
+    let opts = s3_options(&bucket, &format!("http://{}", proxy.addr()));
+    let s3 = S3Store::connect(&opts).await.unwrap();
+    let k = key("nar/0c8zpfdv1c2ghx7gzm1c6ig6zfqwc0xz5wvd6p1mb5d7w5qiw2jb.nar");
+    let mut w = s3.create(&k).await.unwrap();
+    w.write(&vec![7u8; PART_SIZE + 1]).await.unwrap();
+    let client = bucket.client();
+    let listed = client.list_objects_v2().bucket(&bucket.bucket).prefix(ncps_edge_wire::layout::UPLOADS_PREFIX);
+    let markers = listed.send().await.unwrap();
+    let [marker] = markers.contents() else { panic!("one upload marker expected: {markers:?}") };
+    let marker = marker.key().unwrap().to_owned();
+    let id = marker.trim_start_matches(ncps_edge_wire::layout::UPLOADS_PREFIX).to_owned();
+
+    // The parts the server holds for the upload (none once it is aborted).
+    let parts = || async {
+        let listed = client.list_parts().bucket(&bucket.bucket).key(k.layout()).upload_id(&id).send().await;
+        listed.unwrap().parts().len()
+    };
+    assert_eq!(parts().await, 1);
+
+    proxy.set(support::ProxyMode::Fail);
+    w.abort().await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(parts().await, 1, "the upload went while S3 was refusing every request");
+    proxy.set(support::ProxyMode::Pass);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let parts_left = parts().await;
+        let marker_left = client.head_object().bucket(&bucket.bucket).key(&marker).send().await.is_ok();
+        if parts_left == 0 && !marker_left {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "parts kept: {parts_left}, marker kept: {marker_left}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(s3.stat(&k).await.unwrap().is_none(), "an aborted upload became an object");
 }

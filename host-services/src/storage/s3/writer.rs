@@ -1,10 +1,13 @@
 //! A writer into S3: a multipart upload with one part buffered at a time
 //! (named by a marker object so a sweep can abort it), published
-//! put-if-absent at commit; a small object is one `PutObject`.
+//! put-if-absent at commit; a small object is one `PutObject`. An upload
+//! given up is aborted, retried through an outage ([`abandon`]), and its
+//! marker is deleted only once the upload is gone.
 
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use backon::{ExponentialBuilder, Retryable};
 
 use super::{s3_error, S3Store, PART_SIZE};
 use crate::storage::layout::upload_marker;
@@ -62,17 +65,56 @@ impl S3Writer {
         Ok(())
     }
 
+    /// Abort the upload, if one was started. One attempt is awaited; if S3
+    /// refuses it (an outage), [`abandon`] retries in the background.
     async fn abort_upload(&mut self) {
         if let Some(id) = self.upload_id.take() {
-            let store = &self.store;
-            let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(&self.object).upload_id(&id);
-            if let Err(e) = req.send().await {
-                tracing::warn!(object = self.object, error = %DisplayErrorContext(&e), "failed to abort a multipart upload");
+            match abort_once(&self.store, &self.object, &id).await {
+                Ok(()) => self.store.forget_marker(&id).await,
+                Err(e) => {
+                    tracing::warn!(object = self.object, error = %e, "failed to abort a multipart upload; retrying");
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(abandon(self.store.clone(), self.object.clone(), id));
+                    }
+                }
             }
-            store.forget_marker(&id).await;
         }
     }
 }
+
+/// One `AbortMultipartUpload`; an upload that is gone already counts as
+/// aborted.
+async fn abort_once(store: &S3Store, object: &str, id: &str) -> Result<()> {
+    let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(object).upload_id(id);
+    match req.send().await {
+        Ok(_) => Ok(()),
+        Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => Ok(()),
+        Err(e) => Err(s3_error(e)),
+    }
+}
+
+/// Abort an upload this node gave up, retrying through an outage of S3
+/// (about 20 s). Its marker goes only once the upload is gone: an upload
+/// that could not be aborted keeps it, so a sweep still finds the upload on
+/// a server that cannot list them.
+async fn abandon(store: S3Store, object: String, id: String) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(ABANDON_FIRST_DELAY)
+        .with_max_delay(ABANDON_MAX_DELAY)
+        .with_max_times(8);
+    let aborted = (|| abort_once(&store, &object, &id)).retry(backoff).sleep(tokio::time::sleep).await;
+    match aborted {
+        Ok(()) => store.forget_marker(&id).await,
+        Err(e) => {
+            tracing::warn!(object, upload_id = id, error = %e, "gave up aborting a multipart upload; a sweep aborts it")
+        }
+    }
+}
+
+/// First wait before [`abandon`] tries again.
+const ABANDON_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest wait between [`abandon`]'s tries.
+const ABANDON_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[async_trait::async_trait]
 impl BlobWriter for S3Writer {
@@ -157,11 +199,6 @@ impl Drop for S3Writer {
     fn drop(&mut self) {
         // An instance that died mid-upload: abort it in the background.
         let (Some(id), Ok(rt)) = (self.upload_id.take(), tokio::runtime::Handle::try_current()) else { return };
-        let (client, bucket, object) = (self.store.client.clone(), self.store.bucket.clone(), self.object.clone());
-        let store = self.store.clone();
-        rt.spawn(async move {
-            let _ = client.abort_multipart_upload().bucket(bucket).key(object).upload_id(&id).send().await;
-            store.forget_marker(&id).await;
-        });
+        rt.spawn(abandon(self.store.clone(), self.object.clone(), id));
     }
 }
