@@ -123,8 +123,9 @@ EVALS_BEFORE=$(evals)
 read -r S_RPS S_P99 _ S_N < <(wrk_field "http://127.0.0.1:$SPIN_PORT/$H.narinfo" 32)
 EVALS=$(( $(evals) - ${EVALS_BEFORE:-0} ))
 read -r M_RPS M_P99 _ _ < <(wrk_field "http://127.0.0.1:$MEM_PORT/$H.narinfo" 32)
-# What else the in-memory node serves, down to a request that reads only
-# the settings (an unknown path: 404): the floor of an instance under Spin.
+# What else the in-memory node serves: a request that reads only the
+# settings (/nix-cache-info), and one that reads nothing (an unknown path:
+# 404), the floor of an instance of this component under Spin.
 NAR=$(sed -n 's/^URL: //p' "$T/answer.$ON_PORT")
 for _ in 1 2 3; do curl -fsS -o /dev/null "http://127.0.0.1:$MEM_PORT/$NAR"; done
 NONE=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MEM_PORT/no-such-path")
@@ -165,7 +166,7 @@ echo "| nginx (static file) | $N_RPS | $(to_ms "$N_P99") | $(ratio "$S_RPS" "$N_
 echo
 echo "| Spin node, store in memory (32 conns, $DURATION) | requests/s | p99 ms | / native tier off (narinfo) |"
 echo "| --- | --- | --- | --- |"
-echo "| unknown path (404; reads the settings only) | $MU_RPS | $(to_ms "$MU_P99") | $(ratio "$MU_RPS" "$O_RPS") |"
+echo "| unknown path (404; reads nothing) | $MU_RPS | $(to_ms "$MU_P99") | $(ratio "$MU_RPS" "$O_RPS") |"
 echo "| \`/nix-cache-info\` | $MI_RPS | $(to_ms "$MI_P99") | $(ratio "$MI_RPS" "$O_RPS") |"
 echo "| warm narinfo | $M_RPS | $(to_ms "$M_P99") | $(ratio "$M_RPS" "$O_RPS") |"
 echo "| warm small NAR (\`$NAR\`, from the tier) | $MN_RPS | $(to_ms "$MN_P99") | $(ratio "$MN_RPS" "$O_RPS") |"

@@ -14,9 +14,10 @@ use crate::host::http::{text, Request, Response};
 use crate::host::logging;
 use crate::protocol::route::{self, Route, RouteError};
 
-/// Handle one request.
+/// Handle one request. A path that names nothing is answered before the
+/// settings are read (under Spin, that read is two calls to the node's
+/// store), so junk traffic costs a node little.
 pub fn handle(req: Request, out: ResponseOutparam) {
-    let settings = config::get_settings();
     let route = match route::parse(&req.path) {
         Ok(r) => r,
         Err(RouteError::BadRequest) => {
@@ -25,6 +26,7 @@ pub fn handle(req: Request, out: ResponseOutparam) {
         }
         Err(RouteError::NotFound) => return text(out, 404, "not found\n", false),
     };
+    let settings = config::get_settings();
     if matches!(route, Route::AdminLru | Route::AdminFsck) {
         return admin::handle(&req, &route, &settings, out);
     }

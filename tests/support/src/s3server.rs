@@ -55,10 +55,13 @@ impl PrivateS3 {
         b
     }
 
-    /// Unfinished multipart uploads the server holds.
-    pub fn unfinished_uploads(&self) -> usize {
-        std::fs::read_dir(self.root.path())
-            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".upload-")).count())
-            .unwrap_or(0)
+    /// When each unfinished multipart upload the server holds was created
+    /// (s3s-fs writes a file per upload when it is created).
+    pub fn unfinished_uploads(&self) -> Vec<std::time::SystemTime> {
+        let Ok(dir) = std::fs::read_dir(self.root.path()) else { return Vec::new() };
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .collect()
     }
 }
