@@ -76,6 +76,12 @@ fn is_not_found<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     }
 }
 
+/// Whether S3 answered that the multipart upload does not exist (any
+/// more): finished or aborted already.
+fn is_no_such_upload<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("NoSuchUpload"))
+}
+
 /// Create `opts.bucket` if it does not exist (for tests and first set-up).
 pub async fn create_bucket(opts: &S3Options) -> Result<()> {
     let c = client(opts);
@@ -197,7 +203,7 @@ impl BlobStore for S3Store {
                     match req.send().await {
                         Ok(_) => aborted += 1,
                         // Finished or aborted by its node since the listing.
-                        Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => {}
+                        Err(e) if is_no_such_upload(&e) => {}
                         Err(e) => return Err(s3_error(e)),
                     }
                 }
@@ -244,7 +250,7 @@ impl S3Store {
                 let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(&object).upload_id(id);
                 match req.send().await {
                     Ok(_) => aborted += 1,
-                    Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => {}
+                    Err(e) if is_no_such_upload(&e) => {}
                     // An upload that finished before its marker was deleted
                     // (the node died in between): S3 says NoSuchUpload, some
                     // S3-compatible servers (s3s) AccessDenied. The listing

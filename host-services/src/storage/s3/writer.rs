@@ -4,12 +4,11 @@
 //! given up is aborted, retried through an outage ([`abandon`]), and its
 //! marker is deleted only once the upload is gone.
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use backon::{ExponentialBuilder, Retryable};
 
-use super::{s3_error, S3Store, PART_SIZE};
+use super::{is_no_such_upload, s3_error, S3Store, PART_SIZE};
 use crate::storage::layout::upload_marker;
 use crate::storage::BlobWriter;
 use crate::{Error, Result};
@@ -88,7 +87,7 @@ async fn abort_once(store: &S3Store, object: &str, id: &str) -> Result<()> {
     let req = store.client.abort_multipart_upload().bucket(&store.bucket).key(object).upload_id(id);
     match req.send().await {
         Ok(_) => Ok(()),
-        Err(SdkError::ServiceError(e)) if e.err().code() == Some("NoSuchUpload") => Ok(()),
+        Err(e) if is_no_such_upload(&e) => Ok(()),
         Err(e) => Err(s3_error(e)),
     }
 }
