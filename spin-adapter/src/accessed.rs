@@ -16,7 +16,7 @@ use std::cell::RefCell;
 
 use ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS;
 
-use crate::tier::{noted_within, scoped, sweep, Kind};
+use crate::tier::{noted_within, sweep, Kind};
 
 thread_local! {
     /// The NAR of the narinfo this instance answered, and that hit's note.
@@ -25,7 +25,7 @@ thread_local! {
 
 /// The note of the NAR `key` (`nar/<file>`).
 pub fn note_key(key: &str) -> String {
-    format!("{}/{key}", scoped(Kind::Accessed.prefix()))
+    format!("{}/{key}", Kind::Accessed.prefix())
 }
 
 /// The note of a hit of the narinfo `hash`.

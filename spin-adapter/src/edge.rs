@@ -50,4 +50,8 @@ impl Guest for crate::Adapter {
     fn keep_nar(key: String, bytes: Vec<u8>) {
         crate::tier::keep_nar(&key, &bytes);
     }
+
+    fn will_read(path: String) {
+        crate::tier::will_read(&path);
+    }
 }

@@ -6,7 +6,7 @@
 //! worker thread. So where an instance knows which keys it will read, it
 //! reads them in one `batch.get-many` ([`read_ahead`]), and [`get`]
 //! serves each of them once from what that call found: a warm narinfo
-//! hit opens the store and makes two reads (the settings; the record with
+//! hit opens the store and makes one read (the settings, the record,
 //! where the node stands in the purge log and its access note) instead of
 //! four. A key read ahead is read from the store again the
 //! second time it is asked for (a re-read is meant to see what other

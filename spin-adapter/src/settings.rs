@@ -95,6 +95,9 @@ fn shared() -> Option<HashMap<String, Option<String>>> {
     if !kv::opened() {
         return None;
     }
+    // With what the request will read next, when the handler said
+    // (`edge-cache.will-read`): a warm hit's one read of the store.
+    tier::read_with(SHARED_KEY);
     let kept = kv::get(SHARED_KEY);
     let fresh = kept.and_then(|bytes| {
         let (read_at, values): (i64, HashMap<String, Option<String>>) = serde_json::from_slice(&bytes).ok()?;

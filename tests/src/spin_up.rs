@@ -87,7 +87,19 @@ impl SpinUp {
     /// `SPIN_VARIABLE_<NAME>`; the outbound host variables are derived from
     /// the addresses unless given) on a free port; waits until it listens.
     pub async fn start(spin: &Path, variables: HashMap<String, String>) -> Self {
+        Self::start_in(spin, tempfile::tempdir().expect("a folder"), variables).await
+    }
+
+    /// Stop this node and start it again with `variables`, on the same
+    /// folder: Spin's state (the node-local store) outlives it.
+    pub async fn restart(mut self, spin: &Path, variables: HashMap<String, String>) -> Self {
+        self.kill();
         let dir = tempfile::tempdir().expect("a folder");
+        let dir = std::mem::replace(&mut self.dir, dir);
+        Self::start_in(spin, dir, variables).await
+    }
+
+    async fn start_in(spin: &Path, dir: tempfile::TempDir, variables: HashMap<String, String>) -> Self {
         let component = dir.path().join("ncps-edge.wasm");
         std::fs::write(&component, composed_component()).expect("write the component");
         let manifest = dir.path().join("spin.toml");
@@ -156,6 +168,12 @@ impl Drop for SpinUp {
     /// process, which would outlive a killed parent (and keep its
     /// database connections).
     fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl SpinUp {
+    fn kill(&mut self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();

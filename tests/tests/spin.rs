@@ -393,6 +393,30 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     db.resume();
 }
 
+/// A node's store outlives its settings: started again on the same store
+/// but on another cache (database, purge log), a Spin node serves nothing
+/// it kept for the first, narinfo or small NAR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_moved_to_another_cache_serves_nothing_it_kept_for_the_first() {
+    let Some((cli, fx, _first, node)) = spin_node("none").await else { return };
+    let narinfo = format!("/{}.narinfo", hash_of(&fx.leaf));
+    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    // The second NAR answer, read whole from S3, is kept.
+    for _ in 0..2 {
+        assert_eq!(get(&format!("{}{narinfo}", node.url())).await.0, 200);
+        assert_eq!(get(&format!("{}{nar}", node.url())).await.0, 200);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let second = Shared::on(empty.path().to_owned(), fresh_postgres().await).await;
+    let node = node.restart(&cli, second.variables(fx)).await;
+    // A node's instances share its settings for up to a second: a restart
+    // with other variables is seen within that.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(get(&format!("{}{narinfo}", node.url())).await.0, 404, "a narinfo kept for another cache was served");
+    assert_eq!(get(&format!("{}{nar}", node.url())).await.0, 404, "a NAR kept for another cache was served");
+    assert_eq!(second.up.hits(&narinfo), 1);
+}
+
 /// A native node of `shared` that takes DELETEs with `delete-secret`.
 async fn native_that_deletes(shared: &Shared, fx: &Fixture) -> ncps_edge_tests::node::TestNode {
     shared.native_node_with(fx, &["--cache-allow-delete-verb", "--cache-delete-token=delete-secret"]).await

@@ -10,13 +10,16 @@ mod written;
 
 use crate::bindings::ncps::edge::config;
 use crate::bindings::wasi::http::types::{Method, ResponseOutparam};
+use crate::host::edge;
 use crate::host::http::{text, Request, Response};
 use crate::host::logging;
 use crate::protocol::route::{self, Route, RouteError};
 
 /// Handle one request. A path that names nothing is answered before the
 /// settings are read (under Spin, that read is two calls to the node's
-/// store), so junk traffic costs a node little.
+/// store), so junk traffic costs a node little; a narinfo or NAR read
+/// says what it will look up first, so a host that reads its tier from a
+/// store reads both in one call.
 pub fn handle(req: Request, out: ResponseOutparam) {
     let route = match route::parse(&req.path) {
         Ok(r) => r,
@@ -26,6 +29,13 @@ pub fn handle(req: Request, out: ResponseOutparam) {
         }
         Err(RouteError::NotFound) => return text(out, 404, "not found\n", false),
     };
+    if matches!(req.method, Method::Get | Method::Head) {
+        match &route {
+            Route::Narinfo(hash) => edge::will_read(&edge::narinfo_path(hash)),
+            Route::Nar(path) => edge::will_read(&edge::object_path(&path.key())),
+            _ => {}
+        }
+    }
     let settings = config::get_settings();
     if matches!(route, Route::AdminLru | Route::AdminFsck) {
         return admin::handle(&req, &route, &settings, out);

@@ -57,6 +57,12 @@ pub fn kept_nar(key: &str) -> Option<Vec<u8>> {
     edge_cache::kept_nar(key)
 }
 
+/// Tell the host, before the settings are read, that this instance
+/// answers a read of the request path `path` (a narinfo or a NAR).
+pub fn will_read(path: &str) {
+    edge_cache::will_read(path);
+}
+
 /// Offer the whole stored object `key`, just read, to the node's tier.
 pub fn keep_nar(key: &str, bytes: &[u8]) {
     edge_cache::keep_nar(key, bytes);

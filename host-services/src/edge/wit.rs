@@ -37,6 +37,11 @@ impl edge_cache::Host for EdgeView<'_> {
     async fn keep_nar(&mut self, _key: String, _bytes: Vec<u8>) -> wasmtime::Result<()> {
         Ok(())
     }
+
+    /// The native tier reads nothing per instance.
+    async fn will_read(&mut self, _path: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn add_to_linker<T: NcpsEdgeView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

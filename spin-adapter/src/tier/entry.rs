@@ -1,7 +1,9 @@
 //! How the node-local tier writes its entries in the key-value store, and
 //! when one can no longer be served (what the sweep deletes).
 //!
-//! Every entry's key starts with its kind (`<kind>/<scope>/…`):
+//! Every entry's key starts with its kind (`<kind>/…`), and every value
+//! the tier writes with the scope that wrote it (`<scope>\n…`,
+//! [`with_scope`]; see `super::get`):
 //! - `narinfo`: JSON `{"kept_at_ms", "record"}`;
 //! - `object` (a small NAR) and `public-key`: `<kept at, ms>\n<bytes>`;
 //! - `absent`: `<until, ms> <kept at, ms>`;
@@ -9,7 +11,8 @@
 //!   access time to the database.
 //!
 //! The node's own notes (`purge-log`, `purge-log-read`, `settings`,
-//! `sweep`) are single keys and never swept.
+//! `sweep`) are single keys and never swept. An entry without a scope (as
+//! written before values carried it, under keys that held it) is dead.
 
 use serde_json::{json, Value};
 
@@ -50,7 +53,7 @@ impl Kind {
 
     /// The kind of entry `key` is; none for the node's notes.
     pub fn of(key: &str) -> Option<Kind> {
-        let (first, _) = key.split_once('/')?;
+        let first = key.split('/').next()?;
         Kind::ALL.into_iter().find(|kind| kind.prefix() == first)
     }
 }
@@ -104,6 +107,21 @@ pub fn decode_absence(bytes: &[u8]) -> Option<(i64, i64)> {
     Some((until.parse().ok()?, kept_at.parse().ok()?))
 }
 
+/// `value` headed by the scope that wrote it (`<scope>\n<value>`).
+pub fn with_scope(scope: &str, value: &[u8]) -> Vec<u8> {
+    let mut headed = Vec::with_capacity(scope.len() + 1 + value.len());
+    headed.extend_from_slice(scope.as_bytes());
+    headed.push(b'\n');
+    headed.extend_from_slice(value);
+    headed
+}
+
+/// The scope that wrote a value, and the value; none when it has no scope.
+pub fn split_scope(headed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let newline = headed.iter().position(|b| *b == b'\n')?;
+    Some((&headed[..newline], &headed[newline + 1..]))
+}
+
 /// Whether what was kept at `kept_at` is younger than `max_age_ms` at
 /// `now`.
 pub fn young(kept_at: i64, now: i64, max_age_ms: i64) -> bool {
@@ -117,6 +135,7 @@ pub fn young(kept_at: i64, now: i64, max_age_ms: i64) -> bool {
 /// known kind is never.
 pub fn expired(key: &str, value: &[u8], now: i64, max_age_ms: i64) -> bool {
     let Some(kind) = Kind::of(key) else { return false };
+    let Some((_, value)) = split_scope(value) else { return true };
     let kept = match kind {
         Kind::Narinfo => narinfo_kept_at(value).map(|(kept_at, _)| young(kept_at, now, max_age_ms)),
         Kind::Object | Kind::PublicKey => leading_time(value).map(|kept_at| young(kept_at, now, max_age_ms)),
@@ -189,31 +208,47 @@ mod tests {
         assert_eq!(decode_absence(encode_absence(20, 10).as_bytes()), Some((20, 10)));
     }
 
+    /// `value` as the tier writes it, headed by a scope.
+    fn headed(value: &[u8]) -> Vec<u8> {
+        with_scope("d/l", value)
+    }
+
+    #[test]
+    fn a_value_names_the_scope_that_wrote_it() {
+        let value = with_scope("d/l", b"12\nx\ny");
+        assert_eq!(split_scope(&value), Some((&b"d/l"[..], &b"12\nx\ny"[..])));
+        assert_eq!(split_scope(b"no scope"), None);
+    }
+
     #[test]
     fn entries_expire_by_kind() {
-        let narinfo = |at| encode_narinfo(&record(), at).into_bytes();
-        assert!(!expired("narinfo/s/h", &narinfo(NOW - AGE + 1), NOW, AGE));
-        assert!(expired("narinfo/s/h", &narinfo(NOW - AGE), NOW, AGE));
-        assert!(expired("narinfo/s/h", &narinfo(NOW), NOW, 0), "the tier is off");
-        assert!(!expired("object/s/nar/f.nar", &encode_timed(NOW - 1, b"x"), NOW, AGE));
-        assert!(expired("object/s/nar/f.nar", &encode_timed(NOW - AGE, b"x"), NOW, AGE));
-        assert!(expired("public-key/s", &encode_timed(NOW - AGE - 1, b"k"), NOW, AGE));
-        assert!(!expired("absent/narinfo/s/h", encode_absence(NOW + 1, NOW - AGE * 9).as_bytes(), NOW, AGE));
-        assert!(expired("absent/narinfo/s/h", encode_absence(NOW, NOW - 1).as_bytes(), NOW, AGE));
-        let written = |at: i64| at.to_string().into_bytes();
-        assert!(!expired("accessed/s/nar/f.nar", &written(NOW - 1), NOW, AGE));
-        assert!(expired("accessed/s/nar/f.nar", &written(NOW - ACCESS_WRITE_EVERY_MS as i64), NOW, AGE));
+        let narinfo = |at| headed(encode_narinfo(&record(), at).as_bytes());
+        assert!(!expired("narinfo/h", &narinfo(NOW - AGE + 1), NOW, AGE));
+        assert!(expired("narinfo/h", &narinfo(NOW - AGE), NOW, AGE));
+        assert!(expired("narinfo/h", &narinfo(NOW), NOW, 0), "the tier is off");
+        assert!(!expired("object/nar/f.nar", &headed(&encode_timed(NOW - 1, b"x")), NOW, AGE));
+        assert!(expired("object/nar/f.nar", &headed(&encode_timed(NOW - AGE, b"x")), NOW, AGE));
+        assert!(expired("public-key", &headed(&encode_timed(NOW - AGE - 1, b"k")), NOW, AGE));
+        assert!(!expired("absent/narinfo/h", &headed(encode_absence(NOW + 1, NOW - AGE * 9).as_bytes()), NOW, AGE));
+        assert!(expired("absent/narinfo/h", &headed(encode_absence(NOW, NOW - 1).as_bytes()), NOW, AGE));
+        let written = |at: i64| headed(at.to_string().as_bytes());
+        assert!(!expired("accessed/nar/f.nar", &written(NOW - 1), NOW, AGE));
+        assert!(expired("accessed/nar/f.nar", &written(NOW - ACCESS_WRITE_EVERY_MS as i64), NOW, AGE));
     }
 
     #[test]
     fn unreadable_entries_are_dead_and_notes_are_kept() {
-        assert!(expired("narinfo/s/h", b"{", NOW, AGE));
-        assert!(expired("absent/narinfo/s/h", b"soon", NOW, AGE));
-        for note in ["purge-log/s", "purge-log-read/s", "settings/variables", "sweep/at", "other"] {
+        assert!(expired("narinfo/h", &headed(b"{"), NOW, AGE));
+        assert!(expired("absent/narinfo/h", &headed(b"soon"), NOW, AGE));
+        // An entry without a scope (as written before entries carried one).
+        assert!(expired("absent/narinfo/s/h", format!("{} {NOW}", NOW + AGE).as_bytes(), NOW, AGE));
+        assert!(expired("narinfo/h", encode_narinfo(&record(), NOW).as_bytes(), NOW, AGE));
+        for note in ["purge-log", "purge-log-read", "settings/variables", "sweep/at", "other"] {
             assert_eq!(Kind::of(note), None);
             assert!(!expired(note, b"0", NOW, AGE), "{note}");
         }
-        assert_eq!(Kind::of("accessed/s/nar/f.nar"), Some(Kind::Accessed));
-        assert_eq!(Kind::of("absent/narinfo/s/h"), Some(Kind::Absent));
+        assert_eq!(Kind::of("accessed/nar/f.nar"), Some(Kind::Accessed));
+        assert_eq!(Kind::of("absent/narinfo/h"), Some(Kind::Absent));
+        assert_eq!(Kind::of("public-key"), Some(Kind::PublicKey));
     }
 }

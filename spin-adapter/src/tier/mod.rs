@@ -33,7 +33,7 @@ pub mod sweep;
 
 pub(crate) use entry::Kind;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
 use sha2::{Digest as _, Sha256};
 
@@ -49,6 +49,8 @@ use crate::{kv, redis, settings};
 thread_local! {
     static SCOPE: OnceCell<String> = const { OnceCell::new() };
     static STANDING: Cell<Option<Option<Applied>>> = const { Cell::new(None) };
+    /// The request path this instance answers a read of ([`will_read`]).
+    static WILL_READ: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Milliseconds an entry is trusted; 0 when the tier is off.
@@ -60,21 +62,35 @@ fn short_hash(text: &str) -> String {
     Sha256::digest(text.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The scope of every key, `key/<scope>`: the database records were read
-/// from and the purge log that says which are stale, so a node pointed at
-/// another database or Redis never serves what it kept for the first.
-/// (From the node's shared copy of its settings, else worked out once per
-/// instance.)
-pub(crate) fn scoped(key: &str) -> String {
+/// The scope of every entry: the database records were read from and the
+/// purge log that says which are stale, so a node pointed at another
+/// database or Redis never serves what it kept for the first. (From the
+/// node's shared copy of its settings, else worked out once per
+/// instance.) It is written at the head of each value, not in the key, so
+/// that an instance can name the keys a request reads before it has read
+/// the settings, and read both in one call ([`will_read`]).
+fn this_scope() -> String {
     SCOPE.with(|cell| {
-        let scope = cell.get_or_init(|| {
+        cell.get_or_init(|| {
             settings::tier_scope().unwrap_or_else(|| {
                 let database = settings::var("database_url").unwrap_or_default();
                 scope(&database, &settings::var("redis_address").unwrap_or_default(), &settings::lock_prefix())
             })
-        });
-        format!("{key}/{scope}")
+        })
+        .clone()
     })
+}
+
+/// The value of `key`, when this node's scope wrote it.
+pub(crate) fn get(key: &str) -> Option<Vec<u8>> {
+    let value = kv::get(key)?;
+    let (scope, rest) = entry::split_scope(&value)?;
+    (scope == this_scope().as_bytes()).then(|| rest.to_vec())
+}
+
+/// Write `value` under `key`, headed by this node's scope.
+pub(crate) fn set(key: &str, value: &[u8]) -> Option<Result<(), crate::bindings::wasi::keyvalue::store::Error>> {
+    kv::set(key, &entry::with_scope(&this_scope(), value))
 }
 
 /// The scope of a node on the database `database_url` whose purge log is
@@ -86,12 +102,46 @@ pub fn scope(database_url: &str, redis_address: &str, lock_prefix: &str) -> Stri
 
 /// The key of `hash`'s record.
 fn narinfo_key(hash: &str) -> String {
-    format!("{}/{hash}", scoped(Kind::Narinfo.prefix()))
+    format!("{}/{hash}", Kind::Narinfo.prefix())
 }
 
-/// The key of `hash`'s absence, scoped as its record's.
+/// The key of `hash`'s absence.
 fn absent_key(hash: &str) -> String {
     format!("{}/{}", Kind::Absent.prefix(), narinfo_key(hash))
+}
+
+/// What a lookup of the narinfo `hash` reads: its record, and the access
+/// note a hit reads after the answer. (Not its absence: that is read after
+/// a wait for another instance's fetch, and must be read then.)
+fn narinfo_lookup(hash: &str) -> Vec<String> {
+    vec![narinfo_key(hash), crate::accessed::narinfo_note_key(hash)]
+}
+
+/// What a lookup of the object `key` (`nar/<file>`) reads: the object, and
+/// the access note a hit reads next.
+fn nar_lookup(key: &str) -> Vec<String> {
+    vec![object_key(key), crate::accessed::note_key(key)]
+}
+
+/// This instance answers a read of the request path `path`
+/// (`/<hash>.narinfo`, `/nar/<file>`): what its lookup reads is read with
+/// the settings, in one call ([`read_with`]).
+pub fn will_read(path: &str) {
+    WILL_READ.with(|will| *will.borrow_mut() = Some(path.to_owned()));
+}
+
+/// Read `first` (the settings) in one call with what the lookup of the
+/// path this instance answers ([`will_read`]) reads, and where the node
+/// stands in the purge log. Names keys only: no setting is read here.
+pub(crate) fn read_with(first: &str) {
+    let Some(path) = WILL_READ.with(|will| will.borrow_mut().take()) else { return };
+    let path = path.strip_prefix('/').unwrap_or_default();
+    let lookup = match path.strip_suffix(".narinfo") {
+        Some(hash) => narinfo_lookup(hash),
+        None if path.starts_with("nar/") => nar_lookup(path),
+        None => return,
+    };
+    read_ahead([vec![first.to_owned()], lookup].concat());
 }
 
 /// The record of `hash`, when this node read it less than `max_age_s` ago
@@ -100,12 +150,9 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
     if max_age_ms() == 0 {
         return None;
     }
-    // A hit reads its access note after the answer. (Not an absence:
-    // that is read after a wait for another instance's fetch, and must be
-    // read then.)
+    read_ahead(narinfo_lookup(hash));
     let key = narinfo_key(hash);
-    read_ahead(vec![key.clone(), crate::accessed::narinfo_note_key(hash)]);
-    let (kept_at, record) = servable(|| entry::decode_narinfo(&kv::get(&key)?))?;
+    let (kept_at, record) = servable(|| entry::decode_narinfo(&get(&key)?))?;
     young(kept_at).then_some(record)
 }
 
@@ -146,7 +193,7 @@ pub fn keep(record: &NarinfoRecord, asked_ms: i64) {
         return;
     }
     let entry = entry::encode_narinfo(record, asked_ms);
-    let written = kv::set(&narinfo_key(&record.hash), entry.as_bytes());
+    let written = set(&narinfo_key(&record.hash), entry.as_bytes());
     if let Some(Err(e)) = written {
         crate::log::warn("keeping a narinfo in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
@@ -172,7 +219,7 @@ pub fn mark_absent(hash: &str, seconds: u32) {
     }
     let now = now_ms();
     let entry = entry::encode_absence(now + i64::from(seconds) * 1000, now);
-    if let Some(Err(e)) = kv::set(&absent_key(hash), entry.as_bytes()) {
+    if let Some(Err(e)) = set(&absent_key(hash), entry.as_bytes()) {
         crate::log::warn("keeping an absence in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
     sweep::if_due();
@@ -185,7 +232,7 @@ pub fn absent_for(hash: &str) -> u32 {
     let key = absent_key(hash);
     read_ahead(vec![key.clone()]);
     let absence = servable(|| {
-        let (until, kept_at) = entry::decode_absence(&kv::get(&key)?)?;
+        let (until, kept_at) = entry::decode_absence(&get(&key)?)?;
         (until > now_ms()).then_some((kept_at, until))
     });
     let Some((_, until)) = absence else { return 0 };
@@ -215,7 +262,7 @@ pub fn purge<S: AsRef<str>>(paths: &[S]) {
 
 /// The key of the kept object `key` (`nar/<file>`).
 fn object_key(key: &str) -> String {
-    format!("{}/{key}", scoped(Kind::Object.prefix()))
+    format!("{}/{key}", Kind::Object.prefix())
 }
 
 /// The whole object `key`, when this node kept it less than `max_age_s`
@@ -224,10 +271,9 @@ pub fn nar(key: &str) -> Option<Vec<u8>> {
     if max_age_ms() == 0 {
         return None;
     }
-    // A hit reads its access note next.
+    read_ahead(nar_lookup(key));
     let object = object_key(key);
-    read_ahead(vec![object.clone(), crate::accessed::note_key(key)]);
-    let (kept_at, bytes) = servable(|| entry::decode_timed(kv::get(&object)?))?;
+    let (kept_at, bytes) = servable(|| entry::decode_timed(get(&object)?))?;
     young(kept_at).then_some(bytes)
 }
 
@@ -246,14 +292,14 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
     // Kept after the node's first read of the purge log, so it is trusted.
     read_once();
     let value = entry::encode_timed(now_ms(), bytes);
-    if let Some(Err(e)) = kv::set(&object_key(key), &value) {
+    if let Some(Err(e)) = set(&object_key(key), &value) {
         crate::log::warn("keeping a NAR in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
 
 /// The key of the kept public half of the database's signing key.
 fn public_key_key() -> String {
-    scoped(Kind::PublicKey.prefix())
+    Kind::PublicKey.prefix().to_owned()
 }
 
 /// The public half of the database's signing key, when this node read it
@@ -262,7 +308,7 @@ pub fn public_key() -> Option<String> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, key) = entry::decode_timed(kv::get(&public_key_key())?)?;
+    let (kept_at, key) = entry::decode_timed(get(&public_key_key())?)?;
     young(kept_at).then(|| String::from_utf8(key).ok()).flatten()
 }
 
@@ -271,7 +317,7 @@ pub fn keep_public_key(key: &str) {
     if max_age_ms() == 0 {
         return;
     }
-    if let Some(Err(e)) = kv::set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes())) {
+    if let Some(Err(e)) = set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes())) {
         crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
@@ -296,12 +342,12 @@ fn standing() -> Option<Applied> {
 
 /// The key of where this node stands in the purge log.
 fn standing_key() -> String {
-    scoped("purge-log")
+    "purge-log".to_owned()
 }
 
 /// Where this node stands in the purge log, as its store says now.
 fn stored_standing() -> Option<Applied> {
-    let bytes = kv::get(&standing_key())?;
+    let bytes = get(&standing_key())?;
     Applied::decode(std::str::from_utf8(&bytes).ok()?)
 }
 
@@ -309,18 +355,18 @@ fn stored_standing() -> Option<Applied> {
 /// another) less than `ms` ago: one under way, or one that failed. Marks a
 /// new one started now when not.
 fn read_started_within(ms: i64) -> bool {
-    noted_within(&scoped("purge-log-read"), ms)
+    noted_within("purge-log-read", ms)
 }
 
 /// Whether the store's `key` notes a time less than `ms` ago. When it
 /// does not, it notes now.
 pub(crate) fn noted_within(key: &str, ms: i64) -> bool {
     let now = now_ms();
-    let noted: Option<i64> = kv::get(key).and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+    let noted: Option<i64> = get(key).and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
     if noted.is_some_and(|t| (0..ms).contains(&(now - t))) {
         return true;
     }
-    let _ = kv::set(key, now.to_string().as_bytes());
+    let _ = set(key, now.to_string().as_bytes());
     false
 }
 
@@ -365,7 +411,7 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
             (applied.last, applied.read_at_ms) = (other.last, other.read_at_ms);
         }
     }
-    if let Some(Err(e)) = kv::set(&standing_key(), applied.encode().as_bytes()) {
+    if let Some(Err(e)) = set(&standing_key(), applied.encode().as_bytes()) {
         crate::log::warn("storing where the node stands in the purge log failed", &[("error", &format!("{e:?}"))]);
         return None;
     }
