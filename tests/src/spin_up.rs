@@ -173,6 +173,7 @@ impl Drop for SpinUp {
 }
 
 impl SpinUp {
+    /// Kill its process group (see [`Drop`]).
     fn kill(&mut self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();

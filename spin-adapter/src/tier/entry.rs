@@ -53,7 +53,7 @@ impl Kind {
 
     /// The kind of entry `key` is; none for the node's notes.
     pub fn of(key: &str) -> Option<Kind> {
-        let first = key.split('/').next()?;
+        let first = key.split_once('/').map_or(key, |(first, _)| first);
         Kind::ALL.into_iter().find(|kind| kind.prefix() == first)
     }
 }

@@ -62,22 +62,21 @@ fn short_hash(text: &str) -> String {
     Sha256::digest(text.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The scope of every entry: the database records were read from and the
+/// `f` of the scope of every entry: the database records were read from and the
 /// purge log that says which are stale, so a node pointed at another
 /// database or Redis never serves what it kept for the first. (From the
 /// node's shared copy of its settings, else worked out once per
 /// instance.) It is written at the head of each value, not in the key, so
 /// that an instance can name the keys a request reads before it has read
 /// the settings, and read both in one call ([`will_read`]).
-fn this_scope() -> String {
+fn with_this_scope<T>(f: impl FnOnce(&str) -> T) -> T {
     SCOPE.with(|cell| {
-        cell.get_or_init(|| {
+        f(cell.get_or_init(|| {
             settings::tier_scope().unwrap_or_else(|| {
                 let database = settings::var("database_url").unwrap_or_default();
                 scope(&database, &settings::var("redis_address").unwrap_or_default(), &settings::lock_prefix())
             })
-        })
-        .clone()
+        }))
     })
 }
 
@@ -85,12 +84,12 @@ fn this_scope() -> String {
 pub(crate) fn get(key: &str) -> Option<Vec<u8>> {
     let value = kv::get(key)?;
     let (scope, rest) = entry::split_scope(&value)?;
-    (scope == this_scope().as_bytes()).then(|| rest.to_vec())
+    with_this_scope(|this| scope == this.as_bytes()).then(|| rest.to_vec())
 }
 
 /// Write `value` under `key`, headed by this node's scope.
 pub(crate) fn set(key: &str, value: &[u8]) -> Option<Result<(), crate::bindings::wasi::keyvalue::store::Error>> {
-    kv::set(key, &entry::with_scope(&this_scope(), value))
+    kv::set(key, &with_this_scope(|this| entry::with_scope(this, value)))
 }
 
 /// The scope of a node on the database `database_url` whose purge log is
@@ -135,13 +134,31 @@ pub fn will_read(path: &str) {
 /// stands in the purge log. Names keys only: no setting is read here.
 pub(crate) fn read_with(first: &str) {
     let Some(path) = WILL_READ.with(|will| will.borrow_mut().take()) else { return };
-    let path = path.strip_prefix('/').unwrap_or_default();
-    let lookup = match path.strip_suffix(".narinfo") {
-        Some(hash) => narinfo_lookup(hash),
-        None if path.starts_with("nar/") => nar_lookup(path),
+    let lookup = match Named::of(&path) {
+        Some(Named::Narinfo(hash)) => narinfo_lookup(hash),
+        Some(Named::Object(key)) => nar_lookup(key),
         None => return,
     };
     read_ahead([vec![first.to_owned()], lookup].concat());
+}
+
+/// What a request path the tier keeps answers for names.
+enum Named<'a> {
+    /// `/<hash>.narinfo`: the narinfo of the hash.
+    Narinfo(&'a str),
+    /// `/nar/<file>`: the object `nar/<file>`.
+    Object(&'a str),
+}
+
+impl<'a> Named<'a> {
+    /// What `path` names; none for any other path.
+    fn of(path: &'a str) -> Option<Self> {
+        let path = path.strip_prefix('/')?;
+        match path.strip_suffix(".narinfo") {
+            Some(hash) => Some(Named::Narinfo(hash)),
+            None => path.starts_with("nar/").then_some(Named::Object(path)),
+        }
+    }
 }
 
 /// The record of `hash`, when this node read it less than `max_age_s` ago
@@ -161,7 +178,7 @@ pub fn narinfo(hash: &str) -> Option<NarinfoRecord> {
 /// read it ([`kv::read_ahead`]).
 fn read_ahead(mut keys: Vec<String>) {
     if STANDING.get().is_none() {
-        keys.push(standing_key());
+        keys.push(STANDING_KEY.to_owned());
     }
     kv::read_ahead(&keys);
 }
@@ -248,11 +265,10 @@ pub fn absent_for(hash: &str) -> u32 {
 pub fn purge<S: AsRef<str>>(paths: &[S]) {
     let mut keys = Vec::new();
     for path in paths {
-        let Some(path) = path.as_ref().strip_prefix('/') else { continue };
-        if let Some(hash) = path.strip_suffix(".narinfo") {
-            keys.extend(narinfo_keys(hash));
-        } else if path.starts_with("nar/") {
-            keys.push(object_key(path));
+        match Named::of(path.as_ref()) {
+            Some(Named::Narinfo(hash)) => keys.extend(narinfo_keys(hash)),
+            Some(Named::Object(key)) => keys.push(object_key(key)),
+            None => {}
         }
     }
     if let Some(Err(e)) = kv::delete(&keys) {
@@ -298,9 +314,7 @@ pub fn keep_nar(key: &str, bytes: &[u8]) {
 }
 
 /// The key of the kept public half of the database's signing key.
-fn public_key_key() -> String {
-    Kind::PublicKey.prefix().to_owned()
-}
+const PUBLIC_KEY_KEY: &str = Kind::PublicKey.prefix();
 
 /// The public half of the database's signing key, when this node read it
 /// less than `max_age_s` ago (no purge names it: it is never replaced).
@@ -308,7 +322,7 @@ pub fn public_key() -> Option<String> {
     if max_age_ms() == 0 {
         return None;
     }
-    let (kept_at, key) = entry::decode_timed(get(&public_key_key())?)?;
+    let (kept_at, key) = entry::decode_timed(get(PUBLIC_KEY_KEY)?)?;
     young(kept_at).then(|| String::from_utf8(key).ok()).flatten()
 }
 
@@ -317,7 +331,7 @@ pub fn keep_public_key(key: &str) {
     if max_age_ms() == 0 {
         return;
     }
-    if let Some(Err(e)) = set(&public_key_key(), &entry::encode_timed(now_ms(), key.as_bytes())) {
+    if let Some(Err(e)) = set(PUBLIC_KEY_KEY, &entry::encode_timed(now_ms(), key.as_bytes())) {
         crate::log::warn("keeping the public key in the node-local tier failed", &[("error", &format!("{e:?}"))]);
     }
 }
@@ -341,13 +355,11 @@ fn standing() -> Option<Applied> {
 }
 
 /// The key of where this node stands in the purge log.
-fn standing_key() -> String {
-    "purge-log".to_owned()
-}
+const STANDING_KEY: &str = "purge-log";
 
 /// Where this node stands in the purge log, as its store says now.
 fn stored_standing() -> Option<Applied> {
-    let bytes = get(&standing_key())?;
+    let bytes = get(STANDING_KEY)?;
     Applied::decode(std::str::from_utf8(&bytes).ok()?)
 }
 
@@ -411,7 +423,7 @@ fn read_log(before: Option<Applied>) -> Option<Applied> {
             (applied.last, applied.read_at_ms) = (other.last, other.read_at_ms);
         }
     }
-    if let Some(Err(e)) = set(&standing_key(), applied.encode().as_bytes()) {
+    if let Some(Err(e)) = set(STANDING_KEY, applied.encode().as_bytes()) {
         crate::log::warn("storing where the node stands in the purge log failed", &[("error", &format!("{e:?}"))]);
         return None;
     }
