@@ -4,11 +4,13 @@
 //! message format) and appended to the purge log beside it, which the
 //! other Spin nodes read; so a delete or upload through a Spin node clears
 //! every node's tier. Absences ("no upstream has it") and small NARs are
-//! kept in the same tier.
+//! kept in the same tier, and what it keeps is answered stale when the
+//! database or storage fails.
 
 use ncps_edge_wire::purge_log;
 
 use crate::bindings::exports::ncps::edge::edge_cache::Guest;
+use crate::bindings::exports::ncps::edge::metadata::NarinfoRecord;
 use crate::bindings::fermyon::spin::redis::RedisParameter;
 use crate::{redis, settings};
 
@@ -53,5 +55,13 @@ impl Guest for crate::Adapter {
 
     fn will_read(path: String) {
         crate::tier::will_read(&path);
+    }
+
+    fn stale_narinfo(hash: String) -> Option<NarinfoRecord> {
+        crate::tier::stale_narinfo(&hash)
+    }
+
+    fn stale_nar(key: String) -> Option<Vec<u8>> {
+        crate::tier::stale_nar(&key)
     }
 }

@@ -40,6 +40,7 @@ const SHARED: &[&str] = &[
     "max_size",
     "max_age_s",
     "negative_ttl_s",
+    "stale_if_error_s",
     "upstream_public_keys",
     "upstream_allow_unsigned",
     "upstream_timeout_ms",
@@ -200,6 +201,15 @@ fn write_verb(allow: &str, token: &str) -> bool {
 /// node-local tier's trust in an entry); 0 turns both off.
 pub fn max_age_s() -> u32 {
     number("max_age_s", 60) as u32
+}
+
+/// Seconds after its last read of the purge log a node answers what its
+/// tier keeps, marked stale, when the database or storage fails (as
+/// `--edge-cache-stale-if-error`; 1 h, not 6 h: the store has no size
+/// budget, and keeps what was served for this long); 0 turns stale
+/// answers off.
+pub fn stale_if_error_s() -> u32 {
+    number("stale_if_error_s", 3600) as u32
 }
 
 /// The lock key prefix, as `--cache-lock-redis-key-prefix`.

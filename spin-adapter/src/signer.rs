@@ -80,17 +80,25 @@ impl Guest for crate::Adapter {
     /// A key that cannot be loaded (the database down, a malformed
     /// `secret_key`) is an error the handler answers with a 503, logged
     /// here once with its cause. The database key's public half is kept
-    /// in the node-local tier, so `/pubkey` needs no round trip.
+    /// in the node-local tier, so `/pubkey` needs no round trip, and is
+    /// answered while the database fails (within `stale_if_error_s`).
     fn public_key() -> std::result::Result<String, WitError> {
         let from_database = settings::var("secret_key").is_none();
         if let Some(kept) = tier::public_key().filter(|_| from_database) {
             return Ok(kept);
         }
-        let key =
-            with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))).map_err(|e| {
-                crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
-                WitError::from(e)
-            })?;
+        let key = match with_key(|k| format!("{}:{}", k.name, B64.encode(k.key.verifying_key().as_bytes()))) {
+            Ok(key) => key,
+            // The database failed: the public half kept before, at any age
+            // within the stale bound (it is never replaced).
+            Err(e) => match tier::stale_public_key().filter(|_| from_database) {
+                Some(kept) => return Ok(kept),
+                None => {
+                    crate::log::error("the signing key cannot be loaded", &[("error", &e.to_string())]);
+                    return Err(WitError::from(e));
+                }
+            },
+        };
         if from_database {
             tier::keep_public_key(&key);
         }

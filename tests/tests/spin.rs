@@ -57,6 +57,35 @@ async fn get(url: &str) -> (u16, Vec<u8>) {
     (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
 }
 
+/// Proxies between a Spin node and its shared backends (database, Redis,
+/// S3), each of which can stall or refuse. A proxy dropped stops
+/// forwarding: bind every field for as long as the node runs.
+struct Region {
+    db: StallProxy,
+    redis: StallProxy,
+    s3: StallProxy,
+}
+
+impl Region {
+    /// Proxies in front of `shared`'s backends, and `vars` pointed at them.
+    async fn between(shared: &Shared, vars: &mut HashMap<String, String>) -> Region {
+        let region = Region {
+            db: StallProxy::start(&host_port(&shared.db)).await,
+            redis: StallProxy::start(&redis_addr()).await,
+            s3: StallProxy::start(&host_port(&shared.bucket.endpoint)).await,
+        };
+        vars.insert("database_url".into(), via(&vars["database_url"], &region.db.addr()));
+        vars.insert("redis_address".into(), format!("redis://{}", region.redis.addr()));
+        vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &region.s3.addr()));
+        region
+    }
+
+    /// Every proxy in `mode`.
+    fn set(&self, mode: ProxyMode) {
+        [&self.db, &self.redis, &self.s3].iter().for_each(|p| p.set(mode));
+    }
+}
+
 #[test]
 fn the_composed_component_runs_on_spin_3_1_or_later() {
     let world = ncps_edge_spin_compose::check_world(composed_component()).expect("a Spin 3.1+ world");
@@ -349,9 +378,8 @@ async fn a_spin_node_keeps_narinfos_in_its_own_tier_for_max_age() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
-    let db = StallProxy::start(&host_port(&shared.db)).await;
     let mut vars = shared.variables(fx);
-    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
+    let Region { db, redis: _redis, s3: _s3 } = Region::between(&shared, &mut vars).await;
     vars.insert("max_age_s".into(), "3".into());
     vars.insert("allow_delete".into(), "true".into());
     vars.insert("delete_token".into(), "delete-secret".into());
@@ -442,10 +470,8 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     let native = native_that_deletes(&shared, fx).await;
     // The Spin node reaches its database and Redis through proxies that
     // can stall or refuse.
-    let (db, redis) = (StallProxy::start(&host_port(&shared.db)).await, StallProxy::start(&redis_addr()).await);
     let mut vars = shared.variables(fx);
-    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
-    vars.insert("redis_address".into(), format!("redis://{}", redis.addr()));
+    let Region { db, redis, s3: _s3 } = Region::between(&shared, &mut vars).await;
     let spin = SpinUp::start(&cli, vars).await;
     let path = format!("/{}.narinfo", hash_of(&fx.leaf));
     let (at_spin, at_native) = (format!("{}{path}", spin.url()), format!("{}{path}", native.url()));
@@ -504,11 +530,8 @@ async fn a_spin_node_keeps_small_nars_in_its_own_tier_and_forgets_deleted_ones()
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let native = native_that_deletes(&shared, fx).await;
-    let (db, s3) =
-        (StallProxy::start(&host_port(&shared.db)).await, StallProxy::start(&host_port(&shared.bucket.endpoint)).await);
     let mut vars = shared.variables(fx);
-    vars.insert("database_url".into(), via(&vars["database_url"], &db.addr()));
-    vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &s3.addr()));
+    let Region { db, s3, redis: _redis } = Region::between(&shared, &mut vars).await;
     let spin = SpinUp::start(&cli, vars).await;
     let nar = nar_url(&fx.cache("none"), &fx.leaf);
     let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
@@ -544,14 +567,89 @@ async fn a_spin_node_keeps_small_nars_in_its_own_tier_and_forgets_deleted_ones()
     s3.resume();
 }
 
+/// GET `url` (with `range`, when some) within 10 s: status, `x-cache` and body.
+async fn cached(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut req = client.get(url);
+    if let Some(range) = range {
+        req = req.header("range", range);
+    }
+    let resp = req.send().await.expect("an answer within 10 s");
+    let x_cache = resp.headers().get("x-cache").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (resp.status().as_u16(), x_cache, resp.bytes().await.unwrap().to_vec())
+}
+
+/// The region fails (its database, Redis and S3 refuse): what a Spin node
+/// keeps, past its `max_age_s`, is answered marked stale, as a native
+/// node cut off from the region answers; what it does not keep is not.
+/// Once the region is back the answers are fresh again; with
+/// `stale_if_error_s = 0` nothing is answered stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_answers_what_it_keeps_stale_when_the_region_fails() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::new(fx, "none").await;
+    let mut vars = shared.variables(fx);
+    let region = Region::between(&shared, &mut vars).await;
+    vars.insert("max_age_s".into(), "1".into());
+    let spin = SpinUp::start(&cli, vars.clone()).await;
+    let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
+    let nar = format!("{}{}", spin.url(), nar_url(&fx.cache("none"), &fx.leaf));
+    let (pubkey, unknown) = (format!("{}/pubkey", spin.url()), format!("{}/{}.narinfo", spin.url(), "0".repeat(32)));
+    let want_nar =
+        std::fs::read(fx.cache("none").join(nar_url(&fx.cache("none"), &fx.leaf).trim_start_matches('/'))).unwrap();
+
+    // Kept: the narinfo (a miss records it; the hit after it, read from
+    // the database, keeps it), the small NAR (a hit reads it whole from
+    // S3) and the public key.
+    assert_eq!(cached(&narinfo, None).await.1, "MISS");
+    let fresh = cached(&narinfo, None).await;
+    assert_eq!((fresh.0, fresh.1.as_str()), (200, "HIT"));
+    for _ in 0..2 {
+        assert_eq!(cached(&nar, None).await.2, want_nar);
+    }
+    let key = get(&pubkey).await;
+    assert_eq!(key.0, 200);
+    // Past max_age_s, then the region refuses.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    region.set(ProxyMode::Refuse);
+    assert_eq!(cached(&narinfo, None).await, (200, "STALE".into(), fresh.2.clone()), "{}", spin.log());
+    assert_eq!(cached(&nar, None).await, (200, "STALE".into(), want_nar.clone()));
+    assert_eq!(cached(&nar, Some("bytes=3-9")).await, (206, "STALE".into(), want_nar[3..=9].to_vec()));
+    assert_eq!(get(&pubkey).await, key);
+    let never_kept = cached(&unknown, None).await;
+    assert!(never_kept.0 >= 500, "what the node never kept: {never_kept:?}");
+    assert!(spin.log().contains("answered stale from the node-local tier"), "{}", spin.log());
+
+    // The region is back: fresh answers (the node read the purge log again).
+    region.set(ProxyMode::Pass);
+    past_the_purge_bound().await;
+    assert_eq!(cached(&narinfo, None).await, (200, "HIT".into(), fresh.2.clone()));
+    assert_eq!(shared.up.hits(&format!("/{}.narinfo", hash_of(&fx.leaf))), 1);
+
+    // Stale answers off: the same failure gets a 503 (retry), as at a
+    // native node with `--edge-cache-stale-if-error 0`.
+    vars.insert("stale_if_error_s".into(), "0".into());
+    let spin = spin.restart(&cli, vars).await;
+    let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..2 {
+        assert_eq!(cached(&narinfo, None).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    region.set(ProxyMode::Refuse);
+    let off = cached(&narinfo, None).await;
+    assert!(off.0 >= 500, "with stale_if_error_s = 0: {} {}", off.0, off.1);
+    region.set(ProxyMode::Pass);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spin_keeps_its_outbound_http_connections_to_s3_open_between_instances() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
-    let s3 = StallProxy::start(&host_port(&shared.bucket.endpoint)).await;
     let mut vars = shared.variables(fx);
-    vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &s3.addr()));
+    let Region { s3, db: _db, redis: _redis } = Region::between(&shared, &mut vars).await;
     let spin = SpinUp::start(&cli, vars).await;
     let nar = nar_url(&fx.cache("none"), &fx.leaf);
     let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
@@ -807,6 +905,8 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     let Some((cli, fx, _backends, mut vars)) = spin_backends("none").await else { return };
     vars.insert("max_age_s".into(), "1".into());
     vars.insert("negative_ttl_s".into(), "1".into());
+    // Kept for stale answers 1 s past max_age_s.
+    vars.insert("stale_if_error_s".into(), "1".into());
     let node = SpinUp::start(&cli, vars).await;
     let hash = hash_of(&fx.leaf);
     let (gone, later) = ("11111111111111111111111111111111", "22222222222222222222222222222222");

@@ -7,20 +7,30 @@ use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metadata::{self, NarRecord};
 use crate::bindings::ncps::edge::signer;
 use crate::bindings::ncps::edge::types::Error as HostError;
-use crate::host::logging;
+use crate::host::{edge, logging};
 use crate::protocol::narinfo::NarInfo;
 
 /// The stored narinfo of `hash`; a metadata failure is logged and treated
 /// as a miss.
 pub fn lookup(hash: &str) -> Option<NarInfo> {
+    lookup_or_failed(hash).ok().flatten()
+}
+
+/// The stored narinfo of `hash`, or the metadata failure (logged).
+pub fn lookup_or_failed(hash: &str) -> Result<Option<NarInfo>, HostError> {
     match metadata::get_narinfo(hash) {
-        Ok(Some(record)) => from_record(record),
-        Ok(None) => None,
+        Ok(record) => Ok(record.and_then(from_record)),
         Err(e) => {
             logging::warn("metadata lookup failed", &[("hash", hash), ("error", &format!("{e:?}"))]);
-            None
+            Err(e)
         }
     }
+}
+
+/// The narinfo of `hash` as the node's tier kept it, for an answer marked
+/// stale after the metadata lookup failed.
+pub fn kept_stale(hash: &str) -> Option<NarInfo> {
+    edge::stale_narinfo(hash).and_then(from_record)
 }
 
 /// Make `info` what this cache serves: an uncompressed NAR's file hash is

@@ -17,13 +17,14 @@ pub const PUBLISH_LOCK_TTL_MS: u64 = 60_000;
 
 /// Size of the stored object; storage failures are logged and count as absent.
 pub fn stat(key: &str) -> Option<u64> {
-    match storage::stat(key) {
-        Ok(info) => info.map(|i| i.size),
-        Err(e) => {
-            logging::warn("storage stat failed", &[("url", key), ("error", &format!("{e:?}"))]);
-            None
-        }
-    }
+    stat_or_failed(key).ok().flatten()
+}
+
+/// The size of the stored object `key`, or the storage failure (logged).
+pub fn stat_or_failed(key: &str) -> Result<Option<u64>, HostError> {
+    storage::stat(key).map(|info| info.map(|i| i.size)).inspect_err(|e| {
+        logging::warn("storage stat failed", &[("url", key), ("error", &format!("{e:?}"))]);
+    })
 }
 
 /// The publish lock of the NAR stored under `key` (`nar/<hash>.nar…`).

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metadata;
-use crate::bindings::ncps::edge::metrics::{self, CacheResult, FetchOutcome, ObjectKind};
+use crate::bindings::ncps::edge::metrics::{self, FetchOutcome, ObjectKind};
 use crate::bindings::ncps::edge::storage;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
-use crate::cache::narinfos::{lookup, normalise_and_sign, record};
+use crate::cache::narinfos::{kept_stale, lookup, lookup_or_failed, normalise_and_sign, record};
 use crate::cache::nars::lock_for_publish;
 use crate::endpoints::written::Written;
-use crate::host::edge;
+use crate::host::edge::{self, Served};
 use crate::host::http::{text, BodyError, Request, Response};
 use crate::host::logging;
 use crate::host::time::Instant;
@@ -25,8 +25,15 @@ use crate::protocol::timing;
 
 /// `GET|HEAD /<hash>.narinfo`.
 pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
-    if let Some(info) = lookup(hash) {
-        return respond(settings, out, &info, CacheResult::Hit, head);
+    match lookup_or_failed(hash) {
+        Ok(Some(info)) => return respond(settings, out, &info, Served::Hit, head),
+        Ok(None) => {}
+        // The database failed: what the node's tier kept, marked stale.
+        Err(_) => {
+            if let Some(info) = kept_stale(hash) {
+                return respond(settings, out, &info, Served::Stale, head);
+            }
+        }
     }
     let absent = edge::absent_for(hash);
     if absent > 0 {
@@ -38,10 +45,10 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
     // lock service): look once more, then fetch without it.
     let patience = timing::narinfo_patience(connect_timeout(settings), response_timeout(settings));
     let _lease = match download_lock::acquire_or_wait("narinfo", hash, settings, patience, || lookup(hash)) {
-        Wait::Done(info) => return respond(settings, out, &info, CacheResult::Hit, head),
+        Wait::Done(info) => return respond(settings, out, &info, Served::Hit, head),
         Wait::Acquired(lease) => Some(lease),
         Wait::GaveUp => match lookup(hash) {
-            Some(info) => return respond(settings, out, &info, CacheResult::Hit, head),
+            Some(info) => return respond(settings, out, &info, Served::Hit, head),
             None => None,
         },
         Wait::Unavailable => return text(out, 503, "lock service unavailable\n", head),
@@ -52,7 +59,7 @@ pub fn get(settings: &Settings, hash: &str, out: ResponseOutparam, head: bool) {
         return not_found(settings, out, head, absent);
     }
     match fetch(settings, hash) {
-        Fetched::Found(info) => respond(settings, out, &info, CacheResult::Miss, head),
+        Fetched::Found(info) => respond(settings, out, &info, Served::Miss, head),
         // Answered first, then remembered (the host may do more work when
         // it writes, e.g. a sweep of its store): still under the lease, so
         // the requests waiting for it find the absence.
@@ -87,12 +94,11 @@ fn response_timeout(settings: &Settings) -> Duration {
 /// Answer with `info`, then record the access: after the answer, so a
 /// client never waits for that write (under Spin a round trip to the
 /// database).
-fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, result: CacheResult, head: bool) {
-    metrics::served(ObjectKind::Narinfo, result);
-    let x_cache = if result == CacheResult::Hit { "HIT" } else { "MISS" };
+fn respond(settings: &Settings, out: ResponseOutparam, info: &NarInfo, served: Served, head: bool) {
+    metrics::served(ObjectKind::Narinfo, served.result());
     Response::new(200)
         .header("content-type", "text/x-nix-narinfo")
-        .header("x-cache", x_cache)
+        .header("x-cache", served.x_cache())
         .header_if("cache-control", edge::hit_control(settings))
         .send(out, info.render().as_bytes(), head);
     metadata::record_access(&info.url);

@@ -4,7 +4,40 @@
 
 use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::edge_cache;
+use crate::bindings::ncps::edge::metadata::NarinfoRecord;
+use crate::bindings::ncps::edge::metrics::CacheResult;
 use crate::host::logging;
+
+/// What an answer was served from, as its `x-cache` header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// This cache had it.
+    Hit,
+    /// Fetched from an upstream for this request.
+    Miss,
+    /// What the node's tier kept, past its max-age, because the region
+    /// failed the lookup (counted as a hit).
+    Stale,
+}
+
+impl Served {
+    /// The `x-cache` header's value.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Served::Hit => "HIT",
+            Served::Miss => "MISS",
+            Served::Stale => "STALE",
+        }
+    }
+
+    /// How the metrics count it.
+    pub fn result(self) -> CacheResult {
+        match self {
+            Served::Hit | Served::Stale => CacheResult::Hit,
+            Served::Miss => CacheResult::Miss,
+        }
+    }
+}
 
 /// `cache-control` of an answer that stays true until purged: kept up to
 /// `--edge-cache-max-age` by the edge tier and by HTTP caches (`private`
@@ -61,6 +94,19 @@ pub fn kept_nar(key: &str) -> Option<Vec<u8>> {
 /// answers a read of the request path `path` (a narinfo or a NAR).
 pub fn will_read(path: &str) {
     edge_cache::will_read(path);
+}
+
+/// The record of `hash` as the node's tier kept it, for an answer marked
+/// stale after the metadata lookup failed (none on a host whose tier
+/// answers stale itself).
+pub fn stale_narinfo(hash: &str) -> Option<NarinfoRecord> {
+    edge_cache::stale_narinfo(hash)
+}
+
+/// The whole stored object `key` as the node's tier kept it, for an answer
+/// marked stale after storage failed.
+pub fn stale_nar(key: &str) -> Option<Vec<u8>> {
+    edge_cache::stale_nar(key)
 }
 
 /// Offer the whole stored object `key`, just read, to the node's tier.

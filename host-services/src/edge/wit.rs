@@ -4,6 +4,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::EdgeCache;
 use crate::bindings::edge_cache;
+use crate::bindings::metadata::NarinfoRecord;
 use crate::NcpsEdgeView;
 
 struct EdgeView<'a>(&'a EdgeCache);
@@ -41,6 +42,15 @@ impl edge_cache::Host for EdgeView<'_> {
     /// The native tier reads nothing per instance.
     async fn will_read(&mut self, _path: String) -> wasmtime::Result<()> {
         Ok(())
+    }
+
+    /// The native tier answers stale itself, in front of the guest.
+    async fn stale_narinfo(&mut self, _hash: String) -> wasmtime::Result<Option<NarinfoRecord>> {
+        Ok(None)
+    }
+
+    async fn stale_nar(&mut self, _key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(None)
     }
 }
 

@@ -129,16 +129,16 @@ pub fn young(kept_at: i64, now: i64, max_age_ms: i64) -> bool {
 }
 
 /// Whether the entry `key` holding `value` can no longer be served at
-/// `now` by a node whose entries live `max_age_ms` (0: the tier is off,
-/// and every narinfo, NAR and key entry is dead): the sweep deletes it. An
-/// entry of a known kind that cannot be read is dead too; a key of no
-/// known kind is never.
-pub fn expired(key: &str, value: &[u8], now: i64, max_age_ms: i64) -> bool {
+/// `now` by a node that keeps its entries `retention_ms` (`max_age_s`,
+/// then for stale answers; 0: the tier is off, and every narinfo, NAR and
+/// key entry is dead): the sweep deletes it. An entry of a known kind that
+/// cannot be read is dead too; a key of no known kind is never.
+pub fn expired(key: &str, value: &[u8], now: i64, retention_ms: i64) -> bool {
     let Some(kind) = Kind::of(key) else { return false };
     let Some((_, value)) = split_scope(value) else { return true };
     let kept = match kind {
-        Kind::Narinfo => narinfo_kept_at(value).map(|(kept_at, _)| young(kept_at, now, max_age_ms)),
-        Kind::Object | Kind::PublicKey => leading_time(value).map(|kept_at| young(kept_at, now, max_age_ms)),
+        Kind::Narinfo => narinfo_kept_at(value).map(|(kept_at, _)| young(kept_at, now, retention_ms)),
+        Kind::Object | Kind::PublicKey => leading_time(value).map(|kept_at| young(kept_at, now, retention_ms)),
         Kind::Absent => decode_absence(value).map(|(until, _)| until > now),
         Kind::Accessed => leading_time(value).map(|at| young(at, now, ACCESS_WRITE_EVERY_MS as i64)),
     };

@@ -24,9 +24,12 @@
 //! database once more). `max_age_s = 0` turns the narinfo and NAR tier
 //! off, `negative_ttl_s = 0` the absences. A store that
 //! cannot be opened (not granted in `spin.toml`) is logged once per
-//! instance, and every lookup goes to the database. What can no longer be
-//! served is deleted by the sweep ([`sweep`]), so the store holds what the
-//! node served in about the last `max_age_s` plus a minute.
+//! instance, and every lookup goes to the database. When the database or
+//! storage fails a lookup, what the node keeps for that path is answered at
+//! any age, marked stale, for `stale_if_error_s` after its last read of
+//! the log ([`stale`]). What can no longer be served is deleted by the
+//! sweep ([`sweep`]), so the store holds what the node served in about the
+//! last `max_age_s` plus `stale_if_error_s` plus a minute.
 
 mod entry;
 pub mod sweep;
@@ -201,6 +204,64 @@ fn servable<T>(kept: impl Fn() -> Option<(i64, T)>) -> Option<(i64, T)> {
 /// Whether what was kept at `kept_at` is younger than `max_age_s`.
 fn young(kept_at: i64) -> bool {
     entry::young(kept_at, now_ms(), max_age_ms())
+}
+
+/// Milliseconds after its last read of the purge log a node answers what
+/// it keeps, marked stale, when the region fails it; 0 when stale answers
+/// (or the tier) are off.
+fn stale_bound_ms() -> i64 {
+    if max_age_ms() == 0 {
+        return 0;
+    }
+    i64::from(settings::stale_if_error_s()) * 1000
+}
+
+/// Milliseconds an entry is kept in the store: `max_age_s`, and then for
+/// stale answers (0: the tier is off).
+fn retention_ms() -> i64 {
+    match max_age_ms() {
+        0 => 0,
+        max_age => max_age + stale_bound_ms(),
+    }
+}
+
+/// What `kept` reads (when it was kept, and the entry), at any age, when
+/// it may be answered stale: it was kept since the node could trust its
+/// tier, as of its last read of the purge log, and that read is younger
+/// than `stale_if_error_s` ([`Applied::trusts_stale`]). Asked only after
+/// the region failed a lookup; what the node last read of the log says
+/// which purges were applied (a purge made since is not known: a late
+/// delete, as at a native node cut off from the region).
+fn stale<T>(kept: impl FnOnce() -> Option<(i64, T)>) -> Option<T> {
+    let bound = stale_bound_ms();
+    if bound == 0 {
+        return None;
+    }
+    let (kept_at, entry) = kept()?;
+    let applied = standing()?;
+    applied.trusts_stale(kept_at, now_ms(), bound).then_some(entry)
+}
+
+/// The record of `hash` at any age, for an answer marked stale ([`stale`]).
+pub fn stale_narinfo(hash: &str) -> Option<NarinfoRecord> {
+    let record = stale(|| entry::decode_narinfo(&get(&narinfo_key(hash))?))?;
+    crate::log::warn("the database failed: a narinfo answered stale from the node-local tier", &[("hash", hash)]);
+    Some(record)
+}
+
+/// The whole object `key` at any age, for an answer marked stale
+/// ([`stale`]).
+pub fn stale_nar(key: &str) -> Option<Vec<u8>> {
+    let bytes = stale(|| entry::decode_timed(get(&object_key(key))?))?;
+    crate::log::warn("storage failed: a NAR answered stale from the node-local tier", &[("key", key)]);
+    Some(bytes)
+}
+
+/// The public half of the database's signing key at any age, when the
+/// database fails ([`stale`]; no purge names it: it is never replaced).
+pub fn stale_public_key() -> Option<String> {
+    let key = stale(|| entry::decode_timed(get(PUBLIC_KEY_KEY)?))?;
+    String::from_utf8(key).ok()
 }
 
 /// Keep `record`, read from the database at `asked_ms` (when the query

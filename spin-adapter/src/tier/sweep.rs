@@ -1,5 +1,5 @@
 //! Sweeping the node-local store: an entry past its age (a narinfo or NAR
-//! older than `max_age_s`, an absence that ran out, an access note older
+//! older than `max_age_s` plus `stale_if_error_s`, an absence that ran out, an access note older
 //! than the access-write interval) can never be served again, and nothing
 //! overwrites the entries of paths that are not asked for again, so
 //! without a sweep the store would grow with every path the node has
@@ -22,7 +22,7 @@
 
 use std::cell::Cell;
 
-use super::{entry, max_age_ms, noted_within};
+use super::{entry, noted_within, retention_ms};
 use crate::kv;
 use crate::metadata::now_ms;
 
@@ -67,12 +67,12 @@ pub fn if_due() {
     let cursor = kv::get(CURSOR).and_then(|b| String::from_utf8(b).ok());
     let turn = this_turn(keys, cursor.as_deref());
     let entries: Vec<String> = turn.iter().filter(|k| entry::Kind::of(k).is_some()).cloned().collect();
-    let (now, max_age) = (now_ms(), max_age_ms());
+    let (now, retention) = (now_ms(), retention_ms());
     for chunk in entries.chunks(READ_AT_ONCE) {
         let Some(values) = kv::get_many(chunk) else { return };
         let dead: Vec<String> = values
             .into_iter()
-            .filter(|(key, value)| entry::expired(key, value, now, max_age))
+            .filter(|(key, value)| entry::expired(key, value, now, retention))
             .map(|(key, _)| key)
             .collect();
         if let Some(Err(e)) = kv::delete(&dead) {

@@ -22,6 +22,16 @@ pub enum Mode {
     Stall,
     /// Close open connections; answer new requests `503 Service Unavailable`.
     Fail,
+    /// Close open connections; reset new ones at once (a server that is
+    /// down, for clients that do not speak HTTP).
+    Refuse,
+}
+
+impl Mode {
+    /// Whether connections are closed in this mode.
+    fn closes(self) -> bool {
+        matches!(self, Mode::Fail | Mode::Refuse)
+    }
 }
 
 /// A controllable TCP proxy in front of `target`.
@@ -44,7 +54,7 @@ async fn flowing(rx: &mut watch::Receiver<Mode>) -> bool {
     loop {
         match *rx.borrow_and_update() {
             Mode::Pass => return true,
-            Mode::Fail => return false,
+            Mode::Fail | Mode::Refuse => return false,
             Mode::Stall => {}
         }
         if rx.changed().await.is_err() {
@@ -83,7 +93,7 @@ async fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
-            _ = mode.wait_for(|m| *m == Mode::Fail) => break,
+            _ = mode.wait_for(|m| m.closes()) => break,
         };
         if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
             break;
@@ -130,9 +140,17 @@ impl StallProxy {
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::Relaxed);
-                if *rx.borrow() == Mode::Fail {
-                    tokio::spawn(refuse(client));
-                    continue;
+                match *rx.borrow() {
+                    Mode::Fail => {
+                        tokio::spawn(refuse(client));
+                        continue;
+                    }
+                    Mode::Refuse => {
+                        // A reset, not an orderly close.
+                        let _ = client.set_zero_linger();
+                        continue;
+                    }
+                    Mode::Pass | Mode::Stall => {}
                 }
                 let Ok(server) = TcpStream::connect(&target).await else { continue };
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));

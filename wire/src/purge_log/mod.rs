@@ -96,6 +96,14 @@ impl Applied {
         self.is_fresh(now_ms) && kept_ms >= self.trusted_since_ms
     }
 
+    /// Whether what was kept at `kept_ms` may be served at `now_ms`, marked
+    /// stale, while the region cannot be reached: it was trusted at the
+    /// last read of the log, and that read is younger than `bound_ms`
+    /// (purges since then are not known: a late delete is the price).
+    pub fn trusts_stale(&self, kept_ms: i64, now_ms: i64, bound_ms: i64) -> bool {
+        (0..bound_ms).contains(&(now_ms - self.read_at_ms)) && kept_ms >= self.trusted_since_ms
+    }
+
     /// As stored.
     pub fn encode(&self) -> String {
         format!("{} {} {}", self.last, self.read_at_ms, self.trusted_since_ms)
@@ -157,5 +165,14 @@ mod tests {
         assert_eq!(Applied::decode(&a.encode()), Some(a));
         assert_eq!(Applied::decode("1 2"), None);
         assert_eq!(Applied::decode("1 2 3 4"), None);
+    }
+
+    #[test]
+    fn stale_answers_end_at_their_bound_and_never_serve_the_untrusted() {
+        let a = Applied { last: 1, read_at_ms: 10_000, trusted_since_ms: 5_000 };
+        assert!(a.trusts_stale(5_000, 10_000 + 60_000 - 1, 60_000));
+        assert!(!a.trusts_stale(5_000, 10_000 + 60_000, 60_000), "past the bound");
+        assert!(!a.trusts_stale(4_999, 10_001, 60_000), "kept before the node could trust it");
+        assert!(!a.trusts_stale(5_000, 10_001, 0), "stale answers off");
     }
 }

@@ -9,12 +9,12 @@
 use super::CONTENT_TYPE;
 use crate::bindings::ncps::edge::config::Settings;
 use crate::bindings::ncps::edge::metadata;
-use crate::bindings::ncps::edge::metrics::{self, CacheResult, ObjectKind};
+use crate::bindings::ncps::edge::metrics::{self, ObjectKind};
 use crate::bindings::ncps::edge::storage::{self, ByteRange, HandOffOutcome};
 use crate::bindings::ncps::edge::types::Error as HostError;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::bindings::wasi::io::streams::{InputStream, StreamError};
-use crate::host::edge;
+use crate::host::edge::{self, Served};
 use crate::host::http::{text, BodyWriter, Request, Response, CHUNK};
 use crate::host::logging;
 use crate::protocol::range::{self, Range};
@@ -27,8 +27,8 @@ pub const KEEP_MAX: u64 = 64 << 10;
 enum Source {
     /// The stored object, of this size.
     Stored(u64),
-    /// The whole object, as the node's tier keeps it.
-    Kept(Vec<u8>),
+    /// The whole object, as the node's tier keeps it, fresh or stale.
+    Kept(Vec<u8>, Served),
 }
 
 /// Serve the stored object `key` of `size` bytes, then record the access:
@@ -40,16 +40,23 @@ pub fn serve(settings: &Settings, req: &Request, key: &str, size: u64, out: Resp
 }
 
 /// Serve `bytes`, the whole object `key` as the node's tier keeps it, as
-/// [`serve`] serves the stored one.
-pub fn serve_kept(settings: &Settings, req: &Request, key: &str, bytes: Vec<u8>, out: ResponseOutparam, head: bool) {
-    answer(settings, req, key, Source::Kept(bytes), out, head);
+/// [`serve`] serves the stored one (`x-cache` says whether it is stale).
+pub fn serve_kept(
+    settings: &Settings,
+    req: &Request,
+    key: &str,
+    (bytes, served): (Vec<u8>, Served),
+    out: ResponseOutparam,
+    head: bool,
+) {
+    answer(settings, req, key, Source::Kept(bytes, served), out, head);
     metadata::record_access(key);
 }
 
 fn answer(settings: &Settings, req: &Request, key: &str, source: Source, out: ResponseOutparam, head: bool) {
-    let size = match &source {
-        Source::Stored(size) => *size,
-        Source::Kept(bytes) => bytes.len() as u64,
+    let (size, served) = match &source {
+        Source::Stored(size) => (*size, Served::Hit),
+        Source::Kept(bytes, served) => (bytes.len() as u64, *served),
     };
     let range = range::parse(req.header("range"), size);
     let (status, length) = match range {
@@ -82,13 +89,13 @@ fn answer(settings: &Settings, req: &Request, key: &str, source: Source, out: Re
         .header("content-type", CONTENT_TYPE)
         .header("content-length", length.to_string())
         .header("accept-ranges", "bytes")
-        .header("x-cache", "HIT")
+        .header("x-cache", served.x_cache())
         .header_if("cache-control", edge::hit_control(settings));
     if let Range::Part { first, last } = range {
         resp = resp.header("content-range", format!("bytes {first}-{last}/{size}"));
     }
-    metrics::served(ObjectKind::Nar, CacheResult::Hit);
-    if let Source::Kept(bytes) = &source {
+    metrics::served(ObjectKind::Nar, served.result());
+    if let Source::Kept(bytes, _) = &source {
         let part = match range {
             Range::Part { first, last } => bytes.get(first as usize..=last as usize).unwrap_or_default(),
             _ => &bytes[..],

@@ -15,9 +15,9 @@ use crate::bindings::ncps::edge::storage;
 use crate::bindings::ncps::edge::types::Error as HostError;
 use crate::bindings::wasi::http::types::ResponseOutparam;
 use crate::cache::download_lock::{self, Wait};
-use crate::cache::nars::{lock_for_eviction, stat};
+use crate::cache::nars::{lock_for_eviction, stat, stat_or_failed};
 use crate::endpoints::written::Written;
-use crate::host::edge;
+use crate::host::edge::{self, Served};
 use crate::host::http::{text, Request};
 use crate::host::logging;
 use crate::protocol::hash::Sha256;
@@ -30,10 +30,17 @@ const CONTENT_TYPE: &str = "application/x-nix-nar";
 pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutparam, head: bool) {
     let key = path.key();
     if let Some(bytes) = edge::kept_nar(&key) {
-        return hit::serve_kept(settings, req, &key, bytes, out, head);
+        return hit::serve_kept(settings, req, &key, (bytes, Served::Hit), out, head);
     }
-    if let Some(size) = stat(&key) {
-        return hit::serve(settings, req, &key, size, out, head);
+    match stat_or_failed(&key) {
+        Ok(Some(size)) => return hit::serve(settings, req, &key, size, out, head),
+        Ok(None) => {}
+        // Storage failed: what the node's tier kept, marked stale.
+        Err(_) => {
+            if let Some(bytes) = edge::stale_nar(&key) {
+                return hit::serve_kept(settings, req, &key, (bytes, Served::Stale), out, head);
+            }
+        }
     }
     let record = named_record(path);
     if head {
