@@ -8,28 +8,17 @@
 //! `cargo bench -p ncps-edge-tests --bench spin_far` (needs the Spin CLI,
 //! Redis, PostgreSQL and s3s-fs, like the tests). Prints a markdown table.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use ncps_edge_test_support::{host_port, redis_addr, via, StallProxy};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
 use ncps_edge_tests::measure::latency;
 use ncps_edge_tests::spin_host::Shared;
-use ncps_edge_tests::spin_up::{spin_binary, SpinUp};
+use ncps_edge_tests::spin_up::{spin_binary, Region, SpinUp};
 
 /// The added latency, each way, between the far node and the region.
 const ONE_WAY: Duration = Duration::from_millis(25);
 /// Sequential requests per measurement.
 const SAMPLES: usize = 20;
-
-/// `variables` with the database, Redis and S3 reached through `proxies`.
-fn far(mut variables: HashMap<String, String>, proxies: &[StallProxy; 3]) -> HashMap<String, String> {
-    let [db, redis, s3] = proxies;
-    variables.insert("database_url".into(), via(&variables["database_url"], &db.addr()));
-    variables.insert("redis_address".into(), format!("redis://{}", redis.addr()));
-    variables.insert("s3_endpoint".into(), via(&variables["s3_endpoint"], &s3.addr()));
-    variables
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -37,12 +26,8 @@ async fn main() {
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let near_vars = shared.variables(fx);
-    let proxies = [
-        StallProxy::with_delay(&host_port(&shared.db), ONE_WAY).await,
-        StallProxy::with_delay(&redis_addr(), ONE_WAY).await,
-        StallProxy::with_delay(&host_port(&shared.bucket.endpoint), ONE_WAY).await,
-    ];
-    let far_vars = far(near_vars.clone(), &proxies);
+    let mut far_vars = near_vars.clone();
+    let _region = Region::away(&shared, &mut far_vars, ONE_WAY).await;
     let near = SpinUp::start(&spin, near_vars).await;
     let far = SpinUp::start(&spin, far_vars).await;
     let paths = [

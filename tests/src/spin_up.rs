@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{free_port, host_port};
+use ncps_edge_test_support::{free_port, host_port, redis_addr, via, ProxyMode, StallProxy};
 
-use crate::spin_host::composed_component;
+use crate::spin_host::{composed_component, Shared};
 
 /// The Spin CLI, if this machine has one.
 pub fn spin_binary() -> Option<PathBuf> {
@@ -179,5 +179,42 @@ impl SpinUp {
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Proxies between a Spin node and its shared backends (database, Redis,
+/// S3), each of which can stall, refuse or add latency. A proxy dropped
+/// stops forwarding: keep every field for as long as the node runs.
+pub struct Region {
+    /// In front of the database.
+    pub db: StallProxy,
+    /// In front of Redis.
+    pub redis: StallProxy,
+    /// In front of S3.
+    pub s3: StallProxy,
+}
+
+impl Region {
+    /// Proxies in front of `shared`'s backends, and `vars` pointed at them.
+    pub async fn between(shared: &Shared, vars: &mut HashMap<String, String>) -> Region {
+        Self::away(shared, vars, Duration::ZERO).await
+    }
+
+    /// [`Region::between`], every byte `one_way` late in each direction.
+    pub async fn away(shared: &Shared, vars: &mut HashMap<String, String>, one_way: Duration) -> Region {
+        let region = Region {
+            db: StallProxy::with_delay(&host_port(&shared.db), one_way).await,
+            redis: StallProxy::with_delay(&redis_addr(), one_way).await,
+            s3: StallProxy::with_delay(&host_port(&shared.bucket.endpoint), one_way).await,
+        };
+        vars.insert("database_url".into(), via(&vars["database_url"], &region.db.addr()));
+        vars.insert("redis_address".into(), format!("redis://{}", region.redis.addr()));
+        vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &region.s3.addr()));
+        region
+    }
+
+    /// Every proxy in `mode`.
+    pub fn set(&self, mode: ProxyMode) {
+        [&self.db, &self.redis, &self.s3].iter().for_each(|p| p.set(mode));
     }
 }

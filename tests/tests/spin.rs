@@ -13,13 +13,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{
-    fresh_mysql, fresh_postgres, host_port, postgres_url, redis_addr, via, ProxyMode, StallProxy,
-};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr, ProxyMode};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
-use ncps_edge_tests::spin_up::{spin_or_skip, SpinUp};
+use ncps_edge_tests::spin_up::{spin_or_skip, Region, SpinUp};
 
 /// `POST /admin/lru` with the admin token: the pass's JSON report.
 async fn run_lru(node: &str, token: &str) -> serde_json::Value {
@@ -55,35 +53,6 @@ async fn spin_backends(
 async fn get(url: &str) -> (u16, Vec<u8>) {
     let resp = reqwest::get(url).await.unwrap();
     (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
-}
-
-/// Proxies between a Spin node and its shared backends (database, Redis,
-/// S3), each of which can stall or refuse. A proxy dropped stops
-/// forwarding: bind every field for as long as the node runs.
-struct Region {
-    db: StallProxy,
-    redis: StallProxy,
-    s3: StallProxy,
-}
-
-impl Region {
-    /// Proxies in front of `shared`'s backends, and `vars` pointed at them.
-    async fn between(shared: &Shared, vars: &mut HashMap<String, String>) -> Region {
-        let region = Region {
-            db: StallProxy::start(&host_port(&shared.db)).await,
-            redis: StallProxy::start(&redis_addr()).await,
-            s3: StallProxy::start(&host_port(&shared.bucket.endpoint)).await,
-        };
-        vars.insert("database_url".into(), via(&vars["database_url"], &region.db.addr()));
-        vars.insert("redis_address".into(), format!("redis://{}", region.redis.addr()));
-        vars.insert("s3_endpoint".into(), via(&vars["s3_endpoint"], &region.s3.addr()));
-        region
-    }
-
-    /// Every proxy in `mode`.
-    fn set(&self, mode: ProxyMode) {
-        [&self.db, &self.redis, &self.s3].iter().for_each(|p| p.set(mode));
-    }
 }
 
 #[test]
