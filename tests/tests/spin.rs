@@ -469,7 +469,7 @@ async fn purges_at_a_native_node_reach_a_spin_nodes_tier_within_a_second() {
     // Kept again; then Redis refuses: the node cannot tell whether it
     // missed a purge, so it does not serve what it keeps.
     assert_eq!(get(&at_spin).await.0, 200);
-    redis.set(ProxyMode::Fail);
+    redis.set(ProxyMode::Refuse);
     past_the_purge_bound().await;
     db.stall();
     assert_ne!(status_within_3s(&at_spin).await, 200, "served from the tier without reading the purge log");

@@ -1,9 +1,9 @@
 //! Sweeping the node-local store: an entry past its age (a narinfo or NAR
-//! older than `max_age_s` plus `stale_if_error_s`, an absence that ran out, an access note older
-//! than the access-write interval) can never be served again, and nothing
-//! overwrites the entries of paths that are not asked for again, so
-//! without a sweep the store would grow with every path the node has
-//! served or been asked for, random misses included.
+//! older than `max_age_s` plus `stale_if_error_s`, an absence that ran
+//! out, an access note older than the access-write interval) can never be
+//! served again, and nothing overwrites the entries of paths that are not
+//! asked for again, so without a sweep the store would grow with every
+//! path the node has served or been asked for, random misses included.
 //!
 //! The store only grows when an instance writes to it: an absence, or a
 //! narinfo or NAR that was then answered, which writes its NAR's access
