@@ -3,7 +3,7 @@
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
 
 /// Why a backend call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The backend cannot be reached.
     #[error("{0} unavailable: {1}")]
@@ -26,8 +26,8 @@ impl Error {
     /// `backend` cannot be reached: `message` cut to its first line (Spin's
     /// host errors carry their causes and a backtrace), with the fix for
     /// what a deployment gets wrong: an address missing from the
-    /// component's `allowed_outbound_hosts`, or a TLS certificate that does
-    /// not verify.
+    /// component's `allowed_outbound_hosts`, a TLS certificate that does
+    /// not verify, or a database that does not answer.
     pub fn unreachable(backend: &'static str, message: &str) -> Self {
         let first = message.lines().next().unwrap_or_default().trim();
         match fix_for(backend, message) {
@@ -41,6 +41,9 @@ impl Error {
 fn fix_for(backend: &str, message: &str) -> Option<&'static str> {
     let denied = ["not permitted", "not allowed", "HttpRequestDenied"].iter().any(|m| message.contains(m));
     let tls = ["certificate verify failed", "TLS handshake"].iter().any(|m| message.contains(m));
+    if backend == "database" && message.contains("timed out") && !denied && !tls {
+        return Some("check that the host of `database_url` is reachable from this node (a request waits `backend_timeout_ms` for a connection, or the `connect_timeout` that `database_url` names)");
+    }
     Some(match (backend, denied, tls) {
         ("database", true, _) => "set the Spin variable `database_host` to the host:port of `database_url` (it makes allowed_outbound_hosts)",
         ("redis", true, _) => "set the Spin variable `redis_host` to the host:port of `redis_address` (it makes allowed_outbound_hosts)",

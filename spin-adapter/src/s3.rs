@@ -100,7 +100,7 @@ impl S3 {
             secret_access_key: settings::required("s3_secret_access_key")?,
             region: region.clone(),
         };
-        let timeout = Duration::from_millis(settings::number("backend_timeout_ms", 3_000));
+        let timeout = settings::backend_timeout();
         let (https, host) = match settings::var("s3_endpoint") {
             Some(endpoint) => match endpoint.split_once("://") {
                 Some(("http", rest)) => (false, rest.trim_end_matches('/').to_owned()),

@@ -212,6 +212,12 @@ pub fn stale_if_error_s() -> u32 {
     number("stale_if_error_s", 3600) as u32
 }
 
+/// How long a call to a backend may take (`backend_timeout_ms`, 3000, as
+/// `--cache-backend-timeout`): a storage request, a database connect.
+pub fn backend_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(number("backend_timeout_ms", 3_000))
+}
+
 /// The lock key prefix, as `--cache-lock-redis-key-prefix`.
 pub fn lock_prefix() -> String {
     var("lock_key_prefix").unwrap_or_else(|| ncps_edge_wire::locks::DEFAULT_PREFIX.into())

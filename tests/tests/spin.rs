@@ -4,7 +4,8 @@
 //! however many ask, Spin and native nodes sharing one cache, bad input and
 //! hostile upstreams answered as the native node answers them, settings
 //! that fail closed, backends that cannot be reached answered with a 503
-//! and a log line naming the cause, Spin's PostgreSQL connection pool, and
+//! and a log line naming the cause (a database that drops packets within
+//! one backend timeout), Spin's PostgreSQL connection pool, and
 //! a stopped node that leaves no process or connection behind. A trapped
 //! instance's lease is checked in the Spin-shaped host, which can kill an
 //! instance on cue.
@@ -844,6 +845,51 @@ async fn unreachable_backends_get_a_503_and_a_log_line_with_the_fix() {
         }
     }
     assert_eq!(shared.up.hits(&nar_url(&fx.cache("none"), &fx.leaf)), 0, "nothing fetched unsigned");
+}
+
+/// A listener whose accept queue is full: the kernel drops every new
+/// connection's SYN, as a host behind a network partition does (a refused
+/// connection fails at once; this one is retried for minutes). The
+/// listener and the connections that filled its queue keep it so.
+fn black_hole() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let addr = listener.local_addr().expect("its address");
+    let mut queued = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(stream);
+        assert!(queued.len() < 5_000, "the accept queue of {addr} never filled");
+    }
+    (listener, queued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout() {
+    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
+    let (listener, _queued) = black_hole();
+    let addr = listener.local_addr().unwrap();
+    let db = shared.db.rsplit_once('/').map(|(_, name)| name.to_owned()).unwrap();
+    vars.insert("database_url".into(), format!("postgres://postgres@{addr}/{db}?sslmode=disable"));
+    vars.insert("backend_timeout_ms".into(), "2000".into());
+    let node = SpinUp::start(&cli, vars).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    for path in ["/pubkey".to_owned(), format!("/{}.narinfo", hash_of(&fx.leaf))] {
+        let started = Instant::now();
+        let resp = client.get(format!("{}{path}", node.url())).send().await;
+        let took = started.elapsed();
+        let resp = resp.unwrap_or_else(|e| panic!("{path}: no answer after {took:?} ({e}):\n{}", node.log()));
+        assert_eq!(resp.status().as_u16(), 503, "{path}: {}", node.log());
+        // One connect timeout (2 s) and the rest of the request: not the
+        // kernel's minutes of SYN retries, nor one timeout per statement
+        // (three for a narinfo).
+        assert!(took < Duration::from_secs(4), "{path} took {took:?}:\n{}", node.log());
+    }
+    let log = node.log();
+    assert!(!log.contains("panicked"), "an instance trapped:\n{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{') && l.contains("timed out")).collect();
+    assert!(!lines.is_empty(), "no log line names the timeout:\n{log}");
+    for line in lines {
+        assert!(line.contains("backend_timeout_ms"), "the line does not say the fix: {line}");
+    }
 }
 
 /// The keys of a Spin node's `default` key-value store, from its file.

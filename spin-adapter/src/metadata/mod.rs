@@ -3,7 +3,10 @@
 //! native backends' schema and statements (`ncps_edge_wire::sql`), so
 //! Spin and native nodes share one database.
 //!
-//! One connection per instance. A statement that finds the schema missing
+//! One connection per instance, opened once: a database that cannot be
+//! reached fails the rest of the request at once. Spin's PostgreSQL client
+//! gets connect and TCP user timeouts of `backend_timeout_ms` unless
+//! `database_url` names its own ([`postgres::bounded`]). A statement that finds the schema missing
 //! applies the migrations (under the native nodes' migration lock) and runs
 //! again. Access times are written after the answer, at most once per
 //! key per node every 10 s (`crate::accessed`): an instance has no
@@ -102,7 +105,9 @@ impl Db {
         let url = settings::required("database_url")?;
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
         match scheme {
-            "postgres" | "postgresql" => postgres::Db::open(&url).map(Db::Postgres).map_err(db_error),
+            "postgres" | "postgresql" => postgres::Db::open(&postgres::bounded(&url, settings::backend_timeout()))
+                .map(Db::Postgres)
+                .map_err(db_error),
             "mysql" => mysql::Db::open(&url).map(Db::MySql).map_err(db_error),
             _ => Err(Error::Invalid(
                 "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)".into(),
@@ -148,7 +153,10 @@ impl Db {
 }
 
 thread_local! {
-    static DB: OnceCell<Db> = const { OnceCell::new() };
+    /// This instance's connection, or why it could not be opened: an
+    /// instance tries once, so a database that does not answer costs a
+    /// request one connect timeout, not one per statement.
+    static DB: OnceCell<Result<Db>> = const { OnceCell::new() };
 }
 
 fn db_error(e: DbError) -> Error {
@@ -166,14 +174,12 @@ fn missing_schema(e: &DbError) -> bool {
     matches!(e, DbError::QueryFailed(m) if m.contains("does not exist") || m.contains("doesn't exist"))
 }
 
-/// Call `f` with this instance's connection, opened on first use.
+/// Call `f` with this instance's connection, opened on first use (once:
+/// see [`DB`]).
 fn connection<T>(f: impl FnOnce(&Db) -> T) -> Result<T> {
-    DB.with(|cell| {
-        if cell.get().is_none() {
-            let _ = cell.set(Db::open()?);
-        }
-        let db = cell.get().ok_or_else(|| Error::Internal("database", "no connection".into()))?;
-        Ok(f(db))
+    DB.with(|cell| match cell.get_or_init(Db::open) {
+        Ok(db) => Ok(f(db)),
+        Err(e) => Err(e.clone()),
     })
 }
 

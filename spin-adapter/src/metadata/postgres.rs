@@ -9,6 +9,27 @@ use super::{first_int, int_at, str_at, transaction, Statements};
 
 use ncps_edge_wire::sql::postgres as sql;
 
+/// `url` with Spin's PostgreSQL client (tokio-postgres) told to give up
+/// after `timeout` (whole seconds, at least 1): on a connect
+/// (`connect_timeout`), and on a connection whose data goes unacknowledged
+/// (`tcp_user_timeout`, Linux), unless `url` names its own. Without them a
+/// database whose address drops packets holds a request for minutes (the
+/// kernel's SYN and data retries), where a refused connection fails at
+/// once; with them it fails within `backend_timeout_ms`, and what the
+/// node-local tier keeps is answered stale.
+pub fn bounded(url: &str, timeout: std::time::Duration) -> String {
+    let seconds = timeout.as_millis().div_ceil(1000).max(1);
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let named = |key: &str| query.split('&').any(|pair| pair.split('=').next() == Some(key));
+    let mut params: Vec<String> = query.split('&').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    for key in ["connect_timeout", "tcp_user_timeout"] {
+        if !named(key) {
+            params.push(format!("{key}={seconds}"));
+        }
+    }
+    format!("{base}?{}", params.join("&"))
+}
+
 /// The statements.
 pub static STATEMENTS: Statements = statements_of!(sql, false);
 
@@ -56,5 +77,30 @@ impl Db {
                 .map(|h| h.split(' ').filter(|h| !h.is_empty()).map(str::to_owned).collect())
                 .unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::bounded;
+
+    #[test]
+    fn a_database_url_gets_the_backend_timeout_unless_it_names_its_own() {
+        let t = Duration::from_millis(3_000);
+        assert_eq!(bounded("postgres://u@h:5432/db", t), "postgres://u@h:5432/db?connect_timeout=3&tcp_user_timeout=3");
+        assert_eq!(
+            bounded("postgres://u@h/db?sslmode=disable", Duration::from_millis(2_500)),
+            "postgres://u@h/db?sslmode=disable&connect_timeout=3&tcp_user_timeout=3"
+        );
+        assert_eq!(
+            bounded("postgres://u@h/db?connect_timeout=10&sslmode=require", t),
+            "postgres://u@h/db?connect_timeout=10&sslmode=require&tcp_user_timeout=3"
+        );
+        assert_eq!(
+            bounded("postgres://u@h/db?", Duration::ZERO),
+            "postgres://u@h/db?connect_timeout=1&tcp_user_timeout=1"
+        );
     }
 }
