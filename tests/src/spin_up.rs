@@ -80,6 +80,7 @@ pub struct SpinUp {
     addr: String,
     log: PathBuf,
     dir: tempfile::TempDir,
+    runtime_config: Option<String>,
 }
 
 impl SpinUp {
@@ -87,7 +88,14 @@ impl SpinUp {
     /// `SPIN_VARIABLE_<NAME>`; the outbound host variables are derived from
     /// the addresses unless given) on a free port; waits until it listens.
     pub async fn start(spin: &Path, variables: HashMap<String, String>) -> Self {
-        Self::start_in(spin, tempfile::tempdir().expect("a folder"), variables).await
+        Self::start_in(spin, tempfile::tempdir().expect("a folder"), variables, None).await
+    }
+
+    /// [`SpinUp::start`] with Spin's runtime config `runtime_config` (the
+    /// text of a `--runtime-config-file`), kept across restarts.
+    pub async fn start_with_config(spin: &Path, variables: HashMap<String, String>, runtime_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a folder");
+        Self::start_in(spin, dir, variables, Some(runtime_config.to_owned())).await
     }
 
     /// Stop this node and start it again with `variables`, on the same
@@ -96,10 +104,15 @@ impl SpinUp {
         self.kill();
         let dir = tempfile::tempdir().expect("a folder");
         let dir = std::mem::replace(&mut self.dir, dir);
-        Self::start_in(spin, dir, variables).await
+        Self::start_in(spin, dir, variables, self.runtime_config.take()).await
     }
 
-    async fn start_in(spin: &Path, dir: tempfile::TempDir, variables: HashMap<String, String>) -> Self {
+    async fn start_in(
+        spin: &Path,
+        dir: tempfile::TempDir,
+        variables: HashMap<String, String>,
+        runtime_config: Option<String>,
+    ) -> Self {
         let component = dir.path().join("ncps-edge.wasm");
         std::fs::write(&component, composed_component()).expect("write the component");
         let manifest = dir.path().join("spin.toml");
@@ -120,11 +133,16 @@ impl SpinUp {
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("the log"))
             .stderr(out);
+        if let Some(config) = &runtime_config {
+            let file = dir.path().join("runtime-config.toml");
+            std::fs::write(&file, config).expect("write the runtime config");
+            command.arg("--runtime-config-file").arg(file);
+        }
         for (name, value) in with_hosts(variables) {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
         let child = command.spawn().expect("spawning spin up");
-        let mut node = Self { child, addr: format!("127.0.0.1:{port}"), log, dir };
+        let mut node = Self { child, addr: format!("127.0.0.1:{port}"), log, dir, runtime_config };
         node.wait_ready().await;
         node
     }

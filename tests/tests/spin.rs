@@ -892,37 +892,97 @@ async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout(
     }
 }
 
-/// The keys of a Spin node's `default` key-value store, from its file.
-fn store_keys(node: &SpinUp) -> Vec<String> {
-    let file = node.dir().join(".spin").join("sqlite_key_value.db");
-    let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut query = db.prepare("SELECT key FROM spin_key_value WHERE store = 'default' ORDER BY key").unwrap();
-    query.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+/// Where a Spin node's `default` key-value store lives.
+enum Store {
+    /// Spin's own (SQLite), a file in the app's folder: the default.
+    Spin,
+    /// Redis database `n`, by a runtime config (as SpinKube deployments
+    /// often give it).
+    Redis(u8),
 }
 
-/// The keys of `node`'s store once `settled` holds of them, or after 5 s
-/// (the node writes some after its answer).
-async fn store_keys_once(node: &SpinUp, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let keys = store_keys(node);
-        if settled(&keys) || Instant::now() > deadline {
-            return keys;
+impl Store {
+    /// A Spin node with this store (emptied first).
+    async fn start(&self, cli: &std::path::Path, vars: HashMap<String, String>) -> SpinUp {
+        match self {
+            Store::Spin => SpinUp::start(cli, vars).await,
+            Store::Redis(db) => {
+                let _: () = redis::cmd("FLUSHDB").query_async(&mut self.redis(*db).await).await.unwrap();
+                let config =
+                    format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://{}/{db}\"\n", redis_addr());
+                SpinUp::start_with_config(cli, vars, &config).await
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn redis(&self, db: u8) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(format!("redis://{}/{db}", redis_addr())).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// The keys of `node`'s store, sorted.
+    async fn keys(&self, node: &SpinUp) -> Vec<String> {
+        match self {
+            Store::Spin => {
+                let file = node.dir().join(".spin").join("sqlite_key_value.db");
+                let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                db.busy_timeout(Duration::from_secs(5)).unwrap();
+                let mut query =
+                    db.prepare("SELECT key FROM spin_key_value WHERE store = 'default' ORDER BY key").unwrap();
+                query.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+            }
+            Store::Redis(db) => {
+                let mut keys: Vec<String> =
+                    redis::cmd("KEYS").arg("*").query_async(&mut self.redis(*db).await).await.unwrap();
+                keys.sort();
+                keys
+            }
+        }
+    }
+
+    /// The keys of `node`'s store once `settled` holds of them, or after
+    /// 5 s (the node writes some after its answer).
+    async fn keys_once(&self, node: &SpinUp, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let keys = self.keys(node).await;
+            if settled(&keys) || Instant::now() > deadline {
+                return keys;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
-    let Some((cli, fx, _backends, mut vars)) = spin_backends("none").await else { return };
+    sweeps(Store::Spin).await;
+}
+
+/// Spin 3.6.3's Redis store refuses batch reads (it sends them as `KEYS`):
+/// the node reads a key per call instead, keeps and sweeps its tier as
+/// on Spin's own store, and says so once, not on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spin_node_whose_store_is_redis_keeps_and_sweeps_its_tier() {
+    let Some(node) = sweeps(Store::Redis(9)).await else { return };
+    let log = node.log();
+    let refused = log.lines().filter(|l| l.contains("refuses batch reads")).collect::<Vec<_>>();
+    assert_eq!(refused.len(), 1, "not said once:\n{log}");
+    assert!(refused[0].contains("type \\\"spin\\\""), "the line does not say the fix: {}", refused[0]);
+    assert!(!log.contains("a read of the node-local store failed"), "{log}");
+}
+
+/// A Spin node on `store` keeps a narinfo, its access notes and an
+/// absence, then sweeps them once they can no longer be served, keeping
+/// what is live; the node (none when Spin is missing outside CI).
+async fn sweeps(store: Store) -> Option<SpinUp> {
+    let (cli, fx, _backends, mut vars) = spin_backends("none").await?;
     vars.insert("max_age_s".into(), "1".into());
     vars.insert("negative_ttl_s".into(), "1".into());
     // Kept for stale answers 1 s past max_age_s.
     vars.insert("stale_if_error_s".into(), "1".into());
-    let node = SpinUp::start(&cli, vars).await;
+    let node = store.start(&cli, vars).await;
     let hash = hash_of(&fx.leaf);
     let (gone, later) = ("11111111111111111111111111111111", "22222222222222222222222222222222");
     let of_kind = |keys: &[String], kind: &str, name: &str| {
@@ -940,7 +1000,7 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
         assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
     }
     assert_eq!(get(&format!("{}/{gone}.narinfo", node.url())).await.0, 404);
-    let kept = store_keys_once(&node, |keys| entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 1)).await;
+    let kept = store.keys_once(&node, |keys| entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 1)).await;
     for (kind, name) in entries {
         assert_eq!(of_kind(&kept, kind, name), 1, "{kind} {name} not kept: {kept:?}");
     }
@@ -949,10 +1009,11 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     // interval, a write starts a pass that deletes the dead entries.
     tokio::time::sleep(Duration::from_millis(ncps_edge_wire::sql::ACCESS_WRITE_EVERY_MS + 500)).await;
     assert_eq!(get(&format!("{}/{later}.narinfo", node.url())).await.0, 404);
-    let swept = store_keys_once(&node, |keys| {
-        of_kind(keys, "absent", later) == 1 && entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 0)
-    })
-    .await;
+    let swept = store
+        .keys_once(&node, |keys| {
+            of_kind(keys, "absent", later) == 1 && entries.iter().all(|(kind, name)| of_kind(keys, kind, name) == 0)
+        })
+        .await;
     for (kind, name) in entries {
         assert_eq!(of_kind(&swept, kind, name), 0, "{kind} {name} not swept: {swept:?}");
     }
@@ -960,4 +1021,5 @@ async fn a_spin_node_sweeps_from_its_store_what_it_can_no_longer_serve() {
     assert!(swept.iter().any(|k| k == "settings/variables"), "the node's notes were swept: {swept:?}");
     // The node serves on.
     assert_eq!(get(&format!("{}/{hash}.narinfo", node.url())).await.0, 200);
+    Some(node)
 }

@@ -434,13 +434,7 @@ fn read_started_within(ms: i64) -> bool {
 /// Whether the store's `key` notes a time less than `ms` ago. When it
 /// does not, it notes now.
 pub(crate) fn noted_within(key: &str, ms: i64) -> bool {
-    let now = now_ms();
-    let noted: Option<i64> = get(key).and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
-    if noted.is_some_and(|t| (0..ms).contains(&(now - t))) {
-        return true;
-    }
-    let _ = set(key, now.to_string().as_bytes());
-    false
+    kv::noted_within_by(key, ms, get, |key, value| drop(set(key, value)))
 }
 
 /// Read the purge log after what this node applied: forget what the new
