@@ -896,8 +896,8 @@ async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout(
 enum Store {
     /// Spin's own (SQLite), a file in the app's folder: the default.
     Spin,
-    /// Redis database `n`, by a runtime config (as SpinKube deployments
-    /// often give it).
+    /// Redis database `n` (emptied first: the test's own), by a runtime
+    /// config, as SpinKube deployments often give it.
     Redis(u8),
 }
 
@@ -907,7 +907,7 @@ impl Store {
         match self {
             Store::Spin => SpinUp::start(cli, vars).await,
             Store::Redis(db) => {
-                let _: () = redis::cmd("FLUSHDB").query_async(&mut self.redis(*db).await).await.unwrap();
+                let _: () = redis::cmd("FLUSHDB").query_async(&mut Self::redis(*db).await).await.unwrap();
                 let config =
                     format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://{}/{db}\"\n", redis_addr());
                 SpinUp::start_with_config(cli, vars, &config).await
@@ -915,7 +915,8 @@ impl Store {
         }
     }
 
-    async fn redis(&self, db: u8) -> redis::aio::MultiplexedConnection {
+    /// A connection to Redis database `db`.
+    async fn redis(db: u8) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(format!("redis://{}/{db}", redis_addr())).unwrap();
         client.get_multiplexed_async_connection().await.unwrap()
     }
@@ -934,7 +935,7 @@ impl Store {
             }
             Store::Redis(db) => {
                 let mut keys: Vec<String> =
-                    redis::cmd("KEYS").arg("*").query_async(&mut self.redis(*db).await).await.unwrap();
+                    redis::cmd("KEYS").arg("*").query_async(&mut Self::redis(*db).await).await.unwrap();
                 keys.sort();
                 keys
             }

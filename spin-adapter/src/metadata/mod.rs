@@ -6,9 +6,9 @@
 //! One connection per instance, opened once: a database that cannot be
 //! reached fails the rest of the request at once. Spin's PostgreSQL client
 //! gets connect and TCP user timeouts of `backend_timeout_ms` unless
-//! `database_url` names its own ([`postgres::bounded`]). A statement that finds the schema missing
-//! applies the migrations (under the native nodes' migration lock) and runs
-//! again. Access times are written after the answer, at most once per
+//! `database_url` names its own ([`postgres::bounded`]). A statement that
+//! finds the schema missing applies the migrations (under the native
+//! nodes' migration lock) and runs again. Access times are written after the answer, at most once per
 //! key per node every 10 s (`crate::accessed`): an instance has no
 //! background task to batch them in. Narinfo lookups go through the
 //! node-local tier (`crate::tier`).
