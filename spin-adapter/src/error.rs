@@ -41,15 +41,13 @@ impl Error {
 fn fix_for(backend: &str, message: &str) -> Option<&'static str> {
     let denied = ["not permitted", "not allowed", "HttpRequestDenied"].iter().any(|m| message.contains(m));
     let tls = ["certificate verify failed", "TLS handshake"].iter().any(|m| message.contains(m));
-    if backend == "database" && message.contains("timed out") && !denied && !tls {
-        return Some("check that the host of `database_url` is reachable from this node (a request waits `backend_timeout_ms` for a connection, or the `connect_timeout` that `database_url` names)");
-    }
     Some(match (backend, denied, tls) {
         ("database", true, _) => "set the Spin variable `database_host` to the host:port of `database_url` (it makes allowed_outbound_hosts)",
         ("redis", true, _) => "set the Spin variable `redis_host` to the host:port of `redis_address` (it makes allowed_outbound_hosts)",
         ("s3", true, _) => "set the Spin variable `s3_origin` to the scheme://host:port of `s3_endpoint` (it makes allowed_outbound_hosts)",
         ("database", _, true) => "give the server a TLS certificate valid for the address in `database_url`, or add `?sslmode=disable` to it on a trusted network",
         (_, _, true) => "give the server a TLS certificate valid for the address it is reached by",
+        ("database", false, false) if message.contains("timed out") => "check that the host of `database_url` is reachable from this node (a request waits `backend_timeout_ms` for a connection, or the `connect_timeout` that `database_url` names)",
         _ => return None,
     })
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr, ProxyMode};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr, via, ProxyMode};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
@@ -864,11 +864,10 @@ fn black_hole() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout() {
-    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
+    let Some((cli, fx, _shared, mut vars)) = spin_backends("none").await else { return };
     let (listener, _queued) = black_hole();
-    let addr = listener.local_addr().unwrap();
-    let db = shared.db.rsplit_once('/').map(|(_, name)| name.to_owned()).unwrap();
-    vars.insert("database_url".into(), format!("postgres://postgres@{addr}/{db}?sslmode=disable"));
+    let addr = listener.local_addr().unwrap().to_string();
+    vars.insert("database_url".into(), via(&vars["database_url"], &addr));
     vars.insert("backend_timeout_ms".into(), "2000".into());
     let node = SpinUp::start(&cli, vars).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();

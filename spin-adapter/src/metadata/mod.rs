@@ -8,9 +8,10 @@
 //! gets connect and TCP user timeouts of `backend_timeout_ms` unless
 //! `database_url` names its own ([`postgres::bounded`]). A statement that
 //! finds the schema missing applies the migrations (under the native
-//! nodes' migration lock) and runs again. Access times are written after the answer, at most once per
-//! key per node every 10 s (`crate::accessed`): an instance has no
-//! background task to batch them in. Narinfo lookups go through the
+//! nodes' migration lock) and runs again. Access times are written after
+//! the answer, at most once per key per node every 10 s
+//! (`crate::accessed`): an instance has no background task to batch them
+//! in. Narinfo lookups go through the
 //! node-local tier (`crate::tier`).
 
 /// The [`Statements`] of a dialect's included SQL module (`$time_twice`:
