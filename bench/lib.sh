@@ -24,6 +24,20 @@ CONF
   nginx -c "$1/nginx.conf"
 }
 
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# A binary cache of one small store path in $1/up, signed with the key
+# pair $1/sk, $1/pk (after nix_scratch "$1"); sets LEAF (the path) and H
+# (its hash part).
+signed_leaf_cache() {
+  nix-store --generate-binary-cache-key bench-1 "$1/sk" "$1/pk"
+  echo leaf > "$1/leaf"
+  LEAF=$(nix-store --store "$1/src" --add "$1/leaf")
+  nix copy --store "$1/src" --to "file://$1/up?compression=none&secret-key=$1/sk" "$LEAF"
+  H=$(basename "$LEAF" | cut -c1-32)
+}
+
 # Wait until $1 answers 2xx (20 s at most).
 wait_up() {
   for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done
@@ -46,4 +60,6 @@ wrk_field() {
 }
 to_mb() { awk -v v="$1" 'BEGIN { u=substr(v,length(v)-1); n=v+0; if (u=="GB") n*=1024; else if (u=="KB") n/=1024; printf "%.0f", n }'; }
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'; }
+# The median of the numbers on stdin (space- or line-separated).
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR]=$1 } END { if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }

@@ -40,15 +40,10 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # A signed upstream cache of one small path, served by nginx.
 nix_scratch "$T"
-nix-store --generate-binary-cache-key bench-1 "$T/sk" "$T/pk"
-echo leaf > "$T/leaf"
-LEAF=$(nix-store --store "$T/src" --add "$T/leaf")
-nix copy --store "$T/src" --to "file://$T/up?compression=none&secret-key=$T/sk" "$LEAF"
-H=$(basename "$LEAF" | cut -c1-32)
+signed_leaf_cache "$T"
 REF_PORT=$(port) UP_PORT=$(port)
 serve_static "$T" "$T/up" "$REF_PORT" "$UP_PORT"
 UPSTREAM="http://127.0.0.1:$UP_PORT"
