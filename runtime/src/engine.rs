@@ -19,8 +19,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(100);
 /// resident (beyond it, memory is returned to the kernel with madvise,
 /// which flushes every core's TLB: the dearest part of a fresh instance).
 /// The handler starts with 640 KiB of linear memory (see `handler/build.rs`)
-/// and most requests never grow it, so all of it is reset with memset, and
-/// a slot a burst used keeps at most this much resident.
+/// and most requests never grow it, so all of it is reset (with memset, of
+/// the pages the instance wrote where the kernel can tell: `pagemap_scan`),
+/// and a slot a burst used keeps at most this much resident.
 const KEEP_RESIDENT_MEMORY: usize = 640 << 10;
 /// Table bytes of a finished instance kept mapped.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
@@ -77,8 +78,8 @@ pub fn load(opts: &EngineOptions) -> anyhow::Result<Handler> {
         .async_stack_keep_resident(KEEP_RESIDENT_STACK)
         // Where the kernel can tell (Linux 6.7 and later), only the pages an
         // instance wrote are reset, not all it could reach: a request
-        // touches a fraction of its memory (see BENCHMARKS.md, "Per-request
-        // cost"). Elsewhere the memset above stays.
+        // touches a fraction of its memory (BENCHMARKS.md, "Resetting only
+        // the pages an instance wrote"). Elsewhere all of it is reset.
         .pagemap_scan(Enabled::Auto)
         .decommit_batch_size(DECOMMIT_BATCH);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
