@@ -19,9 +19,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(100);
 /// resident (beyond it, memory is returned to the kernel with madvise,
 /// which flushes every core's TLB: the dearest part of a fresh instance).
 /// The handler starts with 640 KiB of linear memory (see `handler/build.rs`)
-/// and most requests never grow it, so all of it is reset (with memset, of
-/// the pages the instance wrote where the kernel can tell: `pagemap_scan`),
-/// and a slot a burst used keeps at most this much resident.
+/// and most requests never grow it: all of it is reset with memset, or
+/// only the pages the instance wrote where the kernel can tell
+/// (`pagemap_scan`), and a slot a burst used keeps at most this much
+/// resident.
 const KEEP_RESIDENT_MEMORY: usize = 640 << 10;
 /// Table bytes of a finished instance kept mapped.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;

@@ -11,8 +11,7 @@
 //! nodes' migration lock) and runs again. Access times are written after
 //! the answer, at most once per key per node every 10 s
 //! (`crate::accessed`): an instance has no background task to batch them
-//! in. Narinfo lookups go through the
-//! node-local tier (`crate::tier`).
+//! in. Narinfo lookups go through the node-local tier (`crate::tier`).
 
 /// The [`Statements`] of a dialect's included SQL module (`$time_twice`:
 /// whether its upserts take the time twice).

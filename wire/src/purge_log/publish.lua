@@ -8,9 +8,10 @@
 -- log is told of the gap.
 -- (Numbers stay below 2^53, exact in Lua; written with %.0f, never %g.)
 -- Shared by the native Redis channel and the Spin adapter.
-local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local t = redis.call('TIME') local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(us / 1000)
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SET', KEYS[2], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+  redis.call('SET', KEYS[2], string.format('%.0f', us))
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MINID', '~', string.format('%.0f', now - tonumber(ARGV[3])), '*',
