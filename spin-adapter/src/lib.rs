@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod accessed;
+mod breaker;
 mod edge;
 mod error;
 mod http;

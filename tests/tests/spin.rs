@@ -5,7 +5,8 @@
 //! hostile upstreams answered as the native node answers them, settings
 //! that fail closed, backends that cannot be reached answered with a 503
 //! and a log line naming the cause (a database that drops packets within
-//! one backend timeout), Spin's PostgreSQL connection pool, and
+//! one backend timeout; one that goes silent mid-connection trips the
+//! node's breaker), Spin's PostgreSQL connection pool, and
 //! a stopped node that leaves no process or connection behind. A trapped
 //! instance's lease is checked in the Spin-shaped host, which can kill an
 //! instance on cue.
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr, via, ProxyMode};
+use ncps_edge_test_support::{fresh_mysql, fresh_postgres, postgres_url, redis_addr, via, DroppedPort, ProxyMode};
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url, Fixture};
 use ncps_edge_tests::nix::NixEnv;
 use ncps_edge_tests::spin_host::{composed_component, Shared, SpinNode};
@@ -888,6 +889,73 @@ async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout(
     assert!(!lines.is_empty(), "no log line names the timeout:\n{log}");
     for line in lines {
         assert!(line.contains("backend_timeout_ms"), "the line does not say the fix: {line}");
+    }
+}
+
+/// The database goes silent mid-connection (every packet to it dropped,
+/// the connections Spin pools for it left open, as behind a partition).
+/// The first request to ask it waits out the timeouts the adapter adds to
+/// the URL (`tcp_user_timeout` on the pooled connection, then a connect)
+/// and trips the node's breaker: what the node keeps is answered stale,
+/// and for a cool-down (2 s) the requests after it answer without waiting
+/// for the database (stale, or passed through to the upstream). Once the
+/// database answers again the next probe closes the breaker: fresh
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
+    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
+    let region = Region::between(&shared, &mut vars).await;
+    vars.insert("max_age_s".into(), "1".into());
+    vars.insert("backend_timeout_ms".into(), "2000".into());
+    let spin = SpinUp::start(&cli, vars).await;
+    let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
+    let unknown = format!("{}/{}.narinfo", spin.url(), "1".repeat(32));
+    let timed = |url: String| async move {
+        let started = Instant::now();
+        let answer = cached(&url, None).await;
+        (answer, started.elapsed())
+    };
+    // Kept (the hit after the miss reads the database, on a connection
+    // Spin then pools), then past max_age_s: a hit must ask the database.
+    assert_eq!(cached(&narinfo, None).await.1, "MISS");
+    let fresh = cached(&narinfo, None).await;
+    assert_eq!((fresh.0, fresh.1.as_str()), (200, "HIT"));
+    assert!(region.db.connections() > 0, "the node never connected to the database");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let silent = DroppedPort::new(region.db.port).unwrap_or_else(|e| panic!("cannot drop packets: {e}"));
+    let connect = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(region.db.addr())).await;
+    assert!(connect.is_err(), "packets to the database still arrive: {connect:?}");
+    // `cached` gives up after 10 s: without the timeouts this waits minutes.
+    let (first, took) = timed(narinfo.clone()).await;
+    assert_eq!(first, (200, "STALE".into(), fresh.2.clone()), "{}", spin.log());
+    assert!(took >= Duration::from_millis(1_500), "answered in {took:?}: the database was not asked");
+    eprintln!("first answer after the partition began: {took:?} ({} connections opened)", region.db.connections());
+    // The breaker is open: no request waits for the database (a wait is
+    // a connect timeout, 2 s).
+    let (stale, took) = timed(narinfo.clone()).await;
+    assert_eq!(stale, (200, "STALE".into(), fresh.2.clone()), "{}", spin.log());
+    assert!(took < Duration::from_millis(1_500), "stale after {took:?} with the breaker open:\n{}", spin.log());
+    // Never kept: passed through to the upstream, which has none.
+    let ((status, _, _), took) = timed(unknown.clone()).await;
+    assert_eq!(status, 404, "{}", spin.log());
+    assert!(took < Duration::from_millis(1_500), "404 after {took:?} with the breaker open:\n{}", spin.log());
+    let log = spin.log();
+    assert!(log.contains("the database did not answer"), "{log}");
+    assert!(!log.contains("panicked"), "an instance trapped:\n{log}");
+
+    // The partition ends: within a cool-down (and a connect) the answers
+    // are fresh again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = cached(&narinfo, None).await;
+        if (answer.0, answer.1.as_str()) == (200, "HIT") {
+            assert_eq!(answer.2, fresh.2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not fresh 10 s after the partition: {answer:?}\n{}", spin.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

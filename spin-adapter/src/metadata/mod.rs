@@ -73,7 +73,7 @@ use crate::bindings::exports::ncps::edge::metadata::{Eviction, Guest, NarRecord,
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
 use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
 use crate::error::{Error, Result};
-use crate::{settings, tier};
+use crate::{breaker, settings, tier};
 
 /// The statements of one dialect, in the order of their parameters.
 pub struct Statements {
@@ -101,17 +101,37 @@ enum Db {
 }
 
 impl Db {
+    /// Connect, unless the node's breaker says the database does not
+    /// answer ([`breaker`]); a connect that failed slowly trips it.
     fn open() -> Result<Self> {
         let url = settings::required("database_url")?;
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
-        match scheme {
-            "postgres" | "postgresql" => postgres::Db::open(&postgres::bounded(&url, settings::backend_timeout()))
-                .map(Db::Postgres)
-                .map_err(db_error),
-            "mysql" => mysql::Db::open(&url).map(Db::MySql).map_err(db_error),
-            _ => Err(Error::Invalid(
-                "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)".into(),
-            )),
+        let connect: fn(&str) -> std::result::Result<Db, DbError> = match scheme {
+            "postgres" | "postgresql" => {
+                |url| postgres::Db::open(&postgres::bounded(url, settings::backend_timeout())).map(Db::Postgres)
+            }
+            "mysql" => |url| mysql::Db::open(url).map(Db::MySql),
+            _ => {
+                return Err(Error::Invalid(
+                    "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)"
+                        .into(),
+                ))
+            }
+        };
+        if let Some(cause) = breaker::open() {
+            return Err(Error::Unavailable("database", cause));
+        }
+        let started = now_ms();
+        match connect(&url) {
+            Ok(db) => {
+                breaker::close();
+                Ok(db)
+            }
+            Err(e) => {
+                let e = db_error(e);
+                breaker::trip_if_slow(started, &e);
+                Err(e)
+            }
         }
     }
 
@@ -185,13 +205,33 @@ fn connection<T>(f: impl FnOnce(&Db) -> T) -> Result<T> {
 
 /// Run `f`; when the schema is missing, migrate and run it once more.
 fn run<T>(f: impl Fn(&Db) -> std::result::Result<T, DbError>) -> Result<T> {
+    let started = now_ms();
     match connection(&f)? {
         Ok(v) => Ok(v),
         Err(e) if missing_schema(&e) => {
             connection(Db::migrate)?.map_err(db_error)?;
             connection(&f)?.map_err(db_error)
         }
-        Err(e) => Err(db_error(e)),
+        Err(e) => {
+            let lost = lost_connection(&e);
+            let e = db_error(e);
+            if lost {
+                breaker::trip_if_slow(started, &e);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether a statement failed because the connection did (not because of
+/// the statement).
+fn lost_connection(e: &DbError) -> bool {
+    match e {
+        DbError::ConnectionFailed(_) => true,
+        DbError::QueryFailed(m) | DbError::Other(m) => {
+            ["timed out", "connection closed", "Broken pipe", "Connection reset"].iter().any(|s| m.contains(s))
+        }
+        DbError::BadParameter(_) | DbError::ValueConversionFailed(_) => false,
     }
 }
 

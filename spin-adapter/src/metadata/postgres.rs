@@ -15,8 +15,10 @@ use ncps_edge_wire::sql::postgres as sql;
 /// (`tcp_user_timeout`, Linux), unless `url` names its own. Without them a
 /// database whose address drops packets holds a request for minutes (the
 /// kernel's SYN and data retries), where a refused connection fails at
-/// once; with them it fails within `backend_timeout_ms`, and what the
-/// node-local tier keeps is answered stale.
+/// once; with them a connection fails within `backend_timeout_ms`, and
+/// what the node-local tier keeps is answered stale. (Spin's pool tries
+/// each pooled connection in turn, a timeout each: `crate::breaker` keeps
+/// the requests after the first from waiting at all.)
 pub fn bounded(url: &str, timeout: std::time::Duration) -> String {
     let seconds = timeout.as_millis().div_ceil(1000).max(1);
     let (base, query) = url.split_once('?').unwrap_or((url, ""));

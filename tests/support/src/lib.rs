@@ -8,11 +8,13 @@
 //! `CI=true` nothing is ever skipped.
 #![deny(missing_docs)]
 
+mod dropped_port;
 mod proxy;
 mod redis;
 mod s3;
 mod s3server;
 
+pub use dropped_port::DroppedPort;
 pub use proxy::{Mode as ProxyMode, StallProxy};
 pub use redis::PrivateRedis;
 pub use s3::{fresh_bucket, S3Bucket};
