@@ -69,9 +69,13 @@ pub fn open() -> Option<String> {
 
 /// A connect or statement begun at `started` (ms) failed with `e`: when
 /// that took half of `backend_timeout_ms` or more, the database did not
-/// answer, and the node stops asking it for a cool-down ([`trip`]).
+/// answer, and the node stops asking it for a cool-down ([`trip`]). A
+/// setting that was rejected (`Invalid`) is no answer of the database's.
 pub fn trip_if_slow(started: i64, e: &Error) {
     let waited = now_ms() - started;
+    if matches!(e, Error::Invalid(_)) {
+        return;
+    }
     if u128::try_from(waited).unwrap_or(0) * 2 >= settings::backend_timeout().as_millis() {
         trip(e);
     }

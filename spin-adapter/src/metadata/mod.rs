@@ -105,33 +105,29 @@ impl Db {
     /// answer ([`breaker`]); a connect that failed slowly trips it.
     fn open() -> Result<Self> {
         let url = settings::required("database_url")?;
-        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
-        let connect: fn(&str) -> std::result::Result<Db, DbError> = match scheme {
-            "postgres" | "postgresql" => {
-                |url| postgres::Db::open(&postgres::bounded(url, settings::backend_timeout())).map(Db::Postgres)
-            }
-            "mysql" => |url| mysql::Db::open(url).map(Db::MySql),
-            _ => {
-                return Err(Error::Invalid(
-                    "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)"
-                        .into(),
-                ))
-            }
-        };
         if let Some(cause) = breaker::open() {
             return Err(Error::Unavailable("database", cause));
         }
         let started = now_ms();
-        match connect(&url) {
-            Ok(db) => {
-                breaker::close();
-                Ok(db)
-            }
-            Err(e) => {
-                let e = db_error(e);
-                breaker::trip_if_slow(started, &e);
-                Err(e)
-            }
+        let opened = Self::connect(&url);
+        match &opened {
+            Ok(_) => breaker::close(),
+            Err(e) => breaker::trip_if_slow(started, e),
+        }
+        opened
+    }
+
+    /// Connect to `url` in the dialect its scheme names.
+    fn connect(url: &str) -> Result<Self> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => postgres::Db::open(&postgres::bounded(url, settings::backend_timeout()))
+                .map(Db::Postgres)
+                .map_err(db_error),
+            "mysql" => mysql::Db::open(url).map(Db::MySql).map_err(db_error),
+            _ => Err(Error::Invalid(
+                "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)".into(),
+            )),
         }
     }
 
