@@ -1,45 +1,101 @@
-//! A node-wide circuit breaker for the database, kept in the node-local
-//! store, because under Spin every request is a fresh instance and only
-//! the store outlives it.
+//! Node-wide circuit breakers for the database and for S3, kept in the
+//! node-local store, because under Spin every request is a fresh instance
+//! and only the store outlives it.
 //!
 //! Spin 3.6.3 pools PostgreSQL connections (up to 64 per address) and
-//! runs a statement on a pooled connection before it hands it out. Behind
-//! a partition (packets dropped, nothing closed) that statement waits out
-//! the connection's `tcp_user_timeout` before the pool drops it and tries
-//! the next, and a new connection waits out `connect_timeout`: without a
-//! breaker every request would wait at least one timeout, and a request
-//! that meets several pooled connections one timeout for each.
+//! runs a statement on a pooled connection before it hands it out, and it
+//! pools outbound HTTP connections (S3's). Behind a partition (packets
+//! dropped, nothing closed) a call on a pooled connection waits out its
+//! timeout (`tcp_user_timeout`, or `backend_timeout_ms` for S3) and a new
+//! connection waits out the connect timeout: without a breaker every
+//! request would wait at least one timeout per backend call, and a
+//! database request that meets several pooled connections one timeout
+//! for each.
 //!
-//! So an instance whose database did not answer (a connect or statement
-//! that failed after half of `backend_timeout_ms` or more: a refusal fails
-//! at once, and waiting for it costs nothing) notes under [`KEY`] until
-//! when the node does not ask it ([`COOL_DOWN_MS`]) and why. Until then
-//! every instance fails its database calls at once: what the tier keeps
-//! is answered stale, a miss is passed through to the upstream, the rest
-//! gets a 503. The first instance past that time moves the note on by one
-//! cool-down and asks (a probe; about one instance per cool-down, since a
-//! read and a write of the store are not one step). A probe that gets its
-//! connection removes the note.
+//! So an instance whose backend did not answer (a call that failed after
+//! half of `backend_timeout_ms` or more: a refusal fails at once, and
+//! waiting for it costs nothing) notes under the backend's key
+//! ([`Backend::key`]) until when the node does not ask it
+//! ([`COOL_DOWN_MS`]) and why. Until then every instance fails its calls
+//! to that backend at once: what the tier keeps is answered stale, a miss
+//! is passed through to the upstream (a NAR without being stored), the
+//! rest gets a 503. The first instance past that time moves the note on by
+//! one cool-down and asks (a probe; about one instance per cool-down,
+//! since a read and a write of the store are not one step). A probe that
+//! gets its answer removes the note.
 //!
-//! The note is read in the same call as the settings and a hit's entry
-//! (`tier::read_with`), so a hit pays nothing for it.
+//! Both notes are read in the same call as the settings and a hit's entry
+//! (`tier::read_with`), so a hit pays nothing for them, and an instance
+//! reads each note at most once (then once more per cool-down it outlives).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use crate::error::Error;
 use crate::metadata::now_ms;
 use crate::{kv, settings};
 
-/// The key of the note.
-pub const KEY: &str = "breaker/database";
+/// A backend with a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The metadata database.
+    Database,
+    /// The S3 bucket of NARs.
+    Storage,
+}
 
-/// How long the node does not ask a database that did not answer: as long
+impl Backend {
+    /// Every backend with a breaker.
+    pub const ALL: [Backend; 2] = [Backend::Database, Backend::Storage];
+
+    /// The key of the backend's note in the node-local store.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Backend::Database => "breaker/database",
+            Backend::Storage => "breaker/storage",
+        }
+    }
+
+    /// What the log calls it.
+    const fn name(self) -> &'static str {
+        match self {
+            Backend::Database => "the database",
+            Backend::Storage => "S3",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How long the node does not ask a backend that did not answer: as long
 /// as a native node's breakers (`runtime/src/backends.rs`).
 pub const COOL_DOWN_MS: i64 = 2_000;
 
+/// What this instance knows of a backend's note.
+#[derive(Clone, Debug, Default)]
+enum Seen {
+    /// Not read yet.
+    #[default]
+    Unread,
+    /// The backend may be asked; `noted`: this instance found a note (it
+    /// probes), so an answer must remove it.
+    Asking { noted: bool },
+    /// The node does not ask the backend until `until` (ms), because of
+    /// `cause`.
+    Open { until: i64, cause: String },
+}
+
 thread_local! {
-    /// This instance found a note, so its success must remove it.
-    static NOTED: Cell<bool> = const { Cell::new(false) };
+    static SEEN: RefCell<[Seen; 2]> = RefCell::default();
+}
+
+fn seen(backend: Backend) -> Seen {
+    SEEN.with_borrow(|s| s[backend.index()].clone())
+}
+
+fn set_seen(backend: Backend, seen: Seen) {
+    SEEN.with_borrow_mut(|s| s[backend.index()] = seen);
 }
 
 /// `until cause`, the note's form.
@@ -53,56 +109,91 @@ fn parse(note: &[u8]) -> Option<(i64, String)> {
     Some((until.parse().ok()?, cause.to_owned()))
 }
 
-/// Why the database is not to be asked now; none when it may be (no
-/// note, or this instance is the probe).
-pub fn open() -> Option<String> {
-    let (until, cause) = parse(&kv::get(KEY)?)?;
-    NOTED.set(true);
+/// Why `backend` is not to be asked now; none when it may be (no note, or
+/// this instance is the probe).
+pub fn open(backend: Backend) -> Option<String> {
     let now = now_ms();
+    match seen(backend) {
+        Seen::Asking { .. } => return None,
+        Seen::Open { until, cause } if now < until => return Some(refusal(backend, &cause, until - now)),
+        Seen::Open { .. } | Seen::Unread => {}
+    }
+    let Some((until, cause)) = kv::get(backend.key()).as_deref().and_then(parse) else {
+        set_seen(backend, Seen::Asking { noted: false });
+        return None;
+    };
     if now < until {
-        return Some(format!("{cause} (the node asks the database again in {} ms: it did not answer)", until - now));
+        set_seen(backend, Seen::Open { until, cause: cause.clone() });
+        return Some(refusal(backend, &cause, until - now));
     }
     // This instance probes; the others wait another cool-down.
-    let _ = kv::set(KEY, note(now + COOL_DOWN_MS, &cause).as_bytes());
+    let _ = kv::set(backend.key(), note(now + COOL_DOWN_MS, &cause).as_bytes());
+    set_seen(backend, Seen::Asking { noted: true });
     None
 }
 
-/// A connect or statement begun at `started` (ms) failed with `e`: when
-/// that took half of `backend_timeout_ms` or more, the database did not
-/// answer, and the node stops asking it for a cool-down ([`trip`]). A
-/// setting that was rejected (`Invalid`) is no answer of the database's.
-pub fn trip_if_slow(started: i64, e: &Error) {
+fn refusal(backend: Backend, cause: &str, in_ms: i64) -> String {
+    format!("{cause} (the node asks {} again in {in_ms} ms: it did not answer)", backend.name())
+}
+
+/// A call to `backend` begun at `started` (ms) failed with `e`: when that
+/// took half of `backend_timeout_ms` or more, the backend did not answer,
+/// and the node stops asking it for a cool-down. A request or setting
+/// that was rejected (`Invalid`) is no answer of the backend's.
+pub fn trip_if_slow(backend: Backend, started: i64, e: &Error) {
     let waited = now_ms() - started;
     if matches!(e, Error::Invalid(_)) {
         return;
     }
     if u128::try_from(waited).unwrap_or(0) * 2 >= settings::backend_timeout().as_millis() {
-        trip(e);
+        trip(backend, e);
     }
 }
 
-/// The database did not answer (`e`): the node stops asking it for a
+/// `backend` did not answer (`e`): the node stops asking it for a
 /// cool-down.
-fn trip(e: &Error) {
+fn trip(backend: Backend, e: &Error) {
     let cause = match e {
         Error::Unavailable(_, m) | Error::Timeout(_, m) | Error::Internal(_, m) => m,
         Error::Conflict(m) | Error::Invalid(m) => m,
     };
     let first = cause.lines().next().unwrap_or_default();
-    let _ = kv::set(KEY, note(now_ms() + COOL_DOWN_MS, first).as_bytes());
-    NOTED.set(true);
+    let until = now_ms() + COOL_DOWN_MS;
+    let _ = kv::set(backend.key(), note(until, first).as_bytes());
+    set_seen(backend, Seen::Open { until, cause: first.to_owned() });
     crate::log::warn(
-        "the database did not answer: the node does not ask it for a cool-down",
+        &format!("{} did not answer: the node does not ask it for a cool-down", backend.name()),
         &[("cool_down_ms", &COOL_DOWN_MS.to_string()), ("error", first)],
     );
 }
 
-/// The database answered: a note this instance found (it probed) is
-/// removed, and the node asks the database again.
-pub fn close() {
-    if NOTED.replace(false) {
-        let _ = kv::delete(&[KEY.to_owned()]);
+/// `backend` answered: a note this instance found (it probed) or wrote
+/// is removed, and the node asks the backend again.
+pub fn close(backend: Backend) {
+    if matches!(seen(backend), Seen::Asking { noted: true } | Seen::Open { .. }) {
+        let _ = kv::delete(&[backend.key().to_owned()]);
     }
+    set_seen(backend, Seen::Asking { noted: false });
+}
+
+/// Ask `backend` with `call`, unless its breaker is open (then the
+/// refusal, as `refused` makes it); a call that failed slowly trips the
+/// breaker, one that succeeded closes it.
+pub fn guarded<T>(
+    backend: Backend,
+    refused: impl FnOnce(String) -> Error,
+    call: impl FnOnce() -> crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    if let Some(cause) = open(backend) {
+        return Err(refused(cause));
+    }
+    let started = now_ms();
+    let answer = call();
+    match &answer {
+        Ok(_) => close(backend),
+        Err(e) => trip_if_slow(backend, started, e),
+    }
+    answer
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::bindings::wasi::clocks::wall_clock;
 use crate::bindings::wasi::http::types::Method;
 use crate::bindings::wasi::io::streams::InputStream;
+use crate::breaker::{self, Backend};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpError, Response};
 use crate::settings;
@@ -147,7 +148,7 @@ impl S3 {
         }
         // wasi:http sets Host from the authority itself.
         let headers: Vec<(String, String)> = signed.into_iter().filter(|(k, _)| k != "host").collect();
-        http::send(&http::Request {
+        let request = http::Request {
             method,
             https: self.https,
             authority: &self.authority,
@@ -155,8 +156,12 @@ impl S3 {
             headers: &headers,
             body,
             timeout: self.timeout,
-        })
-        .map_err(http_error)
+        };
+        breaker::guarded(
+            Backend::Storage,
+            |cause| Error::Unavailable("s3", cause),
+            || http::send(&request).map_err(http_error),
+        )
     }
 
     /// An answer no call expects: the status and S3's error code.

@@ -959,6 +959,70 @@ async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker
     }
 }
 
+/// S3 goes silent mid-connection (every packet to it dropped, the
+/// connection Spin pools for it left open). The first NAR request to ask
+/// it waits out one `backend_timeout_ms` and trips the node's S3 breaker;
+/// it, and the requests after it, are served from the upstream without
+/// being stored, and for a cool-down (2 s) no request waits for S3 (not
+/// for its stat, nor for the commit after the download). Once S3 answers
+/// again the next probe closes the breaker: the NAR is stored, then hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
+    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
+    let region = Region::between(&shared, &mut vars).await;
+    vars.insert("backend_timeout_ms".into(), "2000".into());
+    let spin = SpinUp::start(&cli, vars).await;
+    let cache = fx.cache("none");
+    let nar_of = |path: &str| format!("{}{}", spin.url(), nar_url(&cache, path));
+    let want = std::fs::read(cache.join(nar_url(&cache, &fx.leaf).trim_start_matches('/'))).unwrap();
+    let timed = |url: String| async move {
+        let started = Instant::now();
+        let answer = cached(&url, None).await;
+        (answer, started.elapsed())
+    };
+    // Another NAR stored and hit (Spin then pools a connection to S3);
+    // the leaf's narinfo recorded, its NAR never asked for.
+    for path in [&fx.mid, &fx.leaf] {
+        assert_eq!(cached(&format!("{}/{}.narinfo", spin.url(), hash_of(path)), None).await.1, "MISS");
+    }
+    assert_eq!(cached(&nar_of(&fx.mid), None).await.1, "MISS");
+    assert_eq!(cached(&nar_of(&fx.mid), None).await.1, "HIT");
+    assert!(region.s3.connections() > 0, "the node never connected to S3");
+
+    let silent = DroppedPort::new(region.s3.port).unwrap_or_else(|e| panic!("cannot drop packets: {e}"));
+    let connect = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(region.s3.addr())).await;
+    assert!(connect.is_err(), "packets to S3 still arrive: {connect:?}");
+    // From the upstream, not stored: after one wait for S3 (its stat).
+    let (first, took) = timed(nar_of(&fx.leaf)).await;
+    assert_eq!((first.0, first.1.as_str()), (200, "MISS"), "{}", spin.log());
+    assert_eq!(first.2, want);
+    assert!(took >= Duration::from_millis(1_500), "answered in {took:?}: S3 was not asked");
+    eprintln!("first NAR after the partition began: {took:?}");
+    // The breaker is open: the same again, without a wait (a wait is a
+    // timeout, 2 s).
+    let (second, took) = timed(nar_of(&fx.leaf)).await;
+    assert_eq!((second.0, second.1.as_str(), &second.2), (200, "MISS", &want), "{}", spin.log());
+    assert!(took < Duration::from_millis(1_500), "served after {took:?} with the breaker open:\n{}", spin.log());
+    let log = spin.log();
+    assert!(log.contains("S3 did not answer"), "{log}");
+    assert!(!log.contains("panicked"), "an instance trapped:\n{log}");
+    assert_eq!(shared.up.hits(&nar_url(&cache, &fx.leaf)), 2, "each answer came from the upstream");
+
+    // The partition ends: within a cool-down the NAR is stored again, and
+    // then served from S3.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = cached(&nar_of(&fx.leaf), None).await;
+        assert_eq!((answer.0, &answer.2), (200, &want), "{}", spin.log());
+        if answer.1 == "HIT" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stored 10 s after the partition: {}\n{}", answer.1, spin.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Where a Spin node's `default` key-value store lives.
 enum Store {
     /// Spin's own (SQLite), a file in the app's folder: the default.

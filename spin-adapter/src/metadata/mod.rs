@@ -72,8 +72,9 @@ use std::cell::OnceCell;
 use crate::bindings::exports::ncps::edge::metadata::{Eviction, Guest, NarRecord, NarinfoRecord};
 use crate::bindings::exports::ncps::edge::types::Error as WitError;
 use crate::bindings::fermyon::spin::rdbms_types::{Error as DbError, ParameterValue as P, RowSet};
+use crate::breaker::{self, Backend};
 use crate::error::{Error, Result};
-use crate::{breaker, settings, tier};
+use crate::{settings, tier};
 
 /// The statements of one dialect, in the order of their parameters.
 pub struct Statements {
@@ -105,16 +106,7 @@ impl Db {
     /// answer ([`breaker`]); a connect that failed slowly trips it.
     fn open() -> Result<Self> {
         let url = settings::required("database_url")?;
-        if let Some(cause) = breaker::open() {
-            return Err(Error::Unavailable("database", cause));
-        }
-        let started = now_ms();
-        let opened = Self::connect(&url);
-        match &opened {
-            Ok(_) => breaker::close(),
-            Err(e) => breaker::trip_if_slow(started, e),
-        }
-        opened
+        breaker::guarded(Backend::Database, |cause| Error::Unavailable("database", cause), || Self::connect(&url))
     }
 
     /// Connect to `url` in the dialect its scheme names.
@@ -212,7 +204,7 @@ fn run<T>(f: impl Fn(&Db) -> std::result::Result<T, DbError>) -> Result<T> {
             let lost = lost_connection(&e);
             let e = db_error(e);
             if lost {
-                breaker::trip_if_slow(started, &e);
+                breaker::trip_if_slow(Backend::Database, started, &e);
             }
             Err(e)
         }

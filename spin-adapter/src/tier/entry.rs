@@ -243,7 +243,15 @@ mod tests {
         // An entry without a scope (as written before entries carried one).
         assert!(expired("absent/narinfo/s/h", format!("{} {NOW}", NOW + AGE).as_bytes(), NOW, AGE));
         assert!(expired("narinfo/h", encode_narinfo(&record(), NOW).as_bytes(), NOW, AGE));
-        for note in ["purge-log", "purge-log-read", "settings/variables", "sweep/at", "breaker/database", "other"] {
+        for note in [
+            "purge-log",
+            "purge-log-read",
+            "settings/variables",
+            "sweep/at",
+            "breaker/database",
+            "breaker/storage",
+            "other",
+        ] {
             assert_eq!(Kind::of(note), None);
             assert!(!expired(note, b"0", NOW, AGE), "{note}");
         }

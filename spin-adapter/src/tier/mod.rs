@@ -133,8 +133,8 @@ pub fn will_read(path: &str) {
 }
 
 /// Read `first` (the settings) in one call with what the lookup of the
-/// path this instance answers ([`will_read`]) reads, the database's
-/// breaker (read when the lookup misses the tier) and where the node
+/// path this instance answers ([`will_read`]) reads, the breakers of the
+/// database and S3 (read when the lookup misses the tier) and where the node
 /// stands in the purge log. Names keys only: no setting is read here.
 pub(crate) fn read_with(first: &str) {
     let Some(path) = WILL_READ.with(|will| will.borrow_mut().take()) else { return };
@@ -143,7 +143,8 @@ pub(crate) fn read_with(first: &str) {
         Some(Named::Object(key)) => nar_lookup(key),
         None => return,
     };
-    read_ahead([vec![first.to_owned(), crate::breaker::KEY.to_owned()], lookup].concat());
+    let breakers = crate::breaker::Backend::ALL.map(|b| b.key().to_owned());
+    read_ahead([vec![first.to_owned()], breakers.to_vec(), lookup].concat());
 }
 
 /// What a request path the tier keeps answers for names.

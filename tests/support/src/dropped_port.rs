@@ -5,12 +5,20 @@
 //!
 //! It takes loopback's root qdisc (an HTB class that queues nothing, fed by
 //! a `u32` filter on the destination port; the `drop` action needs a kernel
-//! module containers often lack). One at a time per machine.
+//! module containers often lack). One at a time per machine: a second one
+//! in the same process waits until the first is dropped (test binaries run
+//! one after another).
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by the one [`DroppedPort`] of this process.
+static LOOPBACK: Mutex<()> = Mutex::new(());
 
 /// Drops every packet sent to a loopback port while it lives.
-pub struct DroppedPort(());
+pub struct DroppedPort {
+    _loopback: MutexGuard<'static, ()>,
+}
 
 fn tc(args: &str) -> Result<(), String> {
     let out = Command::new("tc")
@@ -26,6 +34,9 @@ fn tc(args: &str) -> Result<(), String> {
 impl DroppedPort {
     /// Start dropping packets sent to `port` on loopback, or say why not.
     pub fn new(port: u16) -> Result<DroppedPort, String> {
+        // A test that panicked while it held loopback left it whole: its
+        // guard was dropped, and with it the qdisc.
+        let loopback = LOOPBACK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // What a killed run left behind.
         let _ = tc("qdisc del dev lo root");
         let steps = [
@@ -35,7 +46,7 @@ impl DroppedPort {
             "qdisc add dev lo parent 1:20 handle 20: pfifo limit 0".to_owned(),
             format!("filter add dev lo parent 1: protocol ip prio 1 u32 match ip dport {port} 0xffff flowid 1:20"),
         ];
-        let dropped = DroppedPort(());
+        let dropped = DroppedPort { _loopback: loopback };
         for step in &steps {
             tc(step)?;
         }
