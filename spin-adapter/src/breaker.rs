@@ -55,6 +55,14 @@ impl Backend {
         }
     }
 
+    /// The backend its errors name.
+    const fn error_name(self) -> &'static str {
+        match self {
+            Backend::Database => "database",
+            Backend::Storage => "s3",
+        }
+    }
+
     /// What the log calls it.
     const fn name(self) -> &'static str {
         match self {
@@ -87,7 +95,7 @@ enum Seen {
 }
 
 thread_local! {
-    static SEEN: RefCell<[Seen; 2]> = RefCell::default();
+    static SEEN: RefCell<[Seen; Backend::ALL.len()]> = RefCell::default();
 }
 
 fn seen(backend: Backend) -> Seen {
@@ -176,16 +184,12 @@ pub fn close(backend: Backend) {
     set_seen(backend, Seen::Asking { noted: false });
 }
 
-/// Ask `backend` with `call`, unless its breaker is open (then the
-/// refusal, as `refused` makes it); a call that failed slowly trips the
+/// Ask `backend` with `call`, unless its breaker is open (then an
+/// `Unavailable` error that says why); a call that failed slowly trips the
 /// breaker, one that succeeded closes it.
-pub fn guarded<T>(
-    backend: Backend,
-    refused: impl FnOnce(String) -> Error,
-    call: impl FnOnce() -> crate::error::Result<T>,
-) -> crate::error::Result<T> {
+pub fn guarded<T>(backend: Backend, call: impl FnOnce() -> crate::error::Result<T>) -> crate::error::Result<T> {
     if let Some(cause) = open(backend) {
-        return Err(refused(cause));
+        return Err(Error::Unavailable(backend.error_name(), cause));
     }
     let started = now_ms();
     let answer = call();

@@ -157,11 +157,7 @@ impl S3 {
             body,
             timeout: self.timeout,
         };
-        breaker::guarded(
-            Backend::Storage,
-            |cause| Error::Unavailable("s3", cause),
-            || http::send(&request).map_err(http_error),
-        )
+        breaker::guarded(Backend::Storage, || http::send(&request).map_err(http_error))
     }
 
     /// An answer no call expects: the status and S3's error code.

@@ -550,6 +550,13 @@ async fn cached(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
     (resp.status().as_u16(), x_cache, resp.bytes().await.unwrap().to_vec())
 }
 
+/// [`cached`] of `url`, and how long the answer took.
+async fn timed(url: &str) -> ((u16, String, Vec<u8>), Duration) {
+    let started = Instant::now();
+    let answer = cached(url, None).await;
+    (answer, started.elapsed())
+}
+
 /// The region fails (its database, Redis and S3 refuse): what a Spin node
 /// keeps, past its `max_age_s`, is answered marked stale, as a native
 /// node cut off from the region answers; what it does not keep is not.
@@ -910,11 +917,6 @@ async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker
     let spin = SpinUp::start(&cli, vars).await;
     let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
     let unknown = format!("{}/{}.narinfo", spin.url(), "1".repeat(32));
-    let timed = |url: String| async move {
-        let started = Instant::now();
-        let answer = cached(&url, None).await;
-        (answer, started.elapsed())
-    };
     // Kept (the hit after the miss reads the database, on a connection
     // Spin then pools), then past max_age_s: a hit must ask the database.
     assert_eq!(cached(&narinfo, None).await.1, "MISS");
@@ -927,17 +929,17 @@ async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker
     let connect = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(region.db.addr())).await;
     assert!(connect.is_err(), "packets to the database still arrive: {connect:?}");
     // `cached` gives up after 10 s: without the timeouts this waits minutes.
-    let (first, took) = timed(narinfo.clone()).await;
+    let (first, took) = timed(&narinfo).await;
     assert_eq!(first, (200, "STALE".into(), fresh.2.clone()), "{}", spin.log());
     assert!(took >= Duration::from_millis(1_500), "answered in {took:?}: the database was not asked");
     eprintln!("first answer after the partition began: {took:?} ({} connections opened)", region.db.connections());
     // The breaker is open: no request waits for the database (a wait is
     // a connect timeout, 2 s).
-    let (stale, took) = timed(narinfo.clone()).await;
+    let (stale, took) = timed(&narinfo).await;
     assert_eq!(stale, (200, "STALE".into(), fresh.2.clone()), "{}", spin.log());
     assert!(took < Duration::from_millis(1_500), "stale after {took:?} with the breaker open:\n{}", spin.log());
     // Never kept: passed through to the upstream, which has none.
-    let ((status, _, _), took) = timed(unknown.clone()).await;
+    let ((status, _, _), took) = timed(&unknown).await;
     assert_eq!(status, 404, "{}", spin.log());
     assert!(took < Duration::from_millis(1_500), "404 after {took:?} with the breaker open:\n{}", spin.log());
     let log = spin.log();
@@ -975,11 +977,6 @@ async fn s3_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
     let cache = fx.cache("none");
     let nar_of = |path: &str| format!("{}{}", spin.url(), nar_url(&cache, path));
     let want = std::fs::read(cache.join(nar_url(&cache, &fx.leaf).trim_start_matches('/'))).unwrap();
-    let timed = |url: String| async move {
-        let started = Instant::now();
-        let answer = cached(&url, None).await;
-        (answer, started.elapsed())
-    };
     // Another NAR stored and hit (Spin then pools a connection to S3);
     // the leaf's narinfo recorded, its NAR never asked for.
     for path in [&fx.mid, &fx.leaf] {
@@ -993,14 +990,14 @@ async fn s3_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
     let connect = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(region.s3.addr())).await;
     assert!(connect.is_err(), "packets to S3 still arrive: {connect:?}");
     // From the upstream, not stored: after one wait for S3 (its stat).
-    let (first, took) = timed(nar_of(&fx.leaf)).await;
+    let (first, took) = timed(&nar_of(&fx.leaf)).await;
     assert_eq!((first.0, first.1.as_str()), (200, "MISS"), "{}", spin.log());
     assert_eq!(first.2, want);
     assert!(took >= Duration::from_millis(1_500), "answered in {took:?}: S3 was not asked");
     eprintln!("first NAR after the partition began: {took:?}");
     // The breaker is open: the same again, without a wait (a wait is a
     // timeout, 2 s).
-    let (second, took) = timed(nar_of(&fx.leaf)).await;
+    let (second, took) = timed(&nar_of(&fx.leaf)).await;
     assert_eq!((second.0, second.1.as_str(), &second.2), (200, "MISS", &want), "{}", spin.log());
     assert!(took < Duration::from_millis(1_500), "served after {took:?} with the breaker open:\n{}", spin.log());
     let log = spin.log();

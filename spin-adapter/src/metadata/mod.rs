@@ -106,7 +106,7 @@ impl Db {
     /// answer ([`breaker`]); a connect that failed slowly trips it.
     fn open() -> Result<Self> {
         let url = settings::required("database_url")?;
-        breaker::guarded(Backend::Database, |cause| Error::Unavailable("database", cause), || Self::connect(&url))
+        breaker::guarded(Backend::Database, || Self::connect(&url))
     }
 
     /// Connect to `url` in the dialect its scheme names.
