@@ -19,6 +19,23 @@ async fn idle_rate(fleet: &Fleet, window: Duration) -> Option<f64> {
     Some((fleet.statements()? - before) as f64 / window.as_secs_f64())
 }
 
+/// Connections to the fleet's database once the idle pools have closed
+/// what they opened beyond their idle count: the fewest seen over one more
+/// of MySQL's pool checks (every [`IDLE_CLOSE`] / 2, so the last one due
+/// may fall just after the wait in [`run`]), or at once when there is no
+/// more than one per node, the fewest a node holds.
+async fn settled_connections(fleet: &Fleet) -> i64 {
+    let deadline = Instant::now() + IDLE_CLOSE / 2 + Duration::from_secs(1);
+    let mut fewest = i64::MAX;
+    loop {
+        fewest = fewest.min(fleet.watcher.lock().await.connections(&fleet.database).await);
+        if fewest <= fleet.nodes.len() as i64 || Instant::now() >= deadline {
+            return fewest;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// What `work` returned, and the statements it caused, the idle rate over
 /// its duration taken off.
 pub(super) async fn statements_of<T>(
@@ -66,7 +83,7 @@ pub async fn run(shape: &Shape) -> Report {
     };
     report.server = shape.server;
     report.max_connections = fleet.watcher.lock().await.max_connections().await;
-    report.idle_connections = fleet.watcher.lock().await.connections(&fleet.database).await;
+    report.idle_connections = settled_connections(&fleet).await;
     report.idle_statements_per_s = idle_rate(&fleet, Duration::from_secs(5)).await;
 
     // A narinfo: its first ask (fetched upstream), the first at every
