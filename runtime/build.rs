@@ -1,7 +1,10 @@
 //! Builds the handler component and the Spin adapter (`wasm32-wasip2`,
 //! release) so that `cargo build`/`cargo run`/`cargo test` need no manual
-//! step. The nested cargo uses its own target directory under OUT_DIR
-//! (sharing the outer one would deadlock on cargo's build lock).
+//! step. The nested cargo uses a target directory of its own (sharing the
+//! outer one would deadlock on cargo's build lock): `spin/build` in the
+//! workspace's target folder, the one `spin.toml`'s build command names, so
+//! a debug build, a release build and `spin build` make the two components
+//! once between them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,7 +15,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let target_dir = out_dir.join("handler-target");
+    let target_dir = components_target_dir(&root);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -55,14 +58,28 @@ fn main() {
     for path in watched {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    let wasm = release.join("ncps_edge_handler.wasm");
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("handler component missing at {}: {e}", wasm.display()));
+    // This build's own copies: a later build into the shared folder (another
+    // profile, `spin build`) never changes what this one embeds or names.
+    let [wasm, adapter] = ["ncps_edge_handler.wasm", "ncps_edge_spin_adapter.wasm"].map(|name| {
+        let copy = out_dir.join(name);
+        std::fs::copy(release.join(name), &copy)
+            .unwrap_or_else(|e| panic!("component missing at {}: {e}", release.join(name).display()));
+        copy
+    });
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()));
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_WASM={}", wasm.display());
-    let adapter = release.join("ncps_edge_spin_adapter.wasm");
     println!("cargo:rustc-env=NCPS_EDGE_SPIN_ADAPTER_WASM={}", adapter.display());
     let digest = sha2::Sha256::digest(&bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_SHA256={hex}");
+}
+
+/// `spin/build` under `CARGO_TARGET_DIR` when that is an absolute path,
+/// else under the workspace's `target` (a relative one is relative to where
+/// cargo was started, which a build script is not told).
+fn components_target_dir(root: &std::path::Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).filter(|d| d.is_absolute());
+    target.unwrap_or_else(|| root.join("target")).join("spin/build")
 }
 
 /// The workspace files a dep-info file (`<output>: <source> <source> …`)
