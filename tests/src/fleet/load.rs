@@ -143,7 +143,11 @@ async fn wrk(
     Counted::parse(&text).unwrap_or_else(|| panic!("wrk at {url} counted nothing: {text}"))
 }
 
-/// The most connections to the fleet's database while `work` runs.
+/// The most connections to the fleet's database while `work` runs, held
+/// across two readings in a row. A pool closes a connection it dropped in
+/// a task of its own (mysql_async does), so the server can list it for a
+/// moment after the pool has opened its replacement; what a node holds
+/// lasts longer than that.
 pub(crate) async fn peak_connections_during<T>(fleet: &Fleet, work: impl std::future::Future<Output = T>) -> (T, i64) {
     let peak = Arc::new(AtomicI64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -151,8 +155,11 @@ pub(crate) async fn peak_connections_during<T>(fleet: &Fleet, work: impl std::fu
         let (peak, sampling, database) = (peak.clone(), sampling.clone(), fleet.database.clone());
         let watcher = fleet.watcher.clone();
         tokio::spawn(async move {
+            let mut last = 0;
             while sampling.load(Ordering::Acquire) {
-                peak.fetch_max(watcher.lock().await.connections(&database).await, Ordering::AcqRel);
+                let now = watcher.lock().await.connections(&database).await;
+                peak.fetch_max(now.min(last), Ordering::AcqRel);
+                last = now;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
