@@ -24,7 +24,16 @@
 //! since a read and a write of the store are not one step). A probe that
 //! gets its answer removes the note.
 //!
-//! Both notes are read in the same call as the settings and a hit's entry
+//! Spin 3.6.3 gives its Redis and MySQL clients no timeout at all: a call
+//! to one that went silent waits until the kernel gives up (minutes), and
+//! an instance cannot cut it short. So a call to those ([`watched`])
+//! notes in the store when it began ([`Backend::asked_key`], unless a note
+//! of an earlier call still stands) and removes the note when it returns.
+//! An instance that finds such a note older than `backend_timeout_ms`
+//! trips the breaker for the call that did not return: that call's
+//! request still waits, the node's others do not.
+//!
+//! The notes are read in the same call as the settings and a hit's entry
 //! (`tier::read_with`), so a hit pays nothing for them, and an instance
 //! reads each note at most once (then once more per cool-down it outlives).
 
@@ -41,17 +50,36 @@ pub enum Backend {
     Database,
     /// The S3 bucket of NARs.
     Storage,
+    /// Redis: locks and the purge log.
+    Redis,
 }
 
 impl Backend {
     /// Every backend with a breaker.
-    pub const ALL: [Backend; 2] = [Backend::Database, Backend::Storage];
+    pub const ALL: [Backend; 3] = [Backend::Database, Backend::Storage, Backend::Redis];
 
     /// The key of the backend's note in the node-local store.
     pub const fn key(self) -> &'static str {
         match self {
             Backend::Database => "breaker/database",
             Backend::Storage => "breaker/storage",
+            Backend::Redis => "breaker/redis",
+        }
+    }
+
+    /// Whether calls to the backend may be [`watched`]: its client under
+    /// Spin may have no timeout (Redis; the database when it is MySQL).
+    pub const fn unbounded(self) -> bool {
+        !matches!(self, Backend::Storage)
+    }
+
+    /// The key of the note of a [`watched`] call to the backend under way:
+    /// when it began (ms).
+    pub const fn asked_key(self) -> &'static str {
+        match self {
+            Backend::Database => "breaker/database/asked",
+            Backend::Storage => "breaker/storage/asked",
+            Backend::Redis => "breaker/redis/asked",
         }
     }
 
@@ -60,6 +88,7 @@ impl Backend {
         match self {
             Backend::Database => "database",
             Backend::Storage => "s3",
+            Backend::Redis => "redis",
         }
     }
 
@@ -68,6 +97,7 @@ impl Backend {
         match self {
             Backend::Database => "the database",
             Backend::Storage => "S3",
+            Backend::Redis => "Redis",
         }
     }
 
@@ -117,6 +147,16 @@ fn parse(note: &[u8]) -> Option<(i64, String)> {
     Some((until.parse().ok()?, cause.to_owned()))
 }
 
+/// Whether the node has a note for `backend`: it did not answer, and it
+/// is not to be asked, or the probe that asks it has not had its answer.
+pub fn noted(backend: Backend) -> bool {
+    match seen(backend) {
+        Seen::Asking { noted } => noted,
+        Seen::Open { .. } => true,
+        Seen::Unread => kv::get(backend.key()).is_some(),
+    }
+}
+
 /// Why `backend` is not to be asked now; none when it may be (no note, or
 /// this instance is the probe).
 pub fn open(backend: Backend) -> Option<String> {
@@ -125,6 +165,9 @@ pub fn open(backend: Backend) -> Option<String> {
         Seen::Asking { .. } => return None,
         Seen::Open { until, cause } if now < until => return Some(refusal(backend, &cause, until - now)),
         Seen::Open { .. } | Seen::Unread => {}
+    }
+    if let Some(cause) = unanswered(backend, now) {
+        return Some(cause);
     }
     let Some((until, cause)) = kv::get(backend.key()).as_deref().and_then(parse) else {
         set_seen(backend, Seen::Asking { noted: false });
@@ -138,6 +181,43 @@ pub fn open(backend: Backend) -> Option<String> {
     let _ = kv::set(backend.key(), note(now + COOL_DOWN_MS, &cause).as_bytes());
     set_seen(backend, Seen::Asking { noted: true });
     None
+}
+
+/// When a [`watched`] call to `backend` began `backend_timeout_ms` or
+/// more before `now` and has not returned: the breaker trips (the note of
+/// that call goes, so the probe after the cool-down starts a note of its
+/// own), and why the backend is not to be asked.
+fn unanswered(backend: Backend, now: i64) -> Option<String> {
+    if !backend.unbounded() {
+        return None;
+    }
+    let began: i64 = std::str::from_utf8(&kv::get(backend.asked_key())?).ok()?.parse().ok()?;
+    let waited = now - began;
+    if u128::try_from(waited).unwrap_or(0) < settings::backend_timeout().as_millis() {
+        return None;
+    }
+    let _ = kv::delete(&[backend.asked_key().to_owned()]);
+    let e = Error::Timeout(
+        backend.error_name(),
+        format!("a call begun {waited} ms ago has not returned (`backend_timeout_ms`; its client has no timeout)"),
+    );
+    Some(trip(backend, &e))
+}
+
+/// Call `backend` with `call`, noting in the node-local store when it
+/// began unless a note of a call under way stands, and removing the note
+/// it wrote when the call returns: for the backends whose client under
+/// Spin has no timeout (Redis, MySQL), so that the node's other instances
+/// see a call that never returns ([`unanswered`]). Three calls to the
+/// store around each: for calls that go to the region anyway.
+pub fn watched<R>(backend: Backend, call: impl FnOnce() -> R) -> R {
+    let key = backend.asked_key();
+    let noted = kv::get(key).is_none() && matches!(kv::set(key, now_ms().to_string().as_bytes()), Some(Ok(())));
+    let answer = call();
+    if noted {
+        let _ = kv::delete(&[key.to_owned()]);
+    }
+    answer
 }
 
 fn refusal(backend: Backend, cause: &str, in_ms: i64) -> String {
@@ -159,8 +239,8 @@ pub fn trip_if_slow(backend: Backend, started: i64, e: &Error) {
 }
 
 /// `backend` did not answer (`e`): the node stops asking it for a
-/// cool-down.
-fn trip(backend: Backend, e: &Error) {
+/// cool-down. Why it is not to be asked.
+fn trip(backend: Backend, e: &Error) -> String {
     let cause = match e {
         Error::Unavailable(_, m) | Error::Timeout(_, m) | Error::Internal(_, m) => m,
         Error::Conflict(m) | Error::Invalid(m) => m,
@@ -173,6 +253,7 @@ fn trip(backend: Backend, e: &Error) {
         &format!("{} did not answer: the node does not ask it for a cool-down", backend.name()),
         &[("cool_down_ms", &COOL_DOWN_MS.to_string()), ("error", first)],
     );
+    refusal(backend, first, COOL_DOWN_MS)
 }
 
 /// `backend` answered: a note this instance found (it probed) or wrote

@@ -4,6 +4,7 @@
 use std::cell::OnceCell;
 
 use crate::bindings::fermyon::spin::redis::{Connection, Error as RedisError, RedisParameter, RedisResult};
+use crate::breaker::{self, Backend};
 use crate::error::{Error, Result};
 use crate::settings;
 
@@ -21,8 +22,13 @@ fn redis_error(e: RedisError) -> Error {
     }
 }
 
-/// Run `f` on the connection.
+/// Run `f` on the connection, unless the node's breaker for Redis is open
+/// (Spin's Redis client has no timeout: the call is [`breaker::watched`]).
 pub fn with<T>(f: impl FnOnce(&Connection) -> std::result::Result<T, RedisError>) -> Result<T> {
+    breaker::guarded(Backend::Redis, || breaker::watched(Backend::Redis, || call(f)))
+}
+
+fn call<T>(f: impl FnOnce(&Connection) -> std::result::Result<T, RedisError>) -> Result<T> {
     CONNECTION.with(|cell| {
         if cell.get().is_none() {
             // Locks under Spin go over Redis only: PostgreSQL advisory

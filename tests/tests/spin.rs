@@ -6,7 +6,8 @@
 //! that fail closed, backends that cannot be reached answered with a 503
 //! and a log line naming the cause (a database that drops packets within
 //! one backend timeout; one that goes silent mid-connection trips the
-//! node's breaker), Spin's PostgreSQL connection pool, and
+//! node's breaker; a silent Redis or MySQL, whose clients take no timeout,
+//! holds one request, not every one), Spin's PostgreSQL connection pool, and
 //! a stopped node that leaves no process or connection behind. A trapped
 //! instance's lease is checked in the Spin-shaped host, which can kill an
 //! instance on cue.
@@ -557,6 +558,36 @@ async fn timed(url: &str) -> ((u16, String, Vec<u8>), Duration) {
     (answer, started.elapsed())
 }
 
+/// After a partition ended: `probe` (given the attempt's number) says the
+/// node is back (`Ok`), or what it answered, every 200 ms; it is back
+/// within 10 s.
+async fn back_within_10s<F, Fut>(spin: &SpinUp, mut probe: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let Err(answer) = probe(attempt).await else { return };
+        assert!(Instant::now() < deadline, "not back 10 s after the partition: {answer}\n{}", spin.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// After a partition ended: `url` is answered fresh (a `HIT` of `body`)
+/// within 10 s.
+async fn fresh_within_10s(url: &str, body: &[u8], spin: &SpinUp) {
+    back_within_10s(spin, |_| async move {
+        let answer = cached(url, None).await;
+        if (answer.0, answer.1.as_str()) != (200, "HIT") {
+            return Err(format!("{answer:?}"));
+        }
+        assert_eq!(answer.2, body);
+        Ok(())
+    })
+    .await;
+}
+
 /// The region fails (its database, Redis and S3 refuse): what a Spin node
 /// keeps, past its `max_age_s`, is answered marked stale, as a native
 /// node cut off from the region answers; what it does not keep is not.
@@ -910,19 +941,11 @@ async fn a_database_that_drops_packets_costs_a_spin_request_one_backend_timeout(
 /// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
-    let Some((cli, fx, shared, mut vars)) = spin_backends("none").await else { return };
-    let region = Region::between(&shared, &mut vars).await;
-    vars.insert("max_age_s".into(), "1".into());
-    vars.insert("backend_timeout_ms".into(), "2000".into());
-    let spin = SpinUp::start(&cli, vars).await;
-    let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
+    let Some((cli, fx, shared, _)) = spin_backends("none").await else { return };
+    let settings = [("max_age_s", "1"), ("backend_timeout_ms", "2000")];
+    let (spin, region, narinfo, fresh) = kept_behind_region(&cli, fx, &shared, &settings).await;
     let unknown = format!("{}/{}.narinfo", spin.url(), "1".repeat(32));
-    // Kept (the hit after the miss reads the database, on a connection
-    // Spin then pools), then past max_age_s: a hit must ask the database.
-    assert_eq!(cached(&narinfo, None).await.1, "MISS");
-    let fresh = cached(&narinfo, None).await;
-    assert_eq!((fresh.0, fresh.1.as_str()), (200, "HIT"));
-    assert!(region.db.connections() > 0, "the node never connected to the database");
+    // Past max_age_s: a hit must ask the database.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     let silent = DroppedPort::new(region.db.port).unwrap_or_else(|e| panic!("cannot drop packets: {e}"));
@@ -949,16 +972,7 @@ async fn a_database_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker
     // The partition ends: within a cool-down (and a connect) the answers
     // are fresh again.
     drop(silent);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = cached(&narinfo, None).await;
-        if (answer.0, answer.1.as_str()) == (200, "HIT") {
-            assert_eq!(answer.2, fresh.2);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not fresh 10 s after the partition: {answer:?}\n{}", spin.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fresh_within_10s(&narinfo, &fresh.2, &spin).await;
 }
 
 /// S3 goes silent mid-connection (every packet to it dropped, the
@@ -1018,6 +1032,123 @@ async fn s3_that_goes_silent_mid_connection_trips_the_spin_nodes_breaker() {
         assert!(Instant::now() < deadline, "not stored 10 s after the partition: {}\n{}", answer.1, spin.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A node's answer: status, `x-cache` and body.
+type Answer = (u16, String, Vec<u8>);
+
+/// A Spin node on `shared` behind a [`Region`] of proxies, with `settings`
+/// among its variables, that read the fixture's leaf narinfo once (a
+/// `MISS`) and answered it again (a `HIT`, from its tier: the database on a
+/// connection Spin may pool): the node, the region, that narinfo's URL and
+/// the `HIT`.
+async fn kept_behind_region(
+    cli: &std::path::Path,
+    fx: &Fixture,
+    shared: &Shared,
+    settings: &[(&str, &str)],
+) -> (SpinUp, Region, String, Answer) {
+    let mut vars = shared.variables(fx);
+    let region = Region::between(shared, &mut vars).await;
+    vars.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let spin = SpinUp::start(cli, vars).await;
+    let narinfo = format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf));
+    assert_eq!(cached(&narinfo, None).await.1, "MISS");
+    let fresh = cached(&narinfo, None).await;
+    assert_eq!((fresh.0, fresh.1.as_str()), (200, "HIT"));
+    assert!(region.db.connections() > 0, "the node never connected to the database");
+    (spin, region, narinfo, fresh)
+}
+
+/// `backend` (as the log names it) went silent for `spin`, and `url` needs
+/// it: the next request to `url` meets the silence and waits (its connect
+/// is retried for minutes), and from `backend_timeout_ms` (1 s) after it,
+/// `rounds.0` requests `rounds.1` apart are answered `want` in under 0.7 s
+/// each, where without the breaker each would wait too; the log says the
+/// breaker tripped on a call that had not returned.
+async fn one_request_waits_on(spin: &SpinUp, url: &str, backend: &str, rounds: (u32, Duration), want: &Answer) {
+    let held = tokio::spawn({
+        let url = url.to_owned();
+        async move { tokio::time::timeout(Duration::from_secs(5), reqwest::get(url)).await.is_err() }
+    });
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    for round in 0..rounds.0 {
+        let (answer, took) = timed(url).await;
+        assert_eq!(&answer, want, "round {round}: {}", spin.log());
+        assert!(took < Duration::from_millis(700), "round {round}: answered after {took:?}:\n{}", spin.log());
+        tokio::time::sleep(rounds.1).await;
+    }
+    assert!(held.await.unwrap(), "the request that met the silent {backend} was answered: it did not wait for it");
+    let log = spin.log();
+    assert!(log.contains(&format!("{backend} did not answer")), "{log}");
+    assert!(log.contains("has not returned"), "{log}");
+    assert!(!log.contains("panicked"), "an instance trapped:\n{log}");
+}
+
+/// Redis goes silent (every packet to it dropped: a new connection's SYN
+/// too). Spin's Redis client has no timeout, so the request that finds
+/// the tier's trust lapsed and reads the purge log waits for the kernel
+/// (minutes). The node's other requests do not: one that comes
+/// `backend_timeout_ms` after that call began sees its note, trips the
+/// node's Redis breaker and is answered from the database, and so are the
+/// ones after it, while reads after answers probe Redis. Once Redis
+/// answers again a probe closes the breaker and the tier is trusted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_goes_silent_holds_one_spin_request_not_every_one() {
+    let Some((cli, fx, shared, _)) = spin_backends("none").await else { return };
+    let (spin, region, narinfo, fresh) = kept_behind_region(&cli, fx, &shared, &[("backend_timeout_ms", "1000")]).await;
+    assert!(region.redis.connections() > 0, "the node never connected to Redis");
+
+    let silent = DroppedPort::new(region.redis.port).unwrap_or_else(|e| panic!("cannot drop packets: {e}"));
+    let connect =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(region.redis.addr())).await;
+    assert!(connect.is_err(), "packets to Redis still arrive: {connect:?}");
+    // Past the tier's trust (1 s after the last read of the purge log): the
+    // next hit reads the log first, and its call to Redis does not return.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    one_request_waits_on(&spin, &narinfo, "Redis", (5, Duration::from_millis(600)), &fresh).await;
+
+    // Redis answers again: within a cool-down and a probe the breaker
+    // closes, and a miss takes its lock there (while it is open, a miss
+    // gets a 503: "lock service unavailable").
+    drop(silent);
+    back_within_10s(&spin, |attempt| {
+        let unknown = format!("{}/{}{attempt:04}.narinfo", spin.url(), "1".repeat(28));
+        async move {
+            let (status, _, body) = cached(&unknown, None).await;
+            assert!([404, 503].contains(&status), "{status}: {}", String::from_utf8_lossy(&body));
+            if status == 503 {
+                return Err(String::from_utf8_lossy(&body).into_owned());
+            }
+            Ok(())
+        }
+    })
+    .await;
+}
+
+/// MySQL goes silent (every packet to it dropped). Spin's MySQL client has
+/// no timeout (and opens a connection per instance), so the request that
+/// meets the silence waits for the kernel; one that comes
+/// `backend_timeout_ms` after that call began sees its note and trips the
+/// node's database breaker: what the node keeps is answered stale, without
+/// a wait, as behind a silent PostgreSQL. Once MySQL answers again a probe
+/// closes the breaker: fresh answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mysql_that_goes_silent_holds_one_spin_request_not_every_one() {
+    let Some(cli) = spin_or_skip() else { return };
+    let fx = fixture();
+    let shared = Shared::on(fx.cache("none"), fresh_mysql().await).await;
+    let settings = [("max_age_s", "1"), ("backend_timeout_ms", "1000")];
+    let (spin, region, narinfo, fresh) = kept_behind_region(&cli, fx, &shared, &settings).await;
+    // Past max_age_s: a hit asks the database.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let silent = DroppedPort::new(region.db.port).unwrap_or_else(|e| panic!("cannot drop packets: {e}"));
+    let stale = (200, "STALE".to_owned(), fresh.2.clone());
+    one_request_waits_on(&spin, &narinfo, "the database", (3, Duration::from_millis(300)), &stale).await;
+
+    drop(silent);
+    fresh_within_10s(&narinfo, &fresh.2, &spin).await;
 }
 
 /// Where a Spin node's `default` key-value store lives.

@@ -6,7 +6,9 @@
 //! One connection per instance, opened once: a database that cannot be
 //! reached fails the rest of the request at once. Spin's PostgreSQL client
 //! gets connect and TCP user timeouts of `backend_timeout_ms` unless
-//! `database_url` names its own ([`postgres::bounded`]). A statement that
+//! `database_url` names its own ([`postgres::bounded`]); Spin's MySQL
+//! client takes none, so its calls (but the migrations, which wait for
+//! another node's by design) are [`breaker::watched`]. A statement that
 //! finds the schema missing applies the migrations (under the native
 //! nodes' migration lock) and runs again. Access times are written after
 //! the answer, at most once per key per node every 10 s
@@ -116,7 +118,7 @@ impl Db {
             "postgres" | "postgresql" => postgres::Db::open(&postgres::bounded(url, settings::backend_timeout()))
                 .map(Db::Postgres)
                 .map_err(db_error),
-            "mysql" => mysql::Db::open(url).map(Db::MySql).map_err(db_error),
+            "mysql" => breaker::watched(Backend::Database, || mysql::Db::open(url)).map(Db::MySql).map_err(db_error),
             _ => Err(Error::Invalid(
                 "the Spin variable `database_url` must be a postgres:// or mysql:// URL (no SQLite under Spin)".into(),
             )),
@@ -133,7 +135,7 @@ impl Db {
     fn query(&self, sql: &str, params: &[P]) -> std::result::Result<RowSet, DbError> {
         match self {
             Db::Postgres(c) => c.query(sql, params),
-            Db::MySql(c) => c.query(sql, params),
+            Db::MySql(c) => breaker::watched(Backend::Database, || c.query(sql, params)),
         }
     }
 
@@ -141,7 +143,7 @@ impl Db {
     fn execute(&self, sql: &str, params: &[P]) -> std::result::Result<u64, DbError> {
         match self {
             Db::Postgres(c) => c.execute(sql, params),
-            Db::MySql(c) => c.execute(sql, params),
+            Db::MySql(c) => breaker::watched(Backend::Database, || c.execute(sql, params)),
         }
     }
 
@@ -155,7 +157,7 @@ impl Db {
     fn evict(&self, key: &str) -> std::result::Result<Eviction, DbError> {
         match self {
             Db::Postgres(c) => c.evict(key),
-            Db::MySql(c) => c.evict(key),
+            Db::MySql(c) => breaker::watched(Backend::Database, || c.evict(key)),
         }
     }
 }

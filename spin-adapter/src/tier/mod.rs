@@ -134,7 +134,8 @@ pub fn will_read(path: &str) {
 
 /// Read `first` (the settings) in one call with what the lookup of the
 /// path this instance answers ([`will_read`]) reads, the breakers of the
-/// database and S3 (read when the lookup misses the tier) and where the node
+/// database, S3 and Redis with the notes of calls under way (read when the
+/// lookup misses the tier, or the purge log is read) and where the node
 /// stands in the purge log. Names keys only: no setting is read here.
 pub(crate) fn read_with(first: &str) {
     let Some(path) = WILL_READ.with(|will| will.borrow_mut().take()) else { return };
@@ -143,8 +144,11 @@ pub(crate) fn read_with(first: &str) {
         Some(Named::Object(key)) => nar_lookup(key),
         None => return,
     };
-    let breakers = crate::breaker::Backend::ALL.map(|b| b.key().to_owned());
-    read_ahead([vec![first.to_owned()], breakers.to_vec(), lookup].concat());
+    let breakers = crate::breaker::Backend::ALL.iter().flat_map(|b| {
+        let asked = b.unbounded().then(|| b.asked_key().to_owned());
+        std::iter::once(b.key().to_owned()).chain(asked)
+    });
+    read_ahead([vec![first.to_owned()], breakers.collect(), lookup].concat());
 }
 
 /// What a request path the tier keeps answers for names.
@@ -495,12 +499,16 @@ fn trusted() -> Option<Applied> {
     trusted_from(standing())
 }
 
-/// [`trusted`], where the node stood being `before`.
+/// [`trusted`], where the node stood being `before`. While the node's
+/// breaker for Redis has a note (Redis did not answer), no request reads
+/// the log before its answer: reads after answers probe Redis
+/// ([`read_log_if_due`]), so a client never waits on a Redis that went
+/// silent but for the one request that found it so.
 fn trusted_from(before: Option<Applied>) -> Option<Applied> {
     if let Some(fresh) = before.filter(|a| a.is_fresh(now_ms())) {
         return Some(fresh);
     }
-    if read_started_within(purge_log::TRUST_MS) {
+    if crate::breaker::noted(crate::breaker::Backend::Redis) || read_started_within(purge_log::TRUST_MS) {
         return None;
     }
     read_log(before)
