@@ -1,4 +1,4 @@
-//! Node-wide circuit breakers for the database and for S3, kept in the
+//! Node-wide circuit breakers for the database, S3 and Redis, kept in the
 //! node-local store, because under Spin every request is a fresh instance
 //! and only the store outlives it.
 //!
