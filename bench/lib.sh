@@ -63,3 +63,67 @@ to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms
 # The median of the numbers on stdin (space- or line-separated).
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR]=$1 } END { if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
+
+# A scratch folder $T, removed at exit with what runs from it: the
+# processes in PIDS (a negative one is a process group), nginx (started by
+# serve_static) and the database DB.
+scratch() {
+  T=$(mktemp -d)
+  PIDS=()
+  DB=""
+  trap scratch_cleanup EXIT
+}
+scratch_cleanup() {
+  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
+  [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
+  wait 2>/dev/null || true
+  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  rm -rf "$T"
+}
+
+# The region of Spin nodes named $1 (a lowercase name with hyphens), whose
+# upstream is $2 with the public key in $T/pk: an S3 server on S3_PORT
+# with the bucket $1 (keys $1 and $1-secret), a fresh database DB, the
+# lock prefix PREFIX, Redis on 127.0.0.1:6379, and every Spin variable a
+# node on them needs, exported (the node's hostname is $1).
+spin_region() {
+  S3_PORT=$(port)
+  mkdir -p "$T/s3/$1"
+  s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$1" --secret-key "$1-secret" "$T/s3" >/dev/null 2>&1 & PIDS+=($!)
+  DB="${1//-/_}_$$"
+  psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
+  PREFIX="$1-$$:"
+  export SPIN_VARIABLE_HOSTNAME=$1 SPIN_VARIABLE_UPSTREAM_URLS=$2 SPIN_VARIABLE_UPSTREAM_ORIGIN=$2
+  export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
+  export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
+  export SPIN_VARIABLE_LOCK_KEY_PREFIX=$PREFIX
+  # sslmode=disable: Spin's PostgreSQL client verifies a certificate the
+  # server offers, and a loopback address matches none.
+  export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
+  export SPIN_VARIABLE_S3_BUCKET=$1 SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+  export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
+  export SPIN_VARIABLE_S3_ACCESS_KEY_ID=$1 SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=$1-secret
+  export OTEL_SDK_DISABLED=true
+}
+
+# wrk and nginx, installed when missing; then every tool named ($@) is
+# on PATH, or the script stops saying which is not.
+need_tools() {
+  for tool in wrk nginx; do
+    command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; break; }
+  done
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+  done
+}
+
+# In the scratch folder (after scratch): a signed binary cache of one small
+# path (signed_leaf_cache) served by nginx, UPSTREAM the nodes' address of
+# it (port UP_PORT), REF_PORT nginx's own (serve_static).
+leaf_upstream() {
+  nix_scratch "$T"
+  signed_leaf_cache "$T"
+  REF_PORT=$(port) UP_PORT=$(port)
+  serve_static "$T" "$T/up" "$REF_PORT" "$UP_PORT"
+  UPSTREAM="http://127.0.0.1:$UP_PORT"
+}

@@ -22,48 +22,16 @@ ROUNDS=${ROUNDS:-3}
 for side in "$A" "$B"; do
   [ -f "$side/target/spin/ncps-edge.wasm" ] || { echo "no component in $side: run spin build there" >&2; exit 1; }
 done
-for tool in wrk nginx; do
-  command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; break; }
-done
-for tool in spin nix wrk nginx psql s3s-fs curl python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
+need_tools spin nix wrk nginx psql s3s-fs curl python3
 
-T=$(mktemp -d)
-PIDS=()
-DB=""
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
-  [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
-  wait 2>/dev/null || true
-  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
+scratch
 
 # A signed upstream cache of one small path, served by nginx.
-nix_scratch "$T"
-signed_leaf_cache "$T"
-REF_PORT=$(port) UP_PORT=$(port)
-serve_static "$T" "$T/up" "$REF_PORT" "$UP_PORT"
-UPSTREAM="http://127.0.0.1:$UP_PORT"
+leaf_upstream
 
-# The region: an S3 server, a fresh database, a lock prefix of its own.
-S3_PORT=$(port)
-mkdir -p "$T/s3/ncps-bench"
-s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key bench-secret "$T/s3" >/dev/null 2>&1 & PIDS+=($!)
-DB="ncps_bench_spin_ab_$$"
-psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
-
-export SPIN_VARIABLE_HOSTNAME=bench SPIN_VARIABLE_UPSTREAM_URLS=$UPSTREAM SPIN_VARIABLE_UPSTREAM_ORIGIN=$UPSTREAM
-export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
-export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
-export SPIN_VARIABLE_LOCK_KEY_PREFIX="bench-spin-ab-$$:"
-export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
-export SPIN_VARIABLE_S3_BUCKET=ncps-bench SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
-export SPIN_VARIABLE_S3_ACCESS_KEY_ID=bench SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=bench-secret
-export OTEL_SDK_DISABLED=true
+# The region: an S3 server, a fresh database, a lock prefix of its own,
+# and the Spin variables of a node on them.
+spin_region ncps-bench-ab "$UPSTREAM"
 printf '[key_value_store.default]\ntype = "spin"\n' > "$T/memory-store.toml"
 
 declare -A BASE HITS MISSES P99

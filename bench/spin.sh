@@ -20,52 +20,18 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 DURATION=${DURATION:-10s}
 MISS_DURATION=${MISS_DURATION:-30s}
-for tool in wrk nginx; do
-  command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; break; }
-done
-for tool in spin nix wrk nginx psql redis-cli s3s-fs curl python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
+need_tools spin nix wrk nginx psql redis-cli s3s-fs curl python3
 cargo build --release --locked -p ncps-edge >/dev/null 2>&1
 spin build >/dev/null 2>&1
 
-T=$(mktemp -d)
-PIDS=()
-DB=""
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
-  [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
-  wait 2>/dev/null || true
-  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
+scratch
 
 # A signed upstream cache of one small path, served by nginx.
-nix_scratch "$T"
-signed_leaf_cache "$T"
-REF_PORT=$(port) UP_PORT=$(port)
-serve_static "$T" "$T/up" "$REF_PORT" "$UP_PORT"
-UPSTREAM="http://127.0.0.1:$UP_PORT"
+leaf_upstream
 
-# The region: an S3 server, a fresh database, a lock prefix of its own.
-S3_PORT=$(port)
-mkdir -p "$T/s3/ncps-bench"
-s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key bench-secret "$T/s3" >/dev/null 2>&1 & PIDS+=($!)
-DB="ncps_bench_spin_$$"
-psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
-PREFIX="bench-spin-$$:"
-
-# The Spin node, its state in the scratch folder.
-export SPIN_VARIABLE_HOSTNAME=bench SPIN_VARIABLE_UPSTREAM_URLS=$UPSTREAM SPIN_VARIABLE_UPSTREAM_ORIGIN=$UPSTREAM
-export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
-export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
-export SPIN_VARIABLE_LOCK_KEY_PREFIX=$PREFIX
-export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
-export SPIN_VARIABLE_S3_BUCKET=ncps-bench SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
-export SPIN_VARIABLE_S3_ACCESS_KEY_ID=bench SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=bench-secret
-export OTEL_SDK_DISABLED=true
+# The region: an S3 server, a fresh database, a lock prefix of its own,
+# and the Spin variables of a node on them (its state in the scratch folder).
+spin_region ncps-bench "$UPSTREAM"
 SPIN_PORT=$(port)
 setsid spin up --listen "127.0.0.1:$SPIN_PORT" --state-dir "$T/state" > "$T/spin.log" 2>&1 & PIDS+=("-$!")
 wait_up "http://127.0.0.1:$SPIN_PORT/nix-cache-info" || { cat "$T/spin.log" >&2; exit 1; }
@@ -85,12 +51,12 @@ wait_up "http://127.0.0.1:$MISS_PORT/nix-cache-info" || { cat "$T/spin-miss.log"
 # Native nodes on the same backends: tier on (the default) and off.
 native() { # $1 port, rest: flags
   local p=$1; shift
-  ./target/release/ncps-edge serve --cache-hostname=bench --server-addr="127.0.0.1:$p" --log-level=warn \
+  ./target/release/ncps-edge serve --cache-hostname=ncps-bench --server-addr="127.0.0.1:$p" --log-level=warn \
     --cache-upstream-url="$UPSTREAM" --cache-upstream-public-key="$(cat "$T/pk")" \
     --cache-redis-addrs=127.0.0.1:6379 --cache-lock-redis-key-prefix="$PREFIX" \
     --cache-database-url="postgres://postgres@127.0.0.1:5432/$DB" \
     --cache-storage-s3-bucket=ncps-bench --cache-storage-s3-endpoint="http://127.0.0.1:$S3_PORT" \
-    --cache-storage-s3-access-key-id=bench --cache-storage-s3-secret-access-key=bench-secret \
+    --cache-storage-s3-access-key-id=ncps-bench --cache-storage-s3-secret-access-key=ncps-bench-secret \
     --cache-storage-s3-force-path-style --wasm-cache-dir="$T/wasm-cache" --cache-storage-local="$T/native$p" \
     "$@" > "$T/native$p.log" 2>&1 & PIDS+=($!)
   wait_up "http://127.0.0.1:$p/healthz"

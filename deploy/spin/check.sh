@@ -13,17 +13,8 @@ cd "$(dirname "$0")/../.."
 for tool in spin nix python3 psql s3s-fs curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
-T=$(mktemp -d)
-PIDS=()
-DB=""
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -z "$DB" ] || psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+scratch
 
 # A signed upstream cache: a closure of two paths.
 mkdir -p "$T/conf" "$T/xdg"
@@ -38,28 +29,9 @@ nix copy --store "$T/src" --to "file://$T/up?compression=none&secret-key=$T/sk" 
 UP_PORT=$(port)
 (cd "$T/up" && exec python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >/dev/null 2>&1) & PIDS+=($!)
 
-# S3 and a fresh database.
-S3_PORT=$(port)
-mkdir -p "$T/s3/ncps-spin-check"
-s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key check --secret-key check-secret "$T/s3" >/dev/null 2>&1 & PIDS+=($!)
-DB="ncps_spin_check_$$"
-psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
-
-# The node.
+# S3, a fresh database, and the node's Spin variables.
+spin_region ncps-spin-check "http://127.0.0.1:$UP_PORT"
 NODE_PORT=$(port)
-export SPIN_VARIABLE_HOSTNAME=spin-check
-export SPIN_VARIABLE_UPSTREAM_URLS="http://127.0.0.1:$UP_PORT"
-export SPIN_VARIABLE_UPSTREAM_ORIGIN="http://127.0.0.1:$UP_PORT"
-export SPIN_VARIABLE_UPSTREAM_PUBLIC_KEYS="$(cat "$T/pk")"
-export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:6379" SPIN_VARIABLE_REDIS_HOST="127.0.0.1:6379"
-export SPIN_VARIABLE_LOCK_KEY_PREFIX="spin-check-$$:"
-# sslmode=disable: Spin's PostgreSQL client verifies a certificate the
-# server offers, and a loopback address matches none.
-export SPIN_VARIABLE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable" SPIN_VARIABLE_DATABASE_HOST="127.0.0.1:5432"
-export SPIN_VARIABLE_S3_BUCKET=ncps-spin-check SPIN_VARIABLE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-export SPIN_VARIABLE_S3_ORIGIN="http://127.0.0.1:$S3_PORT" SPIN_VARIABLE_S3_FORCE_PATH_STYLE=true
-export SPIN_VARIABLE_S3_ACCESS_KEY_ID=check SPIN_VARIABLE_S3_SECRET_ACCESS_KEY=check-secret
-export OTEL_SDK_DISABLED=true
 spin build
 # In a process group of its own, killed whole: `spin up` runs the trigger
 # as a child process that would outlive it.
