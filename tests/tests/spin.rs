@@ -1039,9 +1039,9 @@ type Answer = (u16, String, Vec<u8>);
 
 /// A Spin node on `shared` behind a [`Region`] of proxies, with `settings`
 /// among its variables, that read the fixture's leaf narinfo once (a
-/// `MISS`) and answered it again (a `HIT`, from its tier: the database on a
-/// connection Spin may pool): the node, the region, that narinfo's URL and
-/// the `HIT`.
+/// `MISS`, which left a connection to the database in Spin's pool) and
+/// answered it again (a `HIT`): the node, the region, that narinfo's URL
+/// and the `HIT`.
 async fn kept_behind_region(
     cli: &std::path::Path,
     fx: &Fixture,
@@ -1092,7 +1092,7 @@ async fn one_request_waits_on(spin: &SpinUp, url: &str, backend: &str, rounds: (
 /// `backend_timeout_ms` after that call began sees its note, trips the
 /// node's Redis breaker and is answered from the database, and so are the
 /// ones after it, while reads after answers probe Redis. Once Redis
-/// answers again a probe closes the breaker and the tier is trusted again.
+/// answers again a probe closes the breaker: a miss takes its lock again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_that_goes_silent_holds_one_spin_request_not_every_one() {
     let Some((cli, fx, shared, _)) = spin_backends("none").await else { return };
