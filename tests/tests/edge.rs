@@ -12,7 +12,9 @@ use base64::Engine as _;
 
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_host_services::signer::Signer;
-use ncps_edge_test_support::{fresh_bucket, host_port, StallProxy};
+use ncps_edge_test_support::{
+    fresh_bucket, fresh_postgres, host_port, redis_addr, via, PrivateRedis, ProxyMode, StallProxy,
+};
 use ncps_edge_tests::cluster::backend_flags;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
 use ncps_edge_tests::node::{memory_tier_on, start_node, upstream_flags, TestNode};
@@ -276,6 +278,134 @@ async fn purges_reach_other_nodes_over_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purges_reach_other_nodes_over_mysql() {
     purges_reach_the_other_node("mysql").await;
+}
+
+/// Two nodes on `backend`, B's connections to the server its channel is
+/// on through a proxy; B's tier keeps the narinfo of `leaf`. The proxy
+/// closes B's connections and refuses new ones for a moment: long enough
+/// for A to delete the narinfo, short enough for B's listener (which waits
+/// half a second after a failure) to connect again before B misses a
+/// heartbeat. B stops answering the narinfo within [`HEARD_WITHIN`] of the
+/// delete all the same: its tier empties (pub/sub, `LISTEN`), or its next
+/// poll reads on from where the last one stopped (MySQL).
+async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &str) {
+    if !memory_tier_on() {
+        return; // Nothing kept to purge: every answer is the handler's.
+    }
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend([
+        format!("--cache-storage-local={}", shared.path().display()),
+        "--cache-allow-delete-verb".into(),
+        "--cache-delete-token=deleter".into(),
+        "--edge-cache-max-age=1h".into(),
+        "--prometheus-enabled".into(),
+    ]);
+    let direct = backend_flags(backend).await;
+    let database = direct.iter().find_map(|f| f.strip_prefix("--cache-database-url=")).unwrap().to_owned();
+    let proxy = StallProxy::start(&if backend == "redis" { redis_addr() } else { host_port(&database) }).await;
+    let through = direct.iter().map(|flag| match flag.split_once('=') {
+        Some(("--cache-redis-addrs", _)) => format!("--cache-redis-addrs={}", proxy.addr()),
+        // Through the proxy, not the server's Unix socket.
+        Some(("--cache-database-url", _)) if backend == "mysql" => {
+            format!("--cache-database-url={}?prefer_socket=false", via(&database, &proxy.addr()))
+        }
+        Some(("--cache-database-url", _)) if backend == "postgres" => {
+            format!("--cache-database-url={}", via(&database, &proxy.addr()))
+        }
+        _ => flag.clone(),
+    });
+    let a = start_node(&[flags.clone(), direct.clone()].concat()).await;
+    let b = start_node(&[flags, through.collect()].concat()).await;
+    let c = reqwest::Client::new();
+    tokio::time::sleep(HEARD_WITHIN).await;
+    let on_b = format!("{}/{}.narinfo", b.url(), hash_of(&fx.leaf));
+    for _ in 0..2 {
+        assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200, "{backend}");
+    }
+    let hits = memory_hits(&c, &b).await;
+    assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200, "{backend}");
+    assert_eq!(memory_hits(&c, &b).await, hits + 1.0, "{backend}: B's tier does not keep the narinfo");
+
+    proxy.set(ProxyMode::Refuse);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deleted_at = Instant::now();
+    let deleted =
+        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
+    assert_eq!(deleted.status(), 204, "{backend}");
+    tokio::time::sleep(Duration::from_millis(300).saturating_sub(deleted_at.elapsed())).await;
+    proxy.set(ProxyMode::Pass);
+    gone_from(&c, &on_b).await;
+    let took = deleted_at.elapsed();
+    assert!(took <= HEARD_WITHIN, "{backend}: B served a narinfo deleted while its listener reconnected for {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_redis() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_postgres() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_mysql() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql").await;
+}
+
+/// Two nodes on three Redis masters; B's tier keeps the narinfo of
+/// `leaf`. One master goes down: B's listener on it fails, but those on the
+/// other two still hear, so B keeps its tier (the narinfo is still answered
+/// from memory past [`HEARD_WITHIN`]), and a DELETE on A still reaches B
+/// within [`HEARD_WITHIN`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_keeps_its_tier_while_one_of_its_redis_masters_is_down() {
+    if !memory_tier_on() {
+        return; // Nothing kept: every answer is the handler's.
+    }
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut masters = [PrivateRedis::start(), PrivateRedis::start(), PrivateRedis::start()];
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend([
+        format!("--cache-database-url={}", fresh_postgres().await),
+        format!("--cache-redis-addrs={}", masters.iter().map(PrivateRedis::addr).collect::<Vec<_>>().join(",")),
+        format!("--cache-storage-local={}", shared.path().display()),
+        "--cache-allow-delete-verb".into(),
+        "--cache-delete-token=deleter".into(),
+        "--edge-cache-max-age=1h".into(),
+        "--prometheus-enabled".into(),
+    ]);
+    let (a, b) = (start_node(&flags).await, start_node(&flags).await);
+    let c = reqwest::Client::new();
+    tokio::time::sleep(HEARD_WITHIN).await;
+    let on_b = format!("{}/{}.narinfo", b.url(), hash_of(&fx.leaf));
+    for _ in 0..2 {
+        assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200);
+    }
+    let from_memory = || async {
+        let hits = memory_hits(&c, &b).await;
+        let resp = c.get(&on_b).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        memory_hits(&c, &b).await == hits + 1.0
+    };
+    assert!(from_memory().await, "B's tier does not keep the narinfo");
+
+    masters[0].kill();
+    tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(1)).await;
+    assert!(from_memory().await, "B stopped answering from its tier when one of three masters went down");
+    let deleted =
+        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let took = gone_from(&c, &on_b).await;
+    assert!(took <= HEARD_WITHIN, "B served a deleted narinfo for {took:?} with one master down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

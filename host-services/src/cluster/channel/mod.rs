@@ -11,7 +11,13 @@
 //! [`mysql::POLL_INTERVAL`]). A node that has had no proof for
 //! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
 //! handler) until it has proof again, and then starts with an empty tier,
-//! since it may have missed purges meanwhile. So after a purge on one node
+//! since it may have missed purges meanwhile. A node whose listening
+//! connection ends loses its proof at once, when no other listener of it
+//! hears (Redis: one per master) and its channel does not give a listener
+//! that connects again what was sent meanwhile ([`Channel::resumes`]:
+//! MySQL's table does, pub/sub and `LISTEN` do not): a listener that
+//! connects again within [`HEARD_WITHIN`] would otherwise prove a channel
+//! that lost the messages sent while it was away. So after a purge on one node
 //! returns, every other node stops serving what it purged within the
 //! channel's delivery time when it hears the channel, and within
 //! [`HEARD_WITHIN`] when it does not: the worst case is `HEARD_WITHIN`
@@ -78,6 +84,12 @@ impl Health {
         Some(Duration::from_millis(now_ms().saturating_sub(last)))
     }
 
+    /// The node may have missed messages (its listening connection
+    /// ended): not heard until the next proof, which empties the tier.
+    fn lapse(&self) {
+        self.last_proof.store(0, Ordering::Release);
+    }
+
     /// Note a proof; `true` when the channel had not been heard before it.
     fn proof(&self) -> bool {
         let was_heard = self.is_heard();
@@ -122,6 +134,11 @@ pub trait Channel: Publisher {
     fn polled(&self) -> bool {
         false
     }
+    /// Whether a listener that connects again hears what was sent while
+    /// it was not connected, so an ended connection loses nothing.
+    fn resumes(&self) -> bool {
+        false
+    }
     /// Listen on connection `index`, handing what is heard to `heard`,
     /// until the connection fails: the shared channel, and the heartbeats
     /// of `node` (this one).
@@ -159,8 +176,12 @@ pub fn spawn(
     channel: Arc<dyn Channel>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let node = format!("{:016x}", rand::random::<u64>());
+    let hearing: Arc<[AtomicU64]> = (0..channel.listeners()).map(|_| AtomicU64::new(0)).collect();
     let mut tasks: Vec<_> = (0..channel.listeners())
-        .map(|i| tokio::spawn(listen(cluster.clone(), kept.clone(), channel.clone(), i, node.clone())))
+        .map(|i| {
+            let listener = Listener { index: i, node: node.clone(), hearing: hearing.clone() };
+            tokio::spawn(listen(cluster.clone(), kept.clone(), channel.clone(), listener))
+        })
         .collect();
     if !channel.polled() {
         let beat = Message::Heartbeat(&node).encode();
@@ -179,15 +200,43 @@ pub fn spawn(
     tasks
 }
 
+/// One of a node's listeners.
+struct Listener {
+    /// Its connection (a Redis master).
+    index: usize,
+    /// The node it listens for (its heartbeats).
+    node: String,
+    /// When each of the node's listeners last heard something on its
+    /// current connection ([`now_ms`] + 1; 0: none since it connected).
+    hearing: Arc<[AtomicU64]>,
+}
+
+impl Listener {
+    /// Whether another of the node's listeners heard its connection within
+    /// [`HEARD_WITHIN`] before `now` ([`now_ms`] + 1); each hears the
+    /// node's heartbeat every [`HEARTBEAT`].
+    fn another_hears(&self, now: u64) -> bool {
+        self.hearing.iter().enumerate().any(|(i, last)| {
+            let last = last.load(Ordering::Acquire);
+            i != self.index && last != 0 && now.saturating_sub(last) <= HEARD_WITHIN.as_millis() as u64
+        })
+    }
+}
+
 /// One listener, reconnected whenever it fails or hears nothing for twice
-/// [`HEARD_WITHIN`] (a connection that died without closing).
-async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Channel>, index: usize, node: String) {
+/// [`HEARD_WITHIN`] (a connection that died without closing). When its
+/// connection ends, the node loses its proof unless another listener
+/// hears or the channel [resumes](Channel::resumes).
+async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Channel>, listener: Listener) {
+    let (index, node) = (listener.index, listener.node.clone());
     loop {
         let last = Arc::new(AtomicU64::new(now_ms()));
         let heard = {
             let (cluster, kept, last, node) = (cluster.clone(), kept.clone(), last.clone(), node.clone());
+            let hearing = listener.hearing.clone();
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
+                hearing[index].store(now_ms() + 1, Ordering::Release);
                 let Heard::Message(m) = h else { return proof(&cluster, kept.as_ref()) };
                 match Message::decode(&m) {
                     Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref()),
@@ -215,6 +264,14 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
                 Err(e) => tracing::warn!(index, error = %e, "edge-cache channel failed; listening again"),
             },
             () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
+        }
+        listener.hearing[index].store(0, Ordering::Release);
+        if !channel.resumes() && !listener.another_hears(now_ms() + 1) && cluster.health().is_heard() {
+            cluster.health().lapse();
+            tracing::warn!(
+                index,
+                "no edge-cache listener hears: purges sent until one does are lost to this node, so its tier starts empty then"
+            );
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
@@ -259,5 +316,29 @@ mod tests {
         assert!(health.proof(), "the first proof is a recovery");
         assert!(health.is_heard());
         assert!(!health.proof());
+    }
+
+    #[test]
+    fn a_lapse_ends_the_proof_and_the_next_proof_is_a_recovery() {
+        let health = Health::default();
+        health.expect_heartbeats();
+        health.proof();
+        health.lapse();
+        assert!(!health.is_heard(), "heard after its listener's connection ended");
+        assert!(health.proof(), "the proof after a lapse must empty the tier");
+    }
+
+    #[test]
+    fn another_listener_hears_only_when_it_heard_lately() {
+        let listener = |hearing: &Arc<[AtomicU64]>| Listener { index: 0, node: "n".into(), hearing: hearing.clone() };
+        let now = 100_000;
+        let stale = now - HEARD_WITHIN.as_millis() as u64 - 1;
+        let hearing: Arc<[AtomicU64]> = [now, 0, stale].into_iter().map(AtomicU64::new).collect();
+        assert!(!listener(&hearing).another_hears(now), "itself, one never heard and one heard too long ago");
+        hearing[2].store(stale + 1, Ordering::Release);
+        assert!(listener(&hearing).another_hears(now), "heard just within the bound");
+        hearing[2].store(0, Ordering::Release);
+        hearing[1].store(now, Ordering::Release);
+        assert!(listener(&hearing).another_hears(now));
     }
 }

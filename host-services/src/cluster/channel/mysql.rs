@@ -2,7 +2,10 @@
 //! table that every node polls; each successful poll proves the channel.
 //! The channel holds no connection of its own: it takes one from the
 //! node's metadata pool for each poll and publish, so a node's idle
-//! connections are its metadata pool's and its lock session.
+//! connections are its metadata pool's and its lock session. A poll that
+//! fails (a busy pool, a dropped connection) loses nothing: the next one
+//! reads on from where the last one that succeeded stopped, and the
+//! table keeps rows for ten minutes.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -37,6 +40,21 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS ncps_edge_purges (
 pub struct MySqlChannel {
     pool: mysql_async::Pool,
     last_prune: Mutex<Instant>,
+    /// Where the last poll that succeeded stopped: where the listener
+    /// reads on from when it listens again.
+    read: std::sync::Mutex<Option<Read>>,
+}
+
+/// What a node's polls have read of the table.
+#[derive(Clone, Debug)]
+struct Read {
+    /// The highest id when the node first listened: rows up to it are older
+    /// than anything the node keeps.
+    start: u64,
+    /// The highest id read.
+    highest: u64,
+    /// The ids read within [`REORDER_WINDOW`] of `highest`.
+    seen: BTreeSet<u64>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -57,7 +75,16 @@ impl MySqlChannel {
             conn.query_drop(TABLE).await.map_err(failed)
         })
         .await?;
-        Ok(Self { pool, last_prune: Mutex::new(Instant::now()) })
+        Ok(Self { pool, last_prune: Mutex::new(Instant::now()), read: std::sync::Mutex::default() })
+    }
+}
+
+impl MySqlChannel {
+    /// Where the listener reads on from when it listens again.
+    fn keep(&self, read: &Read) {
+        if let Ok(mut kept) = self.read.lock() {
+            *kept = Some(read.clone());
+        }
     }
 }
 
@@ -89,28 +116,39 @@ impl Channel for MySqlChannel {
         true
     }
 
+    fn resumes(&self) -> bool {
+        true
+    }
+
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
         // A connection from the pool for each poll, given back between
         // polls: the pool's idle connections serve the channel too.
-        let start: Option<u64> = within(async {
-            let mut conn = self.pool.get_conn().await.map_err(failed)?;
-            conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
-        })
-        .await?;
-        let mut highest = start.unwrap_or(0);
-        let mut seen = BTreeSet::new();
-        heard(Heard::Alive);
+        let resumed = self.read.lock().map_err(|_| Error::internal("mysql", "edge-cache channel state"))?.clone();
+        let mut read = match resumed {
+            Some(read) => read,
+            None => {
+                let start: Option<u64> = within(async {
+                    let mut conn = self.pool.get_conn().await.map_err(failed)?;
+                    conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
+                })
+                .await?;
+                let start = start.unwrap_or(0);
+                let read = Read { start, highest: start, seen: BTreeSet::new() };
+                self.keep(&read);
+                heard(Heard::Alive);
+                read
+            }
+        };
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            let from = highest.saturating_sub(REORDER_WINDOW);
+            let from = read.highest.saturating_sub(REORDER_WINDOW);
             let rows: Vec<(u64, String)> = within(async {
                 let mut conn = self.pool.get_conn().await.map_err(failed)?;
                 let ids: Vec<u64> = conn
                     .exec("SELECT id FROM ncps_edge_purges WHERE id > ? ORDER BY id", (from,))
                     .await
                     .map_err(failed)?;
-                let new: Vec<u64> =
-                    ids.into_iter().filter(|id| *id > start.unwrap_or(0) && !seen.contains(id)).collect();
+                let new: Vec<u64> = ids.into_iter().filter(|id| *id > read.start && !read.seen.contains(id)).collect();
                 let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Vec::new()) };
                 conn.exec(
                     "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
@@ -121,12 +159,13 @@ impl Channel for MySqlChannel {
             })
             .await?;
             for (id, message) in rows {
-                if seen.insert(id) {
+                if read.seen.insert(id) {
                     heard(Heard::Message(message));
                 }
-                highest = highest.max(id);
+                read.highest = read.highest.max(id);
             }
-            seen = seen.split_off(&highest.saturating_sub(REORDER_WINDOW));
+            read.seen = read.seen.split_off(&read.highest.saturating_sub(REORDER_WINDOW));
+            self.keep(&read);
             heard(Heard::Alive);
         }
     }
