@@ -60,13 +60,12 @@ fn main() {
     }
     // This build's own copies: a later build into the shared folder (another
     // profile, `spin build`) never changes what this one embeds or names.
-    let [wasm, adapter] = ["ncps_edge_handler.wasm", "ncps_edge_spin_adapter.wasm"].map(|name| {
-        let copy = out_dir.join(name);
-        std::fs::copy(release.join(name), &copy)
-            .unwrap_or_else(|e| panic!("component missing at {}: {e}", release.join(name).display()));
-        copy
+    let [(wasm, bytes), (adapter, _)] = ["ncps_edge_handler.wasm", "ncps_edge_spin_adapter.wasm"].map(|name| {
+        let (built, copy) = (release.join(name), out_dir.join(name));
+        let bytes = std::fs::read(&built).unwrap_or_else(|e| panic!("component missing at {}: {e}", built.display()));
+        std::fs::write(&copy, &bytes).unwrap_or_else(|e| panic!("writing {}: {e}", copy.display()));
+        (copy, bytes)
     });
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()));
     println!("cargo:rustc-env=NCPS_EDGE_HANDLER_WASM={}", wasm.display());
     println!("cargo:rustc-env=NCPS_EDGE_SPIN_ADAPTER_WASM={}", adapter.display());
     let digest = sha2::Sha256::digest(&bytes);

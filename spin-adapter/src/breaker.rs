@@ -67,19 +67,15 @@ impl Backend {
         }
     }
 
-    /// Whether calls to the backend may be [`watched`]: its client under
-    /// Spin may have no timeout (Redis; the database when it is MySQL).
-    pub const fn unbounded(self) -> bool {
-        !matches!(self, Backend::Storage)
-    }
-
-    /// The key of the note of a [`watched`] call to the backend under way:
-    /// when it began (ms).
-    pub const fn asked_key(self) -> &'static str {
+    /// The key of the note of a [`watched`] call to the backend under way
+    /// (when it began, ms); none for S3, whose client under Spin has
+    /// timeouts: only the backends whose client may have none are watched
+    /// (Redis; the database when it is MySQL).
+    pub const fn asked_key(self) -> Option<&'static str> {
         match self {
-            Backend::Database => "breaker/database/asked",
-            Backend::Storage => "breaker/storage/asked",
-            Backend::Redis => "breaker/redis/asked",
+            Backend::Database => Some("breaker/database/asked"),
+            Backend::Storage => None,
+            Backend::Redis => Some("breaker/redis/asked"),
         }
     }
 
@@ -153,7 +149,8 @@ pub fn noted(backend: Backend) -> bool {
     match seen(backend) {
         Seen::Asking { noted } => noted,
         Seen::Open { .. } => true,
-        Seen::Unread => kv::get(backend.key()).is_some(),
+        // Left for `open`, which reads it next when there is none.
+        Seen::Unread => kv::peek(backend.key()).is_some(),
     }
 }
 
@@ -188,15 +185,14 @@ pub fn open(backend: Backend) -> Option<String> {
 /// that call goes, so the probe after the cool-down starts a note of its
 /// own), and why the backend is not to be asked.
 fn unanswered(backend: Backend, now: i64) -> Option<String> {
-    if !backend.unbounded() {
-        return None;
-    }
-    let began: i64 = std::str::from_utf8(&kv::get(backend.asked_key())?).ok()?.parse().ok()?;
+    let key = backend.asked_key()?;
+    // Left for `watched`, which reads it next when the call is made.
+    let began: i64 = std::str::from_utf8(&kv::peek(key)?).ok()?.parse().ok()?;
     let waited = now - began;
     if u128::try_from(waited).unwrap_or(0) < settings::backend_timeout().as_millis() {
         return None;
     }
-    let _ = kv::delete(&[backend.asked_key().to_owned()]);
+    let _ = kv::delete(&[key.to_owned()]);
     let e = Error::Timeout(
         backend.error_name(),
         format!("a call begun {waited} ms ago has not returned (`backend_timeout_ms`; its client has no timeout)"),
@@ -208,10 +204,12 @@ fn unanswered(backend: Backend, now: i64) -> Option<String> {
 /// began unless a note of a call under way stands, and removing the note
 /// it wrote when the call returns: for the backends whose client under
 /// Spin has no timeout (Redis, MySQL), so that the node's other instances
-/// see a call that never returns ([`unanswered`]). Three calls to the
-/// store around each: for calls that go to the region anyway.
+/// see a call that never returns ([`unanswered`]). Up to three calls to
+/// the store around each (the first of an instance's calls reads nothing:
+/// its breaker's check just read the note): for calls that go to the
+/// region anyway.
 pub fn watched<R>(backend: Backend, call: impl FnOnce() -> R) -> R {
-    let key = backend.asked_key();
+    let Some(key) = backend.asked_key() else { return call() };
     let noted = kv::get(key).is_none() && matches!(kv::set(key, now_ms().to_string().as_bytes()), Some(Ok(())));
     let answer = call();
     if noted {

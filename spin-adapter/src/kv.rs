@@ -148,6 +148,15 @@ pub fn get(key: &str) -> Option<Vec<u8>> {
     with_store(|s| s.get(key).ok().flatten()).flatten()
 }
 
+/// The value of `key` as [`get`] gives it, left for the next [`get`] to
+/// serve (a read that decides whether the next is needed: the second
+/// costs no call to the store).
+pub fn peek(key: &str) -> Option<Vec<u8>> {
+    let value = get(key);
+    AHEAD.with(|ahead| ahead.borrow_mut().insert(key.to_owned(), value.clone()));
+    value
+}
+
 /// The values of `keys` that the store has, in one call where it can
 /// (none when it cannot be read).
 pub fn get_many(keys: &[String]) -> Option<HashMap<String, Vec<u8>>> {

@@ -144,10 +144,9 @@ pub(crate) fn read_with(first: &str) {
         Some(Named::Object(key)) => nar_lookup(key),
         None => return,
     };
-    let breakers = crate::breaker::Backend::ALL.iter().flat_map(|b| {
-        let asked = b.unbounded().then(|| b.asked_key().to_owned());
-        std::iter::once(b.key().to_owned()).chain(asked)
-    });
+    let breakers = crate::breaker::Backend::ALL
+        .iter()
+        .flat_map(|b| std::iter::once(b.key()).chain(b.asked_key()).map(str::to_owned));
     read_ahead([vec![first.to_owned()], breakers.collect(), lookup].concat());
 }
 
