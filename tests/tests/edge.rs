@@ -13,7 +13,7 @@ use base64::Engine as _;
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_test_support::{
-    fresh_bucket, fresh_postgres, host_port, redis_addr, via, PrivateRedis, ProxyMode, StallProxy,
+    fresh_bucket, fresh_mysql, fresh_postgres, host_port, redis_addr, via, PrivateRedis, ProxyMode, StallProxy,
 };
 use ncps_edge_tests::cluster::backend_flags;
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_file, nar_url};
@@ -356,6 +356,69 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_postgr
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_mysql() {
     a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql").await;
+}
+
+/// Two MySQL nodes, B's connections to the server through a proxy; B's
+/// tier keeps the narinfos of `leaf` and `mid`. The proxy holds B's
+/// traffic for longer than [`HEARD_WITHIN`] (B's polls time out; it stops
+/// hearing the channel) while A deletes `leaf`, then forwards again. B's
+/// next poll reads on from where the last one that succeeded stopped, so
+/// B forgets `leaf` and keeps the rest of its tier: `mid` is answered from
+/// memory at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mysql_node_that_could_not_poll_for_a_while_misses_no_purge_and_keeps_its_tier() {
+    if !memory_tier_on() {
+        return; // Nothing kept: every answer is the handler's.
+    }
+    let fx = fixture();
+    let cache = fx.cache("none");
+    let up = FakeUpstream::start(cache.clone()).await;
+    let shared = tempfile::tempdir().unwrap();
+    let database = fresh_mysql().await;
+    let proxy = StallProxy::start(&host_port(&database)).await;
+    let mut flags = upstream_flags(&up.url(), &fx.public_key);
+    flags.extend([
+        "--cache-lock-backend=mysql".into(),
+        format!("--cache-storage-local={}", shared.path().display()),
+        "--cache-allow-delete-verb".into(),
+        "--cache-delete-token=deleter".into(),
+        "--edge-cache-max-age=1h".into(),
+        "--prometheus-enabled".into(),
+    ]);
+    let a = start_node(&[flags.clone(), vec![format!("--cache-database-url={database}")]].concat()).await;
+    // Through the proxy, not the server's Unix socket.
+    let through = format!("--cache-database-url={}?prefer_socket=false", via(&database, &proxy.addr()));
+    let b = start_node(&[flags, vec![through]].concat()).await;
+    let c = reqwest::Client::new();
+    tokio::time::sleep(HEARD_WITHIN).await;
+    let on_b = |p: &str| format!("{}/{}.narinfo", b.url(), hash_of(p));
+    let from_memory = |url: String| {
+        let (c, b) = (&c, &b);
+        async move {
+            let hits = memory_hits(c, b).await;
+            let resp = c.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            memory_hits(c, b).await == hits + 1.0
+        }
+    };
+    for p in [&fx.leaf, &fx.mid] {
+        for _ in 0..2 {
+            assert_eq!(c.get(on_b(p)).send().await.unwrap().status(), 200);
+        }
+        assert!(from_memory(on_b(p)).await, "B's tier does not keep {p}");
+    }
+
+    proxy.stall();
+    tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(1)).await;
+    let deleted =
+        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    proxy.resume();
+    // B's polls time out after 2 s and start again 0.75 s later: by then
+    // it has polled and heard the channel again.
+    tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(2)).await;
+    assert!(from_memory(on_b(&fx.mid)).await, "B emptied its tier though its poll read every purge it had missed");
+    assert!(!from_memory(on_b(&fx.leaf)).await, "B served from memory a narinfo deleted while it could not poll");
 }
 
 /// Two nodes on three Redis masters; B's tier keeps the narinfo of

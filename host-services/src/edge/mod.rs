@@ -10,7 +10,8 @@
 //!   ([`crate::cluster::channel`]: Redis pub/sub, PostgreSQL
 //!   `LISTEN/NOTIFY`, a polled MySQL table). A node that cannot hear its
 //!   channel stops answering from the tier until it hears it again, then
-//!   starts empty (see there for the staleness bound).
+//!   starts empty unless the channel gave it what it missed (see there
+//!   for the staleness bound).
 //! - The local-disk tier of NAR bytes is a storage layer
 //!   ([`crate::storage::disk_tier`]); purges of NAR paths reach it here.
 
@@ -77,7 +78,7 @@ impl EdgeCache {
     /// within `--edge-cache-stale-if-error` of when it last was. NARs never
     /// change and a narinfo can only be deleted, so what it holds is at
     /// worst a late delete. The tier is emptied when the cluster is heard
-    /// again (the purges it missed meanwhile are unknown).
+    /// again, unless its channel gave every purge sent meanwhile (MySQL's).
     pub fn stale(&self) -> Option<&MemoryTier> {
         let unheard = self.cluster.health().unheard_for()?;
         self.memory.as_ref().filter(|_| unheard < self.stale_if_error)

@@ -11,13 +11,14 @@
 //! [`mysql::POLL_INTERVAL`]). A node that has had no proof for
 //! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
 //! handler) until it has proof again, and then starts with an empty tier,
-//! since it may have missed purges meanwhile. A node whose listening
-//! connection ends loses its proof at once, when no other listener of it
-//! hears (Redis: one per master) and its channel does not give a listener
-//! that connects again what was sent meanwhile ([`Channel::resumes`]:
-//! MySQL's table does, pub/sub and `LISTEN` do not): a listener that
-//! connects again within [`HEARD_WITHIN`] would otherwise prove a channel
-//! that lost the messages sent while it was away. So after a purge on one node
+//! since it may have missed purges meanwhile, unless its channel gave it
+//! every message sent meanwhile ([`Channel::resumes_within`]: MySQL's
+//! table does, for a while; pub/sub and `LISTEN` do not). A node whose
+//! listening connection ends loses its proof at once, when no other
+//! listener of it hears (Redis: one per master) and its channel does not
+//! resume: a listener that connects again within [`HEARD_WITHIN`] would
+//! otherwise prove a channel that lost the messages sent while it was
+//! away. So after a purge on one node
 //! returns, every other node stops serving what it purged within the
 //! channel's delivery time when it hears the channel, and within
 //! [`HEARD_WITHIN`] when it does not: the worst case is `HEARD_WITHIN`
@@ -90,11 +91,18 @@ impl Health {
         self.last_proof.store(0, Ordering::Release);
     }
 
-    /// Note a proof; `true` when the channel had not been heard before it.
-    fn proof(&self) -> bool {
+    /// Note a proof. When the channel had not been heard before it, for
+    /// how long (since the last proof; `Duration::MAX` when there was
+    /// none, or it [lapsed](Self::lapse)).
+    fn proof(&self) -> Option<Duration> {
         let was_heard = self.is_heard();
-        self.last_proof.store(now_ms() + 1, Ordering::Release);
-        !was_heard
+        let now = now_ms() + 1;
+        let last = self.last_proof.swap(now, Ordering::AcqRel);
+        match (was_heard, last) {
+            (true, _) => None,
+            (false, 0) => Some(Duration::MAX),
+            (false, last) => Some(Duration::from_millis(now.saturating_sub(last))),
+        }
     }
 }
 
@@ -134,10 +142,12 @@ pub trait Channel: Publisher {
     fn polled(&self) -> bool {
         false
     }
-    /// Whether a listener that connects again hears what was sent while
-    /// it was not connected, so an ended connection loses nothing.
-    fn resumes(&self) -> bool {
-        false
+    /// How long a node may not hear the channel (its listener failing, or
+    /// waiting) and still be given, once it hears again, every message
+    /// sent meanwhile, so that it loses nothing and keeps its tier. None:
+    /// what is sent while a listener is not connected is lost to it.
+    fn resumes_within(&self) -> Option<Duration> {
+        None
     }
     /// Listen on connection `index`, handing what is heard to `heard`,
     /// until the connection fails: the shared channel, and the heartbeats
@@ -226,9 +236,10 @@ impl Listener {
 /// One listener, reconnected whenever it fails or hears nothing for twice
 /// [`HEARD_WITHIN`] (a connection that died without closing). When its
 /// connection ends, the node loses its proof unless another listener
-/// hears or the channel [resumes](Channel::resumes).
+/// hears or the channel [resumes](Channel::resumes_within).
 async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Channel>, listener: Listener) {
     let (index, node) = (listener.index, listener.node.clone());
+    let resumes_within = channel.resumes_within();
     loop {
         let last = Arc::new(AtomicU64::new(now_ms()));
         let heard = {
@@ -237,9 +248,9 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
                 hearing[index].store(now_ms() + 1, Ordering::Release);
-                let Heard::Message(m) = h else { return proof(&cluster, kept.as_ref()) };
+                let Heard::Message(m) = h else { return proof(&cluster, kept.as_ref(), resumes_within) };
                 match Message::decode(&m) {
-                    Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref()),
+                    Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref(), resumes_within),
                     Some(Message::Purge(paths)) => {
                         let paths: Vec<String> = paths.into_iter().map(str::to_owned).collect();
                         kept.purge_here(&paths);
@@ -266,7 +277,7 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
         }
         listener.hearing[index].store(0, Ordering::Release);
-        if !channel.resumes() && !listener.another_hears(now_ms() + 1) && cluster.health().is_heard() {
+        if resumes_within.is_none() && !listener.another_hears(now_ms() + 1) && cluster.health().is_heard() {
             cluster.health().lapse();
             tracing::warn!(
                 index,
@@ -295,12 +306,17 @@ async fn watch_hearing(cluster: Arc<Cluster>) {
     }
 }
 
-fn proof(cluster: &Cluster, kept: &dyn Kept) {
-    if cluster.health().proof() {
-        // Purges may have been missed while the channel was not heard.
-        kept.clear_here();
-        tracing::info!("edge-cache channel heard; the tier starts empty");
+/// The channel proved itself: when it had not been heard, the tier starts
+/// empty (purges may have been missed meanwhile), unless the channel gave
+/// every message sent meanwhile (it resumes within `resumes_within`).
+fn proof(cluster: &Cluster, kept: &dyn Kept, resumes_within: Option<Duration>) {
+    let Some(unheard) = cluster.health().proof() else { return };
+    if resumes_within.is_some_and(|within| unheard <= within) {
+        tracing::info!(unheard = ?unheard, "edge-cache channel heard again, and every purge sent meanwhile with it; the tier is kept");
+        return;
     }
+    kept.clear_here();
+    tracing::info!("edge-cache channel heard; the tier starts empty");
 }
 
 #[cfg(test)]
@@ -313,9 +329,9 @@ mod tests {
         assert!(health.is_heard(), "a single node hears itself");
         health.expect_heartbeats();
         assert!(!health.is_heard(), "heard before any proof");
-        assert!(health.proof(), "the first proof is a recovery");
+        assert_eq!(health.proof(), Some(Duration::MAX), "the first proof is a recovery");
         assert!(health.is_heard());
-        assert!(!health.proof());
+        assert_eq!(health.proof(), None);
     }
 
     #[test]
@@ -325,7 +341,7 @@ mod tests {
         health.proof();
         health.lapse();
         assert!(!health.is_heard(), "heard after its listener's connection ended");
-        assert!(health.proof(), "the proof after a lapse must empty the tier");
+        assert_eq!(health.proof(), Some(Duration::MAX), "the proof after a lapse must empty the tier");
     }
 
     #[test]

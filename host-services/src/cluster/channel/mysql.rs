@@ -3,9 +3,10 @@
 //! The channel holds no connection of its own: it takes one from the
 //! node's metadata pool for each poll and publish, so a node's idle
 //! connections are its metadata pool's and its lock session. A poll that
-//! fails (a busy pool, a dropped connection) loses nothing: the next one
-//! reads on from where the last one that succeeded stopped, and the
-//! table keeps rows for ten minutes.
+//! fails (a busy pool, a dropped connection, a server away for minutes)
+//! loses nothing: the next one reads on from where the last one that
+//! succeeded stopped, and the table keeps rows for ten minutes, so the
+//! node keeps its tier too.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use crate::{Error, Result};
 /// How often a node polls for purges.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How long purge rows are kept.
-const KEEP_ROWS: &str = "INTERVAL 10 MINUTE";
+const KEPT: Duration = Duration::from_secs(600);
 /// How often a publisher deletes old rows.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Ids are given at insert but rows become visible at commit, possibly out
@@ -97,7 +98,10 @@ impl Publisher for MySqlChannel {
             let mut last = self.last_prune.lock().await;
             if last.elapsed() > PRUNE_EVERY {
                 *last = Instant::now();
-                let prune = format!("DELETE FROM ncps_edge_purges WHERE created_at < NOW(3) - {KEEP_ROWS}");
+                let prune = format!(
+                    "DELETE FROM ncps_edge_purges WHERE created_at < NOW(3) - INTERVAL {} SECOND",
+                    KEPT.as_secs()
+                );
                 conn.query_drop(prune).await.map_err(failed)?;
             }
             Ok(())
@@ -116,8 +120,10 @@ impl Channel for MySqlChannel {
         true
     }
 
-    fn resumes(&self) -> bool {
-        true
+    /// Half of what the table keeps: the rest is room for the clocks of
+    /// the publishers and the server, and for the prune's own pace.
+    fn resumes_within(&self) -> Option<Duration> {
+        Some(KEPT / 2)
     }
 
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
