@@ -280,6 +280,75 @@ async fn purges_reach_other_nodes_over_mysql() {
     purges_reach_the_other_node("mysql").await;
 }
 
+/// What two nodes that purge each other's tiers share: the fixture's
+/// upstream, one storage folder, and flags that let a DELETE through, keep
+/// narinfos for an hour and count tier hits (`/metrics`).
+struct Purging {
+    _up: FakeUpstream,
+    _shared: tempfile::TempDir,
+    flags: Vec<String>,
+}
+
+impl Purging {
+    async fn start() -> Self {
+        let fx = fixture();
+        let up = FakeUpstream::start(fx.cache("none")).await;
+        let shared = tempfile::tempdir().unwrap();
+        let mut flags = upstream_flags(&up.url(), &fx.public_key);
+        flags.extend([
+            format!("--cache-storage-local={}", shared.path().display()),
+            "--cache-allow-delete-verb".into(),
+            "--cache-delete-token=deleter".into(),
+            "--edge-cache-max-age=1h".into(),
+            "--prometheus-enabled".into(),
+        ]);
+        Self { _up: up, _shared: shared, flags }
+    }
+
+    /// A node with these flags and `more`.
+    async fn node(&self, more: &[String]) -> TestNode {
+        start_node(&[self.flags.as_slice(), more].concat()).await
+    }
+}
+
+/// The narinfo of store path `path` at `node`.
+fn narinfo_at(node: &TestNode, path: &str) -> String {
+    format!("{}/{}.narinfo", node.url(), hash_of(path))
+}
+
+/// GET `url` at `node` (200); whether its tier answered.
+async fn from_memory(c: &reqwest::Client, node: &TestNode, url: &str) -> bool {
+    let hits = memory_hits(c, node).await;
+    assert_eq!(c.get(url).send().await.unwrap().status(), 200, "{url}");
+    memory_hits(c, node).await == hits + 1.0
+}
+
+/// GET the narinfos of `paths` at `node` until its tier keeps them.
+async fn kept_at(c: &reqwest::Client, node: &TestNode, paths: &[&str]) {
+    for path in paths {
+        let url = narinfo_at(node, path);
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 200, "{url}");
+        assert!(from_memory(c, node, &url).await, "the tier does not keep {url}");
+    }
+}
+
+/// DELETE the narinfo of `path` at `node`.
+async fn delete_at(c: &reqwest::Client, node: &TestNode, path: &str) {
+    let deleted = c.delete(narinfo_at(node, path)).bearer_auth("deleter").send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+}
+
+/// `--cache-database-url` for `database` through `proxy` (MySQL: over TCP,
+/// not the server's Unix socket).
+fn database_through(database: &str, proxy: &StallProxy) -> String {
+    let url = via(database, &proxy.addr());
+    if database.starts_with("mysql") {
+        format!("--cache-database-url={url}?prefer_socket=false")
+    } else {
+        format!("--cache-database-url={url}")
+    }
+}
+
 /// Two nodes on `backend`, B's connections to the server its channel is
 /// on through a proxy; B's tier keeps the narinfo of `leaf`. The proxy
 /// closes B's connections and refuses new ones for a moment: long enough
@@ -292,53 +361,28 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &s
     if !memory_tier_on() {
         return; // Nothing kept to purge: every answer is the handler's.
     }
-    let fx = fixture();
-    let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let shared = tempfile::tempdir().unwrap();
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend([
-        format!("--cache-storage-local={}", shared.path().display()),
-        "--cache-allow-delete-verb".into(),
-        "--cache-delete-token=deleter".into(),
-        "--edge-cache-max-age=1h".into(),
-        "--prometheus-enabled".into(),
-    ]);
+    let (fx, purging) = (fixture(), Purging::start().await);
     let direct = backend_flags(backend).await;
     let database = direct.iter().find_map(|f| f.strip_prefix("--cache-database-url=")).unwrap().to_owned();
     let proxy = StallProxy::start(&if backend == "redis" { redis_addr() } else { host_port(&database) }).await;
     let through = direct.iter().map(|flag| match flag.split_once('=') {
         Some(("--cache-redis-addrs", _)) => format!("--cache-redis-addrs={}", proxy.addr()),
-        // Through the proxy, not the server's Unix socket.
-        Some(("--cache-database-url", _)) if backend == "mysql" => {
-            format!("--cache-database-url={}?prefer_socket=false", via(&database, &proxy.addr()))
-        }
-        Some(("--cache-database-url", _)) if backend == "postgres" => {
-            format!("--cache-database-url={}", via(&database, &proxy.addr()))
-        }
+        Some(("--cache-database-url", _)) if backend != "redis" => database_through(&database, &proxy),
         _ => flag.clone(),
     });
-    let a = start_node(&[flags.clone(), direct.clone()].concat()).await;
-    let b = start_node(&[flags, through.collect()].concat()).await;
+    let a = purging.node(&direct).await;
+    let b = purging.node(&through.collect::<Vec<_>>()).await;
     let c = reqwest::Client::new();
     tokio::time::sleep(HEARD_WITHIN).await;
-    let on_b = format!("{}/{}.narinfo", b.url(), hash_of(&fx.leaf));
-    for _ in 0..2 {
-        assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200, "{backend}");
-    }
-    let hits = memory_hits(&c, &b).await;
-    assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200, "{backend}");
-    assert_eq!(memory_hits(&c, &b).await, hits + 1.0, "{backend}: B's tier does not keep the narinfo");
+    kept_at(&c, &b, &[&fx.leaf]).await;
 
     proxy.set(ProxyMode::Refuse);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let deleted_at = Instant::now();
-    let deleted =
-        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
-    assert_eq!(deleted.status(), 204, "{backend}");
+    delete_at(&c, &a, &fx.leaf).await;
     tokio::time::sleep(Duration::from_millis(300).saturating_sub(deleted_at.elapsed())).await;
     proxy.set(ProxyMode::Pass);
-    gone_from(&c, &on_b).await;
+    gone_from(&c, &narinfo_at(&b, &fx.leaf)).await;
     let took = deleted_at.elapsed();
     assert!(took <= HEARD_WITHIN, "{backend}: B served a narinfo deleted while its listener reconnected for {took:?}");
 }
@@ -370,55 +414,31 @@ async fn a_mysql_node_that_could_not_poll_for_a_while_misses_no_purge_and_keeps_
     if !memory_tier_on() {
         return; // Nothing kept: every answer is the handler's.
     }
-    let fx = fixture();
-    let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let shared = tempfile::tempdir().unwrap();
+    let (fx, purging) = (fixture(), Purging::start().await);
     let database = fresh_mysql().await;
     let proxy = StallProxy::start(&host_port(&database)).await;
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend([
-        "--cache-lock-backend=mysql".into(),
-        format!("--cache-storage-local={}", shared.path().display()),
-        "--cache-allow-delete-verb".into(),
-        "--cache-delete-token=deleter".into(),
-        "--edge-cache-max-age=1h".into(),
-        "--prometheus-enabled".into(),
-    ]);
-    let a = start_node(&[flags.clone(), vec![format!("--cache-database-url={database}")]].concat()).await;
-    // Through the proxy, not the server's Unix socket.
-    let through = format!("--cache-database-url={}?prefer_socket=false", via(&database, &proxy.addr()));
-    let b = start_node(&[flags, vec![through]].concat()).await;
+    let locks = "--cache-lock-backend=mysql".to_owned();
+    let a = purging.node(&[locks.clone(), format!("--cache-database-url={database}")]).await;
+    let b = purging.node(&[locks, database_through(&database, &proxy)]).await;
     let c = reqwest::Client::new();
     tokio::time::sleep(HEARD_WITHIN).await;
-    let on_b = |p: &str| format!("{}/{}.narinfo", b.url(), hash_of(p));
-    let from_memory = |url: String| {
-        let (c, b) = (&c, &b);
-        async move {
-            let hits = memory_hits(c, b).await;
-            let resp = c.get(url).send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            memory_hits(c, b).await == hits + 1.0
-        }
-    };
-    for p in [&fx.leaf, &fx.mid] {
-        for _ in 0..2 {
-            assert_eq!(c.get(on_b(p)).send().await.unwrap().status(), 200);
-        }
-        assert!(from_memory(on_b(p)).await, "B's tier does not keep {p}");
-    }
+    kept_at(&c, &b, &[&fx.leaf, &fx.mid]).await;
 
     proxy.stall();
     tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(1)).await;
-    let deleted =
-        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
-    assert_eq!(deleted.status(), 204);
+    delete_at(&c, &a, &fx.leaf).await;
     proxy.resume();
     // B's polls time out after 2 s and start again 0.75 s later: by then
     // it has polled and heard the channel again.
     tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(2)).await;
-    assert!(from_memory(on_b(&fx.mid)).await, "B emptied its tier though its poll read every purge it had missed");
-    assert!(!from_memory(on_b(&fx.leaf)).await, "B served from memory a narinfo deleted while it could not poll");
+    assert!(
+        from_memory(&c, &b, &narinfo_at(&b, &fx.mid)).await,
+        "B emptied its tier though its poll read every purge it had missed"
+    );
+    assert!(
+        !from_memory(&c, &b, &narinfo_at(&b, &fx.leaf)).await,
+        "B served from memory a narinfo deleted while it could not poll"
+    );
 }
 
 /// Two nodes on three Redis masters; B's tier keeps the narinfo of
@@ -431,43 +451,25 @@ async fn a_node_keeps_its_tier_while_one_of_its_redis_masters_is_down() {
     if !memory_tier_on() {
         return; // Nothing kept: every answer is the handler's.
     }
-    let fx = fixture();
-    let cache = fx.cache("none");
-    let up = FakeUpstream::start(cache.clone()).await;
-    let shared = tempfile::tempdir().unwrap();
+    let (fx, purging) = (fixture(), Purging::start().await);
     let mut masters = [PrivateRedis::start(), PrivateRedis::start(), PrivateRedis::start()];
-    let mut flags = upstream_flags(&up.url(), &fx.public_key);
-    flags.extend([
+    let backends = [
         format!("--cache-database-url={}", fresh_postgres().await),
         format!("--cache-redis-addrs={}", masters.iter().map(PrivateRedis::addr).collect::<Vec<_>>().join(",")),
-        format!("--cache-storage-local={}", shared.path().display()),
-        "--cache-allow-delete-verb".into(),
-        "--cache-delete-token=deleter".into(),
-        "--edge-cache-max-age=1h".into(),
-        "--prometheus-enabled".into(),
-    ]);
-    let (a, b) = (start_node(&flags).await, start_node(&flags).await);
+    ];
+    let (a, b) = (purging.node(&backends).await, purging.node(&backends).await);
     let c = reqwest::Client::new();
     tokio::time::sleep(HEARD_WITHIN).await;
-    let on_b = format!("{}/{}.narinfo", b.url(), hash_of(&fx.leaf));
-    for _ in 0..2 {
-        assert_eq!(c.get(&on_b).send().await.unwrap().status(), 200);
-    }
-    let from_memory = || async {
-        let hits = memory_hits(&c, &b).await;
-        let resp = c.get(&on_b).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        memory_hits(&c, &b).await == hits + 1.0
-    };
-    assert!(from_memory().await, "B's tier does not keep the narinfo");
+    kept_at(&c, &b, &[&fx.leaf]).await;
 
     masters[0].kill();
     tokio::time::sleep(HEARD_WITHIN + Duration::from_secs(1)).await;
-    assert!(from_memory().await, "B stopped answering from its tier when one of three masters went down");
-    let deleted =
-        c.delete(format!("{}/{}.narinfo", a.url(), hash_of(&fx.leaf))).bearer_auth("deleter").send().await.unwrap();
-    assert_eq!(deleted.status(), 204);
-    let took = gone_from(&c, &on_b).await;
+    assert!(
+        from_memory(&c, &b, &narinfo_at(&b, &fx.leaf)).await,
+        "B stopped answering from its tier when one of three masters went down"
+    );
+    delete_at(&c, &a, &fx.leaf).await;
+    let took = gone_from(&c, &narinfo_at(&b, &fx.leaf)).await;
     assert!(took <= HEARD_WITHIN, "B served a deleted narinfo for {took:?} with one master down");
 }
 
