@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use mysql_async::prelude::Queryable as _;
 
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_host_services::signer::Signer;
@@ -439,6 +440,38 @@ async fn a_mysql_node_that_could_not_poll_for_a_while_misses_no_purge_and_keeps_
         !from_memory(&c, &b, &narinfo_at(&b, &fx.leaf)).await,
         "B served from memory a narinfo deleted while it could not poll"
     );
+}
+
+/// Two MySQL nodes; B has read two purges and its tier keeps the narinfo
+/// of `leaf`. The purge table goes back (emptied and its ids started again,
+/// as after a restore or a failover to a replica that lagged), and A
+/// deletes `leaf`: that purge's id is one B has read already, but B sees
+/// the table went back and empties its tier within [`HEARD_WITHIN`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mysql_node_whose_purge_table_went_back_empties_its_tier() {
+    if !memory_tier_on() {
+        return; // Nothing kept: every answer is the handler's.
+    }
+    let (fx, purging) = (fixture(), Purging::start().await);
+    let database = fresh_mysql().await;
+    let backends = ["--cache-lock-backend=mysql".to_owned(), format!("--cache-database-url={database}")];
+    let (a, b) = (purging.node(&backends).await, purging.node(&backends).await);
+    let c = reqwest::Client::new();
+    tokio::time::sleep(HEARD_WITHIN).await;
+    for path in [&fx.mid, &fx.top] {
+        assert_eq!(c.get(narinfo_at(&a, path)).send().await.unwrap().status(), 200);
+        delete_at(&c, &a, path).await;
+    }
+    // B has read both purges (it polls every 250 ms); an answer is not kept
+    // when a purge arrives while it is made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kept_at(&c, &b, &[&fx.leaf]).await;
+
+    let mut db = mysql_async::Conn::new(mysql_async::Opts::from_url(&database).unwrap()).await.unwrap();
+    db.query_drop("TRUNCATE TABLE ncps_edge_purges").await.unwrap();
+    delete_at(&c, &a, &fx.leaf).await;
+    let took = gone_from(&c, &narinfo_at(&b, &fx.leaf)).await;
+    assert!(took <= HEARD_WITHIN, "B served for {took:?} a narinfo deleted after its purge table went back");
 }
 
 /// Two nodes on three Redis masters; B's tier keeps the narinfo of

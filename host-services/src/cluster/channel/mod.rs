@@ -128,6 +128,10 @@ pub enum Heard {
     Message(String),
     /// Proof that the channel works (a successful poll or round trip).
     Alive,
+    /// Messages may have been lost (a channel that resumes found it could
+    /// not): the node is not heard until the next proof, which empties its
+    /// tier.
+    Lost,
 }
 
 /// A backend's channel.
@@ -248,7 +252,11 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
                 hearing[index].store(now_ms() + 1, Ordering::Release);
-                let Heard::Message(m) = h else { return proof(&cluster, kept.as_ref(), resumes_within) };
+                let m = match h {
+                    Heard::Message(m) => m,
+                    Heard::Alive => return proof(&cluster, kept.as_ref(), resumes_within),
+                    Heard::Lost => return cluster.health().lapse(),
+                };
                 match Message::decode(&m) {
                     Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref(), resumes_within),
                     Some(Message::Purge(paths)) => {

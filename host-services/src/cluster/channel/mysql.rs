@@ -6,7 +6,12 @@
 //! fails (a busy pool, a dropped connection, a server away for minutes)
 //! loses nothing: the next one reads on from where the last one that
 //! succeeded stopped, and the table keeps rows for ten minutes, so the
-//! node keeps its tier too.
+//! node keeps its tier too. Rows are pruned only right after an insert,
+//! so the newest one stays and ids only grow (a server that sets its
+//! counter from the highest id at start continues from there); a poll that
+//! finds the newest id below the highest it read knows the table went back
+//! (a restore, a failover to a replica that lagged) and that purges may be
+//! lost: the node's tier starts empty.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -81,6 +86,16 @@ impl MySqlChannel {
 }
 
 impl MySqlChannel {
+    /// The newest id in the table (0: none).
+    async fn newest(&self) -> Result<u64> {
+        let newest: Option<u64> = within(async {
+            let mut conn = self.pool.get_conn().await.map_err(failed)?;
+            conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
+        })
+        .await?;
+        Ok(newest.unwrap_or(0))
+    }
+
     /// Where the listener reads on from when it listens again.
     fn keep(&self, read: &Read) {
         if let Ok(mut kept) = self.read.lock() {
@@ -96,6 +111,7 @@ impl Publisher for MySqlChannel {
             let mut conn = self.pool.get_conn().await.map_err(failed)?;
             conn.exec_drop("INSERT INTO ncps_edge_purges (message) VALUES (?)", (message,)).await.map_err(failed)?;
             let mut last = self.last_prune.lock().await;
+            // Right after an insert, so the newest row is never pruned.
             if last.elapsed() > PRUNE_EVERY {
                 *last = Instant::now();
                 let prune = format!(
@@ -133,12 +149,7 @@ impl Channel for MySqlChannel {
         let mut read = match resumed {
             Some(read) => read,
             None => {
-                let start: Option<u64> = within(async {
-                    let mut conn = self.pool.get_conn().await.map_err(failed)?;
-                    conn.query_first("SELECT COALESCE(MAX(id), 0) FROM ncps_edge_purges").await.map_err(failed)
-                })
-                .await?;
-                let start = start.unwrap_or(0);
+                let start = self.newest().await?;
                 let read = Read { start, highest: start, seen: BTreeSet::new() };
                 self.keep(&read);
                 heard(Heard::Alive);
@@ -148,22 +159,45 @@ impl Channel for MySqlChannel {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             let from = read.highest.saturating_sub(REORDER_WINDOW);
-            let rows: Vec<(u64, String)> = within(async {
+            let polled: Option<Vec<(u64, String)>> = within(async {
                 let mut conn = self.pool.get_conn().await.map_err(failed)?;
+                // The ids after `from`, and the newest (when none is).
                 let ids: Vec<u64> = conn
-                    .exec("SELECT id FROM ncps_edge_purges WHERE id > ? ORDER BY id", (from,))
+                    .exec(
+                        "SELECT id FROM ncps_edge_purges \
+                         WHERE id > ? OR id = (SELECT MAX(id) FROM ncps_edge_purges) ORDER BY id",
+                        (from,),
+                    )
                     .await
                     .map_err(failed)?;
+                if ids.last().copied().unwrap_or(0) < read.highest {
+                    return Ok(None);
+                }
                 let new: Vec<u64> = ids.into_iter().filter(|id| *id > read.start && !read.seen.contains(id)).collect();
-                let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Vec::new()) };
+                let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Some(Vec::new())) };
                 conn.exec(
                     "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
                     (first, last),
                 )
                 .await
+                .map(Some)
                 .map_err(failed)
             })
             .await?;
+            let Some(rows) = polled else {
+                // The table went back: what was sent since is not known.
+                let newest = self.newest().await?;
+                tracing::warn!(
+                    newest,
+                    highest = read.highest,
+                    "the edge-cache purge table went back: purges may be lost"
+                );
+                heard(Heard::Lost);
+                read = Read { start: newest, highest: newest, seen: BTreeSet::new() };
+                self.keep(&read);
+                heard(Heard::Alive);
+                continue;
+            };
             for (id, message) in rows {
                 if read.seen.insert(id) {
                     heard(Heard::Message(message));
