@@ -324,7 +324,7 @@ async fn from_memory(c: &reqwest::Client, node: &TestNode, url: &str) -> bool {
     memory_hits(c, node).await == hits + 1.0
 }
 
-/// GET the narinfos of `paths` at `node` until its tier keeps them.
+/// GET the narinfos of `paths` at `node`, once each: its tier keeps them.
 async fn kept_at(c: &reqwest::Client, node: &TestNode, paths: &[&str]) {
     for path in paths {
         let url = narinfo_at(node, path);
