@@ -159,7 +159,8 @@ impl Channel for MySqlChannel {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             let from = read.highest.saturating_sub(REORDER_WINDOW);
-            let polled: Option<Vec<(u64, String)>> = within(async {
+            // The new rows, or the newest id when the table went back.
+            let polled: std::result::Result<Vec<(u64, String)>, u64> = within(async {
                 let mut conn = self.pool.get_conn().await.map_err(failed)?;
                 // The ids after `from`, and the newest (when none is).
                 let ids: Vec<u64> = conn
@@ -170,33 +171,36 @@ impl Channel for MySqlChannel {
                     )
                     .await
                     .map_err(failed)?;
-                if ids.last().copied().unwrap_or(0) < read.highest {
-                    return Ok(None);
+                let newest = ids.last().copied().unwrap_or(0);
+                if newest < read.highest {
+                    return Ok(Err(newest));
                 }
                 let new: Vec<u64> = ids.into_iter().filter(|id| *id > read.start && !read.seen.contains(id)).collect();
-                let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Some(Vec::new())) };
+                let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Ok(Vec::new())) };
                 conn.exec(
                     "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
                     (first, last),
                 )
                 .await
-                .map(Some)
+                .map(Ok)
                 .map_err(failed)
             })
             .await?;
-            let Some(rows) = polled else {
-                // The table went back: what was sent since is not known.
-                let newest = self.newest().await?;
-                tracing::warn!(
-                    newest,
-                    highest = read.highest,
-                    "the edge-cache purge table went back: purges may be lost"
-                );
-                heard(Heard::Lost);
-                read = Read { start: newest, highest: newest, seen: BTreeSet::new() };
-                self.keep(&read);
-                heard(Heard::Alive);
-                continue;
+            let rows = match polled {
+                Ok(rows) => rows,
+                Err(newest) => {
+                    // The table went back: what was sent since is not known.
+                    tracing::warn!(
+                        newest,
+                        highest = read.highest,
+                        "the edge-cache purge table went back: purges may be lost"
+                    );
+                    heard(Heard::Lost);
+                    read = Read { start: newest, highest: newest, seen: BTreeSet::new() };
+                    self.keep(&read);
+                    heard(Heard::Alive);
+                    continue;
+                }
             };
             for (id, message) in rows {
                 if read.seen.insert(id) {
