@@ -66,9 +66,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 
 # A scratch folder $T, removed at exit with what runs from it: the
 # processes in PIDS (a negative one is a process group), nginx (started by
-# serve_static) and the database DB.
+# serve_static) and the database DB. It is TMPDIR too: a killed `spin up`
+# leaves its working folder (`spinup-*`) in TMPDIR.
 scratch() {
   T=$(mktemp -d)
+  export TMPDIR=$T
   PIDS=()
   DB=""
   trap scratch_cleanup EXIT

@@ -24,14 +24,7 @@ for tool in spin cargo wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
+scratch
 
 # The WIT Spin 3.6.3's Wasmtime serves, from its crate's source.
 mkdir -p "$T/wit-source/src"

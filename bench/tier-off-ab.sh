@@ -14,14 +14,13 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 DURATION=${DURATION:-8s}
 ROUNDS=${ROUNDS:-4}
-T=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
+scratch
 
 # A signed upstream cache of one small path.
 nix_scratch "$T"
 signed_leaf_cache "$T"
 UP_PORT=$(port)
-python3 -m http.server -d "$T/up" -b 127.0.0.1 "$UP_PORT" >/dev/null 2>&1 &
+python3 -m http.server -d "$T/up" -b 127.0.0.1 "$UP_PORT" >/dev/null 2>&1 & PIDS+=($!)
 
 declare -A URL RPS
 for side in A B; do
@@ -30,7 +29,7 @@ for side in A B; do
   "$bin" serve --cache-hostname=bench --server-addr="127.0.0.1:$p" --log-level=warn \
     --cache-storage-local="$T/data-$side" \
     --cache-upstream-url="http://127.0.0.1:$UP_PORT" --cache-upstream-public-key="$(cat "$T/pk")" \
-    --edge-cache-memory=0 > "$T/node-$side.log" 2>&1 &
+    --edge-cache-memory=0 > "$T/node-$side.log" 2>&1 & PIDS+=($!)
   URL[$side]="http://127.0.0.1:$p/$H.narinfo"
   wait_up "http://127.0.0.1:$p/healthz" || { cat "$T/node-$side.log" >&2; exit 1; }
   curl -sf "${URL[$side]}" | grep -q "^StorePath: $LEAF" || { echo "$side does not serve the narinfo" >&2; exit 1; }

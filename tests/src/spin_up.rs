@@ -129,6 +129,9 @@ impl SpinUp {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .env("OTEL_SDK_DISABLED", "true")
+            // Spin's working folder (`spinup-*`, left behind when it is
+            // killed) goes in TMPDIR: the node's folder, removed with it.
+            .env("TMPDIR", dir.path())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("the log"))
@@ -164,8 +167,8 @@ impl SpinUp {
         format!("http://{}", self.addr)
     }
 
-    /// The app's folder: its manifest, and Spin's state (`.spin/`: the
-    /// key-value store's file).
+    /// The app's folder: its manifest, Spin's state (`.spin/`: the
+    /// key-value store's file) and Spin's working folder (`spinup-*`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

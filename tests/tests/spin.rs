@@ -170,7 +170,16 @@ async fn spin_pools_database_connections_and_a_stopped_node_leaves_none_behind()
     let pooled = connections_to(&shared.db);
     assert!((1..20).contains(&pooled), "{pooled} connections after 20 sequential requests");
     let listen = node.url().trim_start_matches("http://").to_owned();
+    // Spin's working folder, which a killed `spin up` leaves behind, is
+    // in the node's own folder, and goes with it.
+    let working: Vec<PathBuf> = std::fs::read_dir(node.dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("spinup-")))
+        .collect();
+    assert_eq!(working.len(), 1, "Spin's working folder is not in {}: {working:?}", node.dir().display());
     drop(node);
+    assert!(!working[0].exists(), "Spin's working folder outlived the node");
     // `spin up` runs its trigger as a child process: both must be gone,
     // and with them every pooled connection.
     let deadline = Instant::now() + Duration::from_secs(20);
