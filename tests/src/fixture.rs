@@ -12,7 +12,8 @@ pub const BIG_SIZE: usize = 30_000_000;
 
 /// The generated caches.
 pub struct Fixture {
-    /// Nix environment that made them (keeps its folder alive).
+    /// Nix environment that made them (its folder lives until the process
+    /// exits).
     pub env: NixEnv,
     /// Store holding the original paths.
     pub store: PathBuf,
@@ -79,7 +80,7 @@ fn build(env: &NixEnv, store: &str, file: &str, attr: &str) -> String {
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let env = NixEnv::new();
+        let env = NixEnv::until_exit();
         let store = env.path("store");
         let s = store.display().to_string();
         let file = env.path("chain.nix");

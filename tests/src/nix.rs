@@ -8,7 +8,10 @@ use sha2::{Digest, Sha256};
 
 /// A private Nix configuration directory.
 pub struct NixEnv {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    /// The folder, removed with this environment; none when it lives
+    /// until the process exits ([`NixEnv::until_exit`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Default for NixEnv {
@@ -18,30 +21,42 @@ impl Default for NixEnv {
 }
 
 impl NixEnv {
-    /// A fresh config (no substituters, signatures required).
+    /// A fresh config (no substituters, signatures required), removed when
+    /// dropped.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        Self::configured(dir.path().to_owned(), Some(dir))
+    }
+
+    /// The same, for a `static` (never dropped): removed when the process
+    /// exits.
+    pub fn until_exit() -> Self {
+        let root = ncps_edge_test_support::until_exit(tempfile::tempdir().expect("tempdir"));
+        Self::configured(root.to_owned(), None)
+    }
+
+    fn configured(root: PathBuf, dir: Option<tempfile::TempDir>) -> Self {
+        std::fs::create_dir_all(root.join("conf")).unwrap();
         std::fs::write(
-            dir.path().join("conf/nix.conf"),
+            root.join("conf/nix.conf"),
             "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\nrequire-sigs = true\n\
              narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n",
         )
         .unwrap();
-        Self { dir }
+        Self { root, _dir: dir }
     }
 
     /// A folder of this environment for stores and files.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.root.join(name)
     }
 
     /// A `Command` for `program` in this environment.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("NIX_CONF_DIR", self.dir.path().join("conf"))
-            .env("XDG_CACHE_HOME", self.dir.path().join("xdg"))
-            .env("HOME", self.dir.path())
+        c.env("NIX_CONF_DIR", self.root.join("conf"))
+            .env("XDG_CACHE_HOME", self.root.join("xdg"))
+            .env("HOME", &self.root)
             .env_remove("NIX_REMOTE");
         c
     }

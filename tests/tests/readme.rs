@@ -34,11 +34,11 @@ fn swap(text: &str, swaps: &[(&str, String)]) -> String {
 }
 
 /// Where `cargo install` put the binary, installed once per test process by
-/// the README's own install command.
+/// the README's own install command (removed when the process exits).
 fn installed() -> &'static Path {
-    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static ROOT: std::sync::OnceLock<&'static Path> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        let root = tempfile::tempdir().unwrap();
+        let root = ncps_edge_test_support::until_exit(tempfile::tempdir().unwrap());
         // The workspace's target folder (so a release build made before the
         // tests is reused); the install root keeps ~/.cargo/bin clean.
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_owned();
@@ -55,13 +55,12 @@ fn installed() -> &'static Path {
             .arg(block("install"))
             .current_dir(repo())
             .env("CARGO_TARGET_DIR", target)
-            .env("CARGO_INSTALL_ROOT", root.path())
+            .env("CARGO_INSTALL_ROOT", root)
             .output()
             .unwrap();
         assert!(out.status.success(), "the README's install command failed:\n{}", String::from_utf8_lossy(&out.stderr));
         root
     })
-    .path()
 }
 
 fn path_with_install() -> String {

@@ -13,12 +13,14 @@ mod proxy;
 mod redis;
 mod s3;
 mod s3server;
+mod until_exit;
 
 pub use dropped_port::DroppedPort;
 pub use proxy::{Mode as ProxyMode, StallProxy};
 pub use redis::PrivateRedis;
 pub use s3::{fresh_bucket, S3Bucket};
 pub use s3server::PrivateS3;
+pub use until_exit::until_exit;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
