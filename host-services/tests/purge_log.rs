@@ -1,10 +1,13 @@
 //! The purge log on a real Redis (`NCPS_TEST_REDIS_ADDR`): what a native
 //! node publishes is numbered and kept, and the read script (the one Spin
 //! nodes run) returns the purges after a number and says when some may be
-//! missing.
+//! missing; a native node's heartbeat says how far the log stood.
 
-use ncps_edge_host_services::cluster::channel::publish_purge;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
 use ncps_edge_host_services::cluster::channel::redis::RedisChannel;
+use ncps_edge_host_services::cluster::channel::{publish_purge, Channel as _};
 use ncps_edge_host_services::locks::redis::RedisOptions;
 use ncps_edge_test_support as support;
 use ncps_edge_wire::channel::{self, Message};
@@ -77,5 +80,30 @@ async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
     }
     let restarted = read(&mut conn, &keys, &(base + 2).to_string()).await;
     assert!(restarted.gap && restarted.last > base + 2, "{restarted:?}");
+    let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_heartbeat_says_how_far_the_purge_log_stood() {
+    let prefix = format!("{}:", support::unique("purge-log-beat"));
+    let opts = RedisOptions { addrs: vec![support::redis_addr()], ..Default::default() };
+    let node = RedisChannel::new(&opts, &prefix).expect("the channel");
+    let keys = purge_log::keys(&channel::name(&prefix));
+    let client = redis::Client::open(format!("redis://{}", support::redis_addr())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis");
+    let mut pubsub = client.get_async_pubsub().await.expect("Redis");
+    pubsub.subscribe(channel::heartbeats(&channel::name(&prefix), "n1")).await.expect("subscribed");
+    let mut heard = pubsub.into_on_message();
+    let beat = Message::Heartbeat("n1").encode();
+    let mut beat_heard = async || {
+        node.heartbeat("n1", &beat).await.expect("published");
+        let msg = tokio::time::timeout(Duration::from_secs(5), heard.next()).await.expect("heard").expect("a message");
+        let text: String = msg.get_payload().expect("text");
+        purge_log::heartbeat_position(&text).map(|(m, n)| (m.to_owned(), n))
+    };
+    assert_eq!(beat_heard().await, Some((beat.clone(), 0)), "no purge yet");
+    publish_purge(&node, &["/a.narinfo".to_owned()]).await.expect("published");
+    let newest: u64 = redis::cmd("GET").arg(&keys[1]).query_async(&mut conn).await.unwrap();
+    assert_eq!(beat_heard().await, Some((beat.clone(), newest)));
     let _: i64 = redis::cmd("DEL").arg(&keys[0]).arg(&keys[1]).query_async(&mut conn).await.unwrap();
 }

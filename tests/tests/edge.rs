@@ -350,15 +350,27 @@ fn database_through(database: &str, proxy: &StallProxy) -> String {
     }
 }
 
+/// What happens to the channel while B's listener is away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Meanwhile {
+    /// Nothing: A deletes, and that is all.
+    Nothing,
+    /// Redis loses the purge log (a restart without persistence), then A
+    /// deletes.
+    PurgeLogLost,
+}
+
 /// Two nodes on `backend`, B's connections to the server its channel is
-/// on through a proxy; B's tier keeps the narinfo of `leaf`. The proxy
-/// closes B's connections and refuses new ones for a moment: long enough
-/// for A to delete the narinfo, short enough for B's listener (which waits
-/// half a second after a failure) to connect again before B misses a
-/// heartbeat. B stops answering the narinfo within [`HEARD_WITHIN`] of the
-/// delete all the same: its tier empties (pub/sub, `LISTEN`), or its next
-/// poll reads on from where the last one stopped (MySQL).
-async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &str) {
+/// on through a proxy; B's tier keeps the narinfos of `leaf` and `mid`.
+/// The proxy closes B's connections and refuses new ones for a moment:
+/// long enough for A to delete `leaf` (after what `meanwhile` says), short
+/// enough for B's listener (which waits half a second after a failure) to
+/// connect again before B misses a heartbeat. B stops answering `leaf`
+/// within [`HEARD_WITHIN`] of the delete all the same. Where the channel
+/// gives B every purge it missed (Redis's purge log, MySQL's table), B
+/// keeps the rest of its tier; where it cannot (`LISTEN`, a purge log that
+/// was lost), B's tier starts empty.
+async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &str, meanwhile: Meanwhile) {
     if !memory_tier_on() {
         return; // Nothing kept to purge: every answer is the handler's.
     }
@@ -375,32 +387,58 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &s
     let b = purging.node(&through.collect::<Vec<_>>()).await;
     let c = reqwest::Client::new();
     tokio::time::sleep(HEARD_WITHIN).await;
-    kept_at(&c, &b, &[&fx.leaf]).await;
+    // A purge before: the channel has a history that B has heard (an
+    // answer is not kept when a purge arrives while it is made).
+    assert_eq!(c.get(narinfo_at(&a, &fx.top)).send().await.unwrap().status(), 200);
+    delete_at(&c, &a, &fx.top).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kept_at(&c, &b, &[&fx.leaf, &fx.mid]).await;
 
     proxy.set(ProxyMode::Refuse);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let deleted_at = Instant::now();
+    if meanwhile == Meanwhile::PurgeLogLost {
+        let prefix = direct.iter().find_map(|f| f.strip_prefix("--cache-lock-redis-key-prefix=")).unwrap();
+        let keys = ncps_edge_wire::purge_log::keys(&ncps_edge_wire::channel::name(prefix));
+        let redis = redis::Client::open(format!("redis://{}", redis_addr())).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let lost: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        assert_eq!(lost, 2, "the purge log and its counter");
+    }
     delete_at(&c, &a, &fx.leaf).await;
     tokio::time::sleep(Duration::from_millis(300).saturating_sub(deleted_at.elapsed())).await;
     proxy.set(ProxyMode::Pass);
     gone_from(&c, &narinfo_at(&b, &fx.leaf)).await;
     let took = deleted_at.elapsed();
     assert!(took <= HEARD_WITHIN, "{backend}: B served a narinfo deleted while its listener reconnected for {took:?}");
+    // By now B hears its channel again.
+    tokio::time::sleep(HEARD_WITHIN).await;
+    let resumes = backend != "postgres" && meanwhile == Meanwhile::Nothing;
+    assert_eq!(
+        from_memory(&c, &b, &narinfo_at(&b, &fx.mid)).await,
+        resumes,
+        "{backend}: whether B kept the rest of its tier (its channel gave it every purge it missed)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_redis() {
-    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis").await;
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis", Meanwhile::Nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_postgres() {
-    a_purge_sent_while_the_listener_reconnects_reaches_the_node("postgres").await;
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("postgres", Meanwhile::Nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_mysql() {
-    a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql").await;
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql", Meanwhile::Nothing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_node_whose_purge_log_was_lost_while_it_reconnected_empties_its_tier() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis", Meanwhile::PurgeLogLost).await;
 }
 
 /// Two MySQL nodes, B's connections to the server through a proxy; B's

@@ -16,6 +16,19 @@ pub const PUBLISH: &str = include_str!("publish.lua");
 /// [`Read::parse`] reads.
 pub const READ: &str = include_str!("read.lua");
 
+/// Publish a native node's heartbeat with the number of the newest purge
+/// appended (what [`heartbeat_position`] reads): `KEYS` the counter
+/// ([`keys`]`[1]`), `ARGV` the heartbeat channel, the message; answers
+/// PUBLISH's count.
+pub const HEARTBEAT: &str = include_str!("heartbeat.lua");
+
+/// A heartbeat [`HEARTBEAT`] published: the message, and the number of the
+/// newest purge when it was sent. None for anything else.
+pub fn heartbeat_position(text: &str) -> Option<(&str, u64)> {
+    let (message, number) = text.rsplit_once('\n')?;
+    Some((message, number.parse().ok()?))
+}
+
 /// How long the log keeps a purge, ms: a reader further behind than this
 /// starts over (trusts nothing it kept before).
 pub const KEPT_MS: i64 = 10 * 60 * 1000;
@@ -153,6 +166,16 @@ mod tests {
         assert!(later.trusts(2_000, 60_500));
         let gap = Applied::after(Some(later), &read(99, true), 70_000);
         assert!(!gap.trusts(60_000, 70_001) && gap.trusts(70_000, 70_001));
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_number_of_the_newest_purge() {
+        let beat = crate::channel::Message::Heartbeat("0123456789abcdef").encode();
+        let published = format!("{beat}\n{}", 1_700_000_000_000_123u64);
+        assert_eq!(heartbeat_position(&published), Some((beat.as_str(), 1_700_000_000_000_123)));
+        assert_eq!(heartbeat_position(&format!("{beat}\n0")), Some((beat.as_str(), 0)));
+        assert_eq!(heartbeat_position("heartbeat"), None, "no number");
+        assert_eq!(heartbeat_position(&format!("{beat}\nx")), None, "not a number");
     }
 
     #[test]

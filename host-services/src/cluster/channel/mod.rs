@@ -13,12 +13,13 @@
 //! handler) until it has proof again, and then starts with an empty tier,
 //! since it may have missed purges meanwhile, unless its channel gave it
 //! every message sent meanwhile ([`Channel::resumes_within`]: MySQL's
-//! table does, for a while; pub/sub and `LISTEN` do not). A node whose
-//! listening connection ends loses its proof at once, when no other
+//! table and Redis's purge log do, for a while; `LISTEN` does not). A node
+//! whose listening connection ends loses its proof at once, when no other
 //! listener of it hears (Redis: one per master) and its channel does not
 //! resume: a listener that connects again within [`HEARD_WITHIN`] would
 //! otherwise prove a channel that lost the messages sent while it was
-//! away. So after a purge on one node
+//! away. A channel that resumes and finds it cannot give every message
+//! ([`Heard::Lost`]) costs the node its proof the same way. So after a purge on one node
 //! returns, every other node stops serving what it purged within the
 //! channel's delivery time when it hears the channel, and within
 //! [`HEARD_WITHIN`] when it does not: the worst case is `HEARD_WITHIN`
@@ -129,8 +130,8 @@ pub enum Heard {
     /// Proof that the channel works (a successful poll or round trip).
     Alive,
     /// Messages may have been lost (a channel that resumes found it could
-    /// not): the node is not heard until the next proof, which empties its
-    /// tier.
+    /// not): unless another of the node's listeners hears, the node is not
+    /// heard until the next proof, which empties its tier.
     Lost,
 }
 
@@ -215,6 +216,7 @@ pub fn spawn(
 }
 
 /// One of a node's listeners.
+#[derive(Clone)]
 struct Listener {
     /// Its connection (a Redis master).
     index: usize,
@@ -248,14 +250,14 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
         let last = Arc::new(AtomicU64::new(now_ms()));
         let heard = {
             let (cluster, kept, last, node) = (cluster.clone(), kept.clone(), last.clone(), node.clone());
-            let hearing = listener.hearing.clone();
+            let listener = listener.clone();
             move |h: Heard| {
                 last.store(now_ms(), Ordering::Release);
-                hearing[index].store(now_ms() + 1, Ordering::Release);
+                listener.hearing[index].store(now_ms() + 1, Ordering::Release);
                 let m = match h {
                     Heard::Message(m) => m,
                     Heard::Alive => return proof(&cluster, kept.as_ref(), resumes_within),
-                    Heard::Lost => return cluster.health().lapse(),
+                    Heard::Lost => return lost(&cluster, &listener),
                 };
                 match Message::decode(&m) {
                     Some(Message::Heartbeat(beat)) if beat == node => proof(&cluster, kept.as_ref(), resumes_within),
@@ -285,15 +287,26 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
         }
         listener.hearing[index].store(0, Ordering::Release);
-        if resumes_within.is_none() && !listener.another_hears(now_ms() + 1) && cluster.health().is_heard() {
-            cluster.health().lapse();
-            tracing::warn!(
-                index,
-                "no edge-cache listener hears: purges sent until one does are lost to this node, so its tier starts empty then"
-            );
+        if resumes_within.is_none() {
+            lost(&cluster, &listener);
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
+}
+
+/// `listener` may have missed messages: the node loses its proof, unless
+/// another of its listeners hears.
+fn lost(cluster: &Cluster, listener: &Listener) {
+    if listener.another_hears(now_ms() + 1) {
+        return;
+    }
+    if cluster.health().is_heard() {
+        tracing::warn!(
+            index = listener.index,
+            "no edge-cache listener hears: purges sent until one does are lost to this node, so its tier starts empty then"
+        );
+    }
+    cluster.health().lapse();
 }
 
 /// Say when the node stops hearing the cluster (when it hears it again,
