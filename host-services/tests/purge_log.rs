@@ -38,17 +38,21 @@ fn paths(read: &Read) -> Vec<String> {
     all
 }
 
-#[tokio::test]
-async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
-    let prefix = format!("{}:", support::unique("purge-log"));
+/// A node's channel under a prefix of its own, the keys of its purge log,
+/// and a client of the same Redis.
+fn channel_of_a_node(name: &str) -> (RedisChannel, String, [String; 2], redis::Client) {
+    let prefix = format!("{}:", support::unique(name));
     let opts = RedisOptions { addrs: vec![support::redis_addr()], ..Default::default() };
     let node = RedisChannel::new(&opts, &prefix).expect("the channel");
     let keys = purge_log::keys(&channel::name(&prefix));
-    let mut conn = redis::Client::open(format!("redis://{}", support::redis_addr()))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
+    let client = redis::Client::open(format!("redis://{}", support::redis_addr())).unwrap();
+    (node, channel::name(&prefix), keys, client)
+}
+
+#[tokio::test]
+async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
+    let (node, _, keys, client) = channel_of_a_node("purge-log");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis");
 
     // A reader that never read starts over, whatever the log holds.
     let empty = read(&mut conn, &keys, "").await;
@@ -85,14 +89,10 @@ async fn purges_are_kept_in_order_and_a_reader_hears_of_gaps() {
 
 #[tokio::test]
 async fn a_heartbeat_says_how_far_the_purge_log_stood() {
-    let prefix = format!("{}:", support::unique("purge-log-beat"));
-    let opts = RedisOptions { addrs: vec![support::redis_addr()], ..Default::default() };
-    let node = RedisChannel::new(&opts, &prefix).expect("the channel");
-    let keys = purge_log::keys(&channel::name(&prefix));
-    let client = redis::Client::open(format!("redis://{}", support::redis_addr())).unwrap();
+    let (node, name, keys, client) = channel_of_a_node("purge-log-beat");
     let mut conn = client.get_multiplexed_async_connection().await.expect("Redis");
     let mut pubsub = client.get_async_pubsub().await.expect("Redis");
-    pubsub.subscribe(channel::heartbeats(&channel::name(&prefix), "n1")).await.expect("subscribed");
+    pubsub.subscribe(channel::heartbeats(&name, "n1")).await.expect("subscribed");
     let mut heard = pubsub.into_on_message();
     let beat = Message::Heartbeat("n1").encode();
     let mut beat_heard = async || {
