@@ -151,7 +151,12 @@ pub async fn edge_channel(config: &Config, shared: &Shared) -> anyhow::Result<Op
     Ok(match (locks.backend, &config.database.url, &locks.redis) {
         (LockBackendKind::Redis, _, Some(opts)) => Some(Arc::new(RedisChannel::new(opts, prefix)?)),
         (LockBackendKind::Postgres, DatabaseUrl::Postgres(_), _) => {
-            Some(Arc::new(PgChannel::new(pg_link(shared.pg.as_ref())?, prefix)))
+            let link = pg_link(shared.pg.as_ref())?;
+            let channel = connecting(config, "PostgreSQL edge-cache channel", async {
+                PgChannel::on_link(link, prefix).await.context("PostgreSQL edge-cache channel")
+            })
+            .await?;
+            Some(Arc::new(channel))
         }
         (LockBackendKind::Mysql, DatabaseUrl::Mysql(_), _) => {
             let pool = shared.mysql.as_ref().context("the MySQL channel needs the MySQL metadata")?.pool();

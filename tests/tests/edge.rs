@@ -355,9 +355,14 @@ fn database_through(database: &str, proxy: &StallProxy) -> String {
 enum Meanwhile {
     /// Nothing: A deletes, and that is all.
     Nothing,
-    /// Redis loses the purge log (a restart without persistence), then A
-    /// deletes.
-    PurgeLogLost,
+    /// The channel loses the purges it kept (Redis's purge log, as after a
+    /// restart without persistence; the purge table, as after a restore
+    /// of an older backup), then A deletes.
+    PurgesLost,
+    /// On PostgreSQL: before B's listener goes away, it hears a purge sent
+    /// without a row in the purge table, as a node of an older version
+    /// sends it (a purge B cannot know it would have read again).
+    AnOlderNodePurged,
 }
 
 /// Two nodes on `backend`, B's connections to the server its channel is
@@ -366,10 +371,10 @@ enum Meanwhile {
 /// long enough for A to delete `leaf` (after what `meanwhile` says), short
 /// enough for B's listener (which waits half a second after a failure) to
 /// connect again before B misses a heartbeat. B stops answering `leaf`
-/// within [`HEARD_WITHIN`] of the delete all the same. Where the channel
-/// gives B every purge it missed (Redis's purge log, MySQL's table), B
-/// keeps the rest of its tier; where it cannot (`LISTEN`, a purge log that
-/// was lost), B's tier starts empty.
+/// within [`HEARD_WITHIN`] of the delete all the same. When the channel
+/// gives B every purge it missed (Redis's purge log, the purge table on
+/// PostgreSQL and MySQL), B keeps the rest of its tier; when it cannot
+/// (it lost them meanwhile), B's tier starts empty.
 async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &str, meanwhile: Meanwhile) {
     if !memory_tier_on() {
         return; // Nothing kept to purge: every answer is the handler's.
@@ -387,23 +392,24 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &s
     let b = purging.node(&through.collect::<Vec<_>>()).await;
     let c = reqwest::Client::new();
     tokio::time::sleep(HEARD_WITHIN).await;
-    // A purge before: the channel has a history that B has heard (an
+    // Two purges before: the channel has a history that B has heard (an
     // answer is not kept when a purge arrives while it is made).
-    assert_eq!(c.get(narinfo_at(&a, &fx.top)).send().await.unwrap().status(), 200);
-    delete_at(&c, &a, &fx.top).await;
+    for path in [&fx.top, &fx.big] {
+        assert_eq!(c.get(narinfo_at(&a, path)).send().await.unwrap().status(), 200);
+        delete_at(&c, &a, path).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     kept_at(&c, &b, &[&fx.leaf, &fx.mid]).await;
+    if meanwhile == Meanwhile::AnOlderNodePurged {
+        notify_an_unlogged_purge(&database, &fx.top).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     proxy.set(ProxyMode::Refuse);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let deleted_at = Instant::now();
-    if meanwhile == Meanwhile::PurgeLogLost {
-        let prefix = direct.iter().find_map(|f| f.strip_prefix("--cache-lock-redis-key-prefix=")).unwrap();
-        let keys = ncps_edge_wire::purge_log::keys(&ncps_edge_wire::channel::name(prefix));
-        let redis = redis::Client::open(format!("redis://{}", redis_addr())).unwrap();
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        let lost: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
-        assert_eq!(lost, 2, "the purge log and its counter");
+    if meanwhile == Meanwhile::PurgesLost {
+        lose_the_purges(backend, &direct).await;
     }
     delete_at(&c, &a, &fx.leaf).await;
     tokio::time::sleep(Duration::from_millis(300).saturating_sub(deleted_at.elapsed())).await;
@@ -413,7 +419,7 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node(backend: &s
     assert!(took <= HEARD_WITHIN, "{backend}: B served a narinfo deleted while its listener reconnected for {took:?}");
     // By now B hears its channel again.
     tokio::time::sleep(HEARD_WITHIN).await;
-    let resumes = backend != "postgres" && meanwhile == Meanwhile::Nothing;
+    let resumes = meanwhile == Meanwhile::Nothing;
     assert_eq!(
         from_memory(&c, &b, &narinfo_at(&b, &fx.mid)).await,
         resumes,
@@ -436,9 +442,64 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_mysql(
     a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql", Meanwhile::Nothing).await;
 }
 
+/// Notify the PostgreSQL channel of nodes on `database` (with the default
+/// lock prefix) of a purge of `path`, without a row in the purge table.
+async fn notify_an_unlogged_purge(database: &str, path: &str) {
+    let name = ncps_edge_wire::channel::name(ncps_edge_wire::locks::DEFAULT_PREFIX);
+    // PostgreSQL keeps 63 bytes of a channel name; the node keeps the tail.
+    let name = &name[name.len().saturating_sub(63)..];
+    let message = ncps_edge_wire::channel::Message::Purge(vec![&format!("/{}.narinfo", hash_of(path))]).encode();
+    let (db, conn) = tokio_postgres::connect(database, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    db.execute("SELECT pg_notify($1, $2)", &[&name, &message]).await.unwrap();
+}
+
+/// The channel of nodes with `flags` loses every purge it kept, and its
+/// numbers start again (ids reused on PostgreSQL and MySQL; on Redis the
+/// log's counter starts from the time).
+async fn lose_the_purges(backend: &str, flags: &[String]) {
+    let flag = |name: &str| flags.iter().find_map(|f| f.strip_prefix(name)).unwrap().to_owned();
+    match backend {
+        "redis" => {
+            let prefix = flag("--cache-lock-redis-key-prefix=");
+            let keys = ncps_edge_wire::purge_log::keys(&ncps_edge_wire::channel::name(&prefix));
+            let redis = redis::Client::open(format!("redis://{}", redis_addr())).unwrap();
+            let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+            let lost: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+            assert_eq!(lost, 2, "the purge log and its counter");
+        }
+        "postgres" => {
+            let (db, conn) =
+                tokio_postgres::connect(&flag("--cache-database-url="), tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            db.batch_execute("TRUNCATE ncps_edge_purges RESTART IDENTITY").await.unwrap();
+        }
+        _ => {
+            let url = flag("--cache-database-url=");
+            let mut db = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap()).await.unwrap();
+            db.query_drop("TRUNCATE TABLE ncps_edge_purges").await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_node_whose_purge_log_was_lost_while_it_reconnected_empties_its_tier() {
-    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis", Meanwhile::PurgeLogLost).await;
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("redis", Meanwhile::PurgesLost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_node_whose_purge_table_went_back_while_it_reconnected_empties_its_tier() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("postgres", Meanwhile::PurgesLost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_node_that_heard_a_purge_without_a_row_empties_its_tier_when_it_reconnects() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("postgres", Meanwhile::AnOlderNodePurged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mysql_node_whose_purge_table_went_back_while_it_reconnected_empties_its_tier() {
+    a_purge_sent_while_the_listener_reconnects_reaches_the_node("mysql", Meanwhile::PurgesLost).await;
 }
 
 /// Two MySQL nodes, B's connections to the server through a proxy; B's

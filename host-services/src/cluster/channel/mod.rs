@@ -12,23 +12,25 @@
 //! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
 //! handler) until it has proof again, and then starts with an empty tier,
 //! since it may have missed purges meanwhile, unless its channel gave it
-//! every message sent meanwhile ([`Channel::resumes_within`]: MySQL's
-//! table and Redis's purge log do, for a while; `LISTEN` does not). A node
-//! whose listening connection ends loses its proof at once, when no other
-//! listener of it hears (Redis: one per master) and its channel does not
-//! resume: a listener that connects again within [`HEARD_WITHIN`] would
-//! otherwise prove a channel that lost the messages sent while it was
-//! away. A channel that resumes and finds it cannot give every message
-//! ([`Heard::Lost`]) costs the node its proof the same way. So after a purge on one node
-//! returns, every other node stops serving what it purged within the
-//! channel's delivery time when it hears the channel, and within
-//! [`HEARD_WITHIN`] when it does not: the worst case is `HEARD_WITHIN`
-//! (3 s). The `max-age` the guest gives each answer bounds the rest (a
-//! message lost by a channel that still delivers heartbeats).
+//! every message sent meanwhile ([`Channel::resumes_within`]: each channel
+//! here does, for a while, from the purge table of MySQL and PostgreSQL
+//! and from Redis's purge log). A node whose listening connection ends
+//! loses its proof at once, when no other listener of it hears (Redis: one
+//! per master) and its channel does not resume: a listener that connects
+//! again within [`HEARD_WITHIN`] would otherwise prove a channel that lost
+//! the messages sent while it was away. A channel that resumes and finds
+//! it cannot give every message ([`Heard::Lost`]) costs the node its proof
+//! the same way. So after a purge on one node returns, every other node
+//! stops serving what it purged within the channel's delivery time when it
+//! hears the channel, and within [`HEARD_WITHIN`] when it does not: the
+//! worst case is `HEARD_WITHIN` (3 s). The `max-age` the guest gives each
+//! answer bounds the rest (a message lost by a channel that still delivers
+//! heartbeats).
 
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+mod table;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -5,32 +5,22 @@
 //! connections are its metadata pool's and its lock session. A poll that
 //! fails (a busy pool, a dropped connection, a server away for minutes)
 //! loses nothing: the next one reads on from where the last one that
-//! succeeded stopped, and the table keeps rows for ten minutes, so the
-//! node keeps its tier too. Rows are pruned only right after an insert,
-//! so the newest one stays and ids only grow (a server that sets its
-//! counter from the highest id at start continues from there); a poll that
-//! finds the newest id below the highest it read knows the table went back
-//! (a restore, a failover to a replica that lagged) and that purges may be
-//! lost: the node's tier starts empty.
+//! succeeded stopped ([`table`](super::table)), and the table keeps rows
+//! for ten minutes, so the node keeps its tier too (a server that sets
+//! its counter from the highest id at start continues from there); a poll
+//! that finds the table went back knows that purges may be lost: the
+//! node's tier starts empty.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use tokio::sync::Mutex;
 
+use super::table::{self, Pruned, Read, Resume};
 use super::{Channel, Heard, Publisher};
 use crate::{Error, Result};
 
 /// How often a node polls for purges.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// How long purge rows are kept.
-const KEPT: Duration = Duration::from_secs(600);
-/// How often a publisher deletes old rows.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// Ids are given at insert but rows become visible at commit, possibly out
-/// of order: each poll reads again this many ids below the highest seen.
-const REORDER_WINDOW: u64 = 256;
 /// Time one publish or poll may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -45,22 +35,10 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS ncps_edge_purges (
 /// the metadata's pool.
 pub struct MySqlChannel {
     pool: mysql_async::Pool,
-    last_prune: Mutex<Instant>,
+    pruned: Pruned,
     /// Where the last poll that succeeded stopped: where the listener
     /// reads on from when it listens again.
-    read: std::sync::Mutex<Option<Read>>,
-}
-
-/// What a node's polls have read of the table.
-#[derive(Clone, Debug)]
-struct Read {
-    /// The highest id when the node first listened: rows up to it are older
-    /// than anything the node keeps.
-    start: u64,
-    /// The highest id read.
-    highest: u64,
-    /// The ids read within [`REORDER_WINDOW`] of `highest`.
-    seen: BTreeSet<u64>,
+    read: Resume,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -81,7 +59,7 @@ impl MySqlChannel {
             conn.query_drop(TABLE).await.map_err(failed)
         })
         .await?;
-        Ok(Self { pool, last_prune: Mutex::new(Instant::now()), read: std::sync::Mutex::default() })
+        Ok(Self { pool, pruned: Pruned::default(), read: Resume::default() })
     }
 }
 
@@ -95,13 +73,6 @@ impl MySqlChannel {
         .await?;
         Ok(newest.unwrap_or(0))
     }
-
-    /// Where the listener reads on from when it listens again.
-    fn keep(&self, read: &Read) {
-        if let Ok(mut kept) = self.read.lock() {
-            *kept = Some(read.clone());
-        }
-    }
 }
 
 #[async_trait::async_trait]
@@ -110,13 +81,11 @@ impl Publisher for MySqlChannel {
         within(async {
             let mut conn = self.pool.get_conn().await.map_err(failed)?;
             conn.exec_drop("INSERT INTO ncps_edge_purges (message) VALUES (?)", (message,)).await.map_err(failed)?;
-            let mut last = self.last_prune.lock().await;
             // Right after an insert, so the newest row is never pruned.
-            if last.elapsed() > PRUNE_EVERY {
-                *last = Instant::now();
+            if self.pruned.due() {
                 let prune = format!(
                     "DELETE FROM ncps_edge_purges WHERE created_at < NOW(3) - INTERVAL {} SECOND",
-                    KEPT.as_secs()
+                    table::KEPT.as_secs()
                 );
                 conn.query_drop(prune).await.map_err(failed)?;
             }
@@ -136,29 +105,26 @@ impl Channel for MySqlChannel {
         true
     }
 
-    /// Half of what the table keeps: the rest is room for the clocks of
-    /// the publishers and the server, and for the prune's own pace.
     fn resumes_within(&self) -> Option<Duration> {
-        Some(KEPT / 2)
+        Some(table::RESUMES_WITHIN)
     }
 
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
         // A connection from the pool for each poll, given back between
         // polls: the pool's idle connections serve the channel too.
-        let resumed = self.read.lock().map_err(|_| Error::internal("mysql", "edge-cache channel state"))?.clone();
+        let resumed = self.read.lock().clone();
         let mut read = match resumed {
             Some(read) => read,
             None => {
-                let start = self.newest().await?;
-                let read = Read { start, highest: start, seen: BTreeSet::new() };
-                self.keep(&read);
+                let read = Read::at(self.newest().await?);
+                *self.read.lock() = Some(read.clone());
                 heard(Heard::Alive);
                 read
             }
         };
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            let from = read.highest.saturating_sub(REORDER_WINDOW);
+            let from = read.from();
             // The new rows, or the newest id when the table went back.
             let polled: std::result::Result<Vec<(u64, String)>, u64> = within(async {
                 let mut conn = self.pool.get_conn().await.map_err(failed)?;
@@ -172,10 +138,10 @@ impl Channel for MySqlChannel {
                     .await
                     .map_err(failed)?;
                 let newest = ids.last().copied().unwrap_or(0);
-                if newest < read.highest {
+                if read.went_back(newest) {
                     return Ok(Err(newest));
                 }
-                let new: Vec<u64> = ids.into_iter().filter(|id| *id > read.start && !read.seen.contains(id)).collect();
+                let new: Vec<u64> = ids.into_iter().filter(|id| read.is_new(*id)).collect();
                 let (Some(first), Some(last)) = (new.first(), new.last()) else { return Ok(Ok(Vec::new())) };
                 conn.exec(
                     "SELECT id, message FROM ncps_edge_purges WHERE id BETWEEN ? AND ? ORDER BY id",
@@ -190,26 +156,20 @@ impl Channel for MySqlChannel {
                 Ok(rows) => rows,
                 Err(newest) => {
                     // The table went back: what was sent since is not known.
-                    tracing::warn!(
-                        newest,
-                        highest = read.highest,
-                        "the edge-cache purge table went back: purges may be lost"
-                    );
+                    tracing::warn!(newest, "the edge-cache purge table went back: purges may be lost");
                     heard(Heard::Lost);
-                    read = Read { start: newest, highest: newest, seen: BTreeSet::new() };
-                    self.keep(&read);
+                    read = Read::at(newest);
+                    *self.read.lock() = Some(read.clone());
                     heard(Heard::Alive);
                     continue;
                 }
             };
             for (id, message) in rows {
-                if read.seen.insert(id) {
+                if read.note(id) {
                     heard(Heard::Message(message));
                 }
-                read.highest = read.highest.max(id);
             }
-            read.seen = read.seen.split_off(&read.highest.saturating_sub(REORDER_WINDOW));
-            self.keep(&read);
+            *self.read.lock() = Some(read.clone());
             heard(Heard::Alive);
         }
     }
