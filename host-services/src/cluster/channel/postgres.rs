@@ -5,14 +5,13 @@
 //! A purge is also a row of the table `ncps_edge_purges` (made by the
 //! first node that needs it, kept ten minutes; the metadata's schema is
 //! the same in every dialect and has no such table), inserted in the same
-//! statement that notifies, and its
-//! notification carries the row's id. A listener that listens again (a
-//! replaced session connection, a restarted server, notifications it fell
-//! behind on) first reads the rows it has not heard ([`table`]), so it
-//! loses no purge and the node keeps its tier. A table that went back, or
-//! a purge heard without a row (a node of an older version in the fleet,
-//! within the last ten minutes), means purges may be lost: the node's tier
-//! starts empty.
+//! statement that notifies, and its notification carries the row's id. A
+//! listener that listens again (a replaced session connection, a
+//! restarted server, notifications it fell behind on) first reads the rows
+//! it has not heard ([`table`]), so it loses no purge and the node keeps
+//! its tier. A table that went back, or a purge heard without a row (a
+//! node of an older version in the fleet, within the last ten minutes),
+//! means purges may be lost: the node's tier starts empty.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -42,6 +41,7 @@ fn make_table() -> String {
         ncps_edge_wire::sql::postgres::MIGRATION_LOCK
     )
 }
+
 /// Insert purge `$2` and notify channel `$1` of it, as `<id>\n<message>`.
 const PUBLISH_PURGE: &str = "WITH purge AS (INSERT INTO ncps_edge_purges (message) VALUES ($2::TEXT) RETURNING id)
      SELECT pg_notify($1::TEXT, id::TEXT || E'\\n' || $2::TEXT) FROM purge";
