@@ -10,20 +10,18 @@
 //! holds its `LISTEN`; on MySQL by each successful poll (every
 //! [`mysql::POLL_INTERVAL`]). A node that has had no proof for
 //! [`HEARD_WITHIN`] answers nothing from its tier (every request runs the
-//! handler) until it has proof again, and then starts with an empty tier,
-//! since it may have missed purges meanwhile, unless its channel gave it
-//! every message sent meanwhile ([`Channel::resumes_within`]: each channel
-//! here does, for a while, from the purge table of MySQL and PostgreSQL
-//! and from Redis's purge log). A node whose listening connection ends
-//! loses its proof at once, when no other listener of it hears (Redis: one
-//! per master) and its channel does not resume: a listener that connects
-//! again within [`HEARD_WITHIN`] would otherwise prove a channel that lost
-//! the messages sent while it was away. A channel that resumes and finds
-//! it cannot give every message ([`Heard::Lost`]) costs the node its proof
-//! the same way. So after a purge on one node returns, every other node
-//! stops serving what it purged within the channel's delivery time when it
-//! hears the channel, and within [`HEARD_WITHIN`] when it does not: the
-//! worst case is `HEARD_WITHIN` (3 s). The `max-age` the guest gives each
+//! handler) until it has proof again. Every channel gives a listener that
+//! listens again the messages sent while it did not hear
+//! ([`Channel::resumes_within`]: from the purge table of MySQL and
+//! PostgreSQL, from Redis's purge log), so the node keeps its tier after
+//! a gap up to that bound and starts with an empty one after a longer
+//! gap. A channel that finds it cannot give every message ([`Heard::Lost`])
+//! costs the node its proof at once, when no other listener of it hears
+//! (Redis: one per master), so that the next proof empties the tier. So
+//! after a purge on one node returns, every other node stops serving what
+//! it purged within the channel's delivery time when it hears the
+//! channel, and within [`HEARD_WITHIN`] when it does not: the worst case
+//! is `HEARD_WITHIN` (3 s). The `max-age` the guest gives each
 //! answer bounds the rest (a message lost by a channel that still delivers
 //! heartbeats).
 
@@ -88,8 +86,8 @@ impl Health {
         Some(Duration::from_millis(now_ms().saturating_sub(last)))
     }
 
-    /// The node may have missed messages (its listening connection
-    /// ended): not heard until the next proof, which empties the tier.
+    /// The node may have missed messages ([`Heard::Lost`]): not heard
+    /// until the next proof, which empties the tier.
     fn lapse(&self) {
         self.last_proof.store(0, Ordering::Release);
     }
@@ -151,11 +149,9 @@ pub trait Channel: Publisher {
     }
     /// How long a node may not hear the channel (its listener failing, or
     /// waiting) and still be given, once it hears again, every message
-    /// sent meanwhile, so that it loses nothing and keeps its tier. None:
-    /// what is sent while a listener is not connected is lost to it.
-    fn resumes_within(&self) -> Option<Duration> {
-        None
-    }
+    /// sent meanwhile, so that it loses nothing and keeps its tier. A
+    /// listener that finds it cannot give them reports [`Heard::Lost`].
+    fn resumes_within(&self) -> Duration;
     /// Listen on connection `index`, handing what is heard to `heard`,
     /// until the connection fails: the shared channel, and the heartbeats
     /// of `node` (this one).
@@ -242,9 +238,8 @@ impl Listener {
 }
 
 /// One listener, reconnected whenever it fails or hears nothing for twice
-/// [`HEARD_WITHIN`] (a connection that died without closing). When its
-/// connection ends, the node loses its proof unless another listener
-/// hears or the channel [resumes](Channel::resumes_within).
+/// [`HEARD_WITHIN`] (a connection that died without closing); the channel
+/// [resumes](Channel::resumes_within) when it listens again.
 async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Channel>, listener: Listener) {
     let (index, node) = (listener.index, listener.node.clone());
     let resumes_within = channel.resumes_within();
@@ -289,9 +284,6 @@ async fn listen(cluster: Arc<Cluster>, kept: Arc<dyn Kept>, channel: Arc<dyn Cha
             () = watchdog => tracing::warn!(index, "edge-cache channel silent; listening again"),
         }
         listener.hearing[index].store(0, Ordering::Release);
-        if resumes_within.is_none() {
-            lost(&cluster, &listener);
-        }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
@@ -332,9 +324,9 @@ async fn watch_hearing(cluster: Arc<Cluster>) {
 /// The channel proved itself: when it had not been heard, the tier starts
 /// empty (purges may have been missed meanwhile), unless the channel gave
 /// every message sent meanwhile (it resumes within `resumes_within`).
-fn proof(cluster: &Cluster, kept: &dyn Kept, resumes_within: Option<Duration>) {
+fn proof(cluster: &Cluster, kept: &dyn Kept, resumes_within: Duration) {
     let Some(unheard) = cluster.health().proof() else { return };
-    if resumes_within.is_some_and(|within| unheard <= within) {
+    if unheard <= resumes_within {
         tracing::info!(unheard = ?unheard, "edge-cache channel heard again, and every purge sent meanwhile with it; the tier is kept");
         return;
     }

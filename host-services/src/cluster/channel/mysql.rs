@@ -105,8 +105,8 @@ impl Channel for MySqlChannel {
         true
     }
 
-    fn resumes_within(&self) -> Option<Duration> {
-        Some(table::RESUMES_WITHIN)
+    fn resumes_within(&self) -> Duration {
+        table::RESUMES_WITHIN
     }
 
     async fn listen(&self, _index: usize, _node: &str, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {

@@ -202,8 +202,8 @@ impl Channel for PgChannel {
         true
     }
 
-    fn resumes_within(&self) -> Option<Duration> {
-        Some(table::RESUMES_WITHIN)
+    fn resumes_within(&self) -> Duration {
+        table::RESUMES_WITHIN
     }
 
     /// `LISTEN` on the session connection; every [`HEARTBEAT`] a round trip

@@ -175,8 +175,8 @@ impl Channel for RedisChannel {
     /// The log's purges up to the newest when the listener subscribed
     /// again were read from the log; those after it are published to the
     /// subscription, and a heartbeat says how far they went.
-    fn resumes_within(&self) -> Option<Duration> {
-        Some(Duration::from_millis(purge_log::KEPT_MS as u64) / 2)
+    fn resumes_within(&self) -> Duration {
+        Duration::from_millis(purge_log::KEPT_MS as u64) / 2
     }
 
     async fn heartbeat(&self, node: &str, message: &str) -> Result<()> {
