@@ -107,6 +107,25 @@ impl Health {
     }
 }
 
+/// Where a listener stands in what its channel keeps (a purge table's
+/// [`table::Read`], a Redis master's purge log number), kept across its
+/// connections: none before it first listened.
+#[derive(Debug)]
+struct Resume<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Resume<T> {
+    fn default() -> Self {
+        Resume(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Resume<T> {
+    /// Where the listener stands.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<T>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Sends messages to every node listening on a channel.
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 
-use super::table::{self, Pruned, Read, Resume};
-use super::{Channel, Heard, Publisher};
+use super::table::{self, Pruned, Read};
+use super::{Channel, Heard, Publisher, Resume};
 use crate::{Error, Result};
 
 /// How often a node polls for purges.
@@ -38,7 +38,7 @@ pub struct MySqlChannel {
     pruned: Pruned,
     /// Where the last poll that succeeded stopped: where the listener
     /// reads on from when it listens again.
-    read: Resume,
+    read: Resume<Read>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 
-use super::table::{self, Pruned, Read, Resume};
-use super::{Channel, Heard, Publisher, HEARTBEAT};
+use super::table::{self, Pruned, Read};
+use super::{Channel, Heard, Publisher, Resume, HEARTBEAT};
 use crate::pg_link::{self, Lent, PgLink};
 use crate::{Error, Result};
 
@@ -59,7 +59,7 @@ pub struct PgChannel {
     name: String,
     pruned: Pruned,
     /// Where the listener stands in the table.
-    read: Resume,
+    read: Resume<Read>,
     /// When the listener last heard a purge that has no row (sent by a
     /// node of an older version).
     unlogged: Mutex<Option<Instant>>,

@@ -10,7 +10,6 @@
 //! lost with a restart, more than a read returns) says so, and the node's
 //! tier starts empty.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -18,7 +17,7 @@ use ncps_edge_wire::purge_log;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use super::{Channel, Heard, Publisher};
+use super::{Channel, Heard, Publisher, Resume};
 use crate::locks::redis::RedisOptions;
 use crate::{Error, Result};
 
@@ -35,7 +34,7 @@ pub struct RedisChannel {
     read_log: redis::Script,
     /// Per master: the number of the newest purge in its log that its
     /// listener has heard (none before it first subscribed).
-    heard_up_to: Vec<Mutex<Option<u64>>>,
+    heard_up_to: Vec<Resume<u64>>,
 }
 
 impl RedisChannel {
@@ -50,7 +49,7 @@ impl RedisChannel {
         let purge_log = purge_log::keys(&name);
         Ok(Self {
             name,
-            heard_up_to: opts.addrs.iter().map(|_| Mutex::new(None)).collect(),
+            heard_up_to: opts.addrs.iter().map(|_| Resume::default()).collect(),
             masters,
             purge_log,
             publish_purge: redis::Script::new(purge_log::PUBLISH),
@@ -66,11 +65,6 @@ impl RedisChannel {
         Ok(conn.clone())
     }
 
-    /// Where master `index`'s listener stands in its log.
-    fn heard_up_to(&self, index: usize) -> std::sync::MutexGuard<'_, Option<u64>> {
-        self.heard_up_to[index].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// After subscribing: the purges master `index`'s log took since its
     /// listener last stood in it, handed to `heard`, or [`Heard::Lost`]
     /// when the log cannot give them all; the listener then stands at the
@@ -78,7 +72,7 @@ impl RedisChannel {
     async fn resume(&self, index: usize, heard: &(dyn Fn(Heard) + Send + Sync)) -> Result<()> {
         let (addr, ..) = &self.masters[index];
         let failed = |e: String| Error::unavailable("redis", format!("{addr}: reading the purge log: {e}"));
-        let since = *self.heard_up_to(index);
+        let since = *self.heard_up_to[index].lock();
         let mut conn = self.connection(index).await.map_err(failed)?;
         let mut call = self.read_log.prepare_invoke();
         call.key(&self.purge_log[0]).key(&self.purge_log[1]);
@@ -99,7 +93,7 @@ impl RedisChannel {
             }
             Some(_) => read.messages.into_iter().for_each(|m| heard(Heard::Message(m))),
         }
-        *self.heard_up_to(index) = Some(read.last);
+        *self.heard_up_to[index].lock() = Some(read.last);
         Ok(())
     }
 }
@@ -205,7 +199,7 @@ impl Channel for RedisChannel {
             match purge_log::heartbeat_position(&text).filter(|_| msg.get_channel_name() == beats) {
                 Some((beat, up_to)) => {
                     heard(Heard::Message(beat.to_owned()));
-                    *self.heard_up_to(index) = Some(up_to);
+                    *self.heard_up_to[index].lock() = Some(up_to);
                 }
                 None => heard(Heard::Message(text)),
             }

@@ -8,7 +8,7 @@
 //! the table went back (a restore, a failover to a replica that lagged).
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long purge rows are kept.
@@ -65,17 +65,6 @@ impl Read {
     /// Whether a table whose newest id is `newest` went back.
     pub fn went_back(&self, newest: u64) -> bool {
         newest < self.highest
-    }
-}
-
-/// Where a listener stands, kept across its connections.
-#[derive(Debug, Default)]
-pub struct Resume(Mutex<Option<Read>>);
-
-impl Resume {
-    /// What the listener has read; none before it first read.
-    pub fn lock(&self) -> MutexGuard<'_, Option<Read>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
