@@ -180,9 +180,26 @@ impl S3 {
     /// The bytes of `object` (`range`: an HTTP `Range` value), none when absent.
     pub fn get(&self, object: &str, range: Option<String>) -> Result<Option<InputStream>> {
         let headers: Vec<(String, String)> = range.into_iter().map(|r| ("range".to_owned(), r)).collect();
-        let r = self.call(Method::Get, object, &[], &headers, &[])?;
+        Ok(self.fetch(object, &headers)?.map(|(_, stream)| stream))
+    }
+
+    /// The whole `object` and its size (the answer's `content-length`),
+    /// none when absent: one request where `head` and `get` are two.
+    pub fn open(&self, object: &str) -> Result<Option<(u64, InputStream)>> {
+        let Some((length, stream)) = self.fetch(object, &[])? else { return Ok(None) };
+        let size = length.ok_or_else(|| Error::Unavailable("s3", "GET: an answer without a content-length".into()))?;
+        Ok(Some((size, stream)))
+    }
+
+    /// GET `object` with `headers`: the answer's `content-length` (when it
+    /// has one) and its body, none when absent.
+    fn fetch(&self, object: &str, headers: &[(String, String)]) -> Result<Option<(Option<u64>, InputStream)>> {
+        let r = self.call(Method::Get, object, &[], headers, &[])?;
         match r.status {
-            200 | 206 => Ok(Some(r.into_stream().map_err(http_error)?)),
+            200 | 206 => {
+                let length = r.header("content-length").and_then(|v| v.parse().ok());
+                Ok(Some((length, r.into_stream().map_err(http_error)?)))
+            }
             404 => Ok(None),
             _ => Err(self.unexpected("GET", r)),
         }

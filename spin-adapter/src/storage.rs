@@ -5,7 +5,8 @@
 //! nothing is visible before.
 //!
 //! Under Spin there is no `hand-off` (the handler streams reads and
-//! downloads itself),
+//! downloads itself; `stat-for-read` opens the object, so a whole read is
+//! one GET),
 //! no `follow` (a Spin node has no other instance's writers), and
 //! `sweep-incomplete` sweeps nothing: the markers this adapter writes let
 //! a native node's sweep abort what a dead Spin instance left.
@@ -23,6 +24,11 @@ use crate::locks;
 use crate::s3::{self, S3};
 
 use ncps_edge_wire::layout::{self, ContentCheck, PART_SIZE};
+
+thread_local! {
+    /// The object `stat-for-read` opened, by key, for the read that follows.
+    static OPENED: RefCell<Option<(String, InputStream)>> = const { RefCell::new(None) };
+}
 
 fn object_of(key: &str) -> Result<String> {
     if !layout::is_valid_key(key) {
@@ -169,7 +175,19 @@ impl Guest for crate::Adapter {
         Ok(s3::bucket()?.head(&object_of(&key)?)?.map(|size| ObjectInfo { size }))
     }
 
+    fn stat_for_read(key: String) -> std::result::Result<Option<ObjectInfo>, WitError> {
+        let Some((size, body)) = s3::bucket()?.open(&object_of(&key)?)? else { return Ok(None) };
+        OPENED.with(|opened| *opened.borrow_mut() = Some((key, body)));
+        Ok(Some(ObjectInfo { size }))
+    }
+
     fn read(key: String, range: Option<ByteRange>) -> std::result::Result<Option<InputStream>, WitError> {
+        if range.is_none() {
+            let opened = OPENED.with(|opened| opened.borrow_mut().take_if(|(k, _)| *k == key));
+            if let Some((_, body)) = opened {
+                return Ok(Some(body));
+            }
+        }
         let range = range.as_ref().map(range_header).transpose()?;
         Ok(s3::bucket()?.get(&object_of(&key)?, range)?)
     }

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use ncps_edge_tests::fixture::{fixture, hash_of, nar_url};
-use ncps_edge_tests::measure::latency;
+use ncps_edge_tests::measure::{latency_until, Until};
 use ncps_edge_tests::spin_host::Shared;
 use ncps_edge_tests::spin_up::{spin_binary, Region, SpinUp};
 
@@ -30,14 +30,17 @@ async fn main() {
     let _region = Region::away(&shared, &mut far_vars, ONE_WAY).await;
     let near = SpinUp::start(&spin, near_vars).await;
     let far = SpinUp::start(&spin, far_vars).await;
+    // A large NAR's transfer would hide a round trip: timed to its head.
     let paths = [
-        ("/nix-cache-info", "/nix-cache-info".to_owned()),
-        ("narinfo", format!("/{}.narinfo", hash_of(&fx.leaf))),
-        ("NAR, 8 bytes", nar_url(&fx.cache("none"), &fx.leaf)),
+        ("/nix-cache-info", "/nix-cache-info".to_owned(), Until::Body),
+        ("narinfo", format!("/{}.narinfo", hash_of(&fx.leaf)), Until::Body),
+        ("narinfo of the 30 MB NAR", format!("/{}.narinfo", hash_of(&fx.big)), Until::Body),
+        ("NAR, 8 bytes", nar_url(&fx.cache("none"), &fx.leaf), Until::Body),
+        ("NAR, 30 MB (not kept), to its head", nar_url(&fx.cache("none"), &fx.big), Until::Head),
     ];
     let c = reqwest::Client::new();
     for node in [&near, &far] {
-        for (_, path) in &paths {
+        for (_, path, _) in &paths {
             let resp = c.get(format!("{}{path}", node.url())).send().await.expect("warm-up");
             assert_eq!(resp.status().as_u16(), 200, "{path}:\n{}", node.log());
             resp.bytes().await.expect("warm-up body");
@@ -48,9 +51,9 @@ async fn main() {
         "| warm hit | near: median / p90 | far ({rtt_ms:.0} ms RTT): median / p90 | round trips (far − near) / RTT |"
     );
     println!("| --- | --- | --- | --- |");
-    for (what, path) in &paths {
-        let (near_median, near_p90) = latency(&c, &format!("{}{path}", near.url()), SAMPLES).await;
-        let (far_median, far_p90) = latency(&c, &format!("{}{path}", far.url()), SAMPLES).await;
+    for (what, path, until) in &paths {
+        let (near_median, near_p90) = latency_until(&c, &format!("{}{path}", near.url()), SAMPLES, *until).await;
+        let (far_median, far_p90) = latency_until(&c, &format!("{}{path}", far.url()), SAMPLES, *until).await;
         println!(
             "| {what} | {near_median:.1} / {near_p90:.1} ms | {far_median:.1} / {far_p90:.1} ms | {:.1} |",
             (far_median - near_median) / rtt_ms

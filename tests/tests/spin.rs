@@ -662,26 +662,45 @@ async fn a_spin_node_answers_what_it_keeps_stale_when_the_region_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn spin_keeps_its_outbound_http_connections_to_s3_open_between_instances() {
+async fn a_whole_nar_hit_at_a_spin_node_is_one_request_to_s3_on_a_pooled_connection() {
     let Some(cli) = spin_or_skip() else { return };
     let fx = fixture();
     let shared = Shared::new(fx, "none").await;
     let mut vars = shared.variables(fx);
     let Region { s3, db: _db, redis: _redis } = Region::between(&shared, &mut vars).await;
     let spin = SpinUp::start(&cli, vars).await;
-    let nar = nar_url(&fx.cache("none"), &fx.leaf);
+    let nar = nar_url(&fx.cache("none"), &fx.big);
     let want = std::fs::read(fx.cache("none").join(nar.trim_start_matches('/'))).unwrap();
-    assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.leaf))).await.0, 200);
-    assert_eq!(get(&format!("{}{nar}", spin.url())).await, (200, want.clone()));
+    assert!(want.len() > 64 << 10, "the NAR is too big for the node's tier");
+    let url = format!("{}{nar}", spin.url());
+    assert_eq!(get(&format!("{}/{}.narinfo", spin.url(), hash_of(&fx.big))).await.0, 200);
+    // Downloaded and stored, then a hit; the miss's last calls to S3 end
+    // with its instance.
+    assert_eq!(get(&url).await, (200, want.clone()));
+    assert_eq!(get(&url).await, (200, want.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Every NAR hit is a fresh instance reading the object from S3: Spin's
-    // outbound HTTP pool (on by default) keeps the connection between them.
-    let before = s3.connections();
-    for _ in 0..20 {
-        assert_eq!(get(&format!("{}{nar}", spin.url())).await, (200, want.clone()));
+    // Every NAR hit is a fresh instance reading the object from S3: one GET
+    // gives its size and its bytes (no HEAD before it), on a connection
+    // Spin's outbound HTTP pool (on by default) keeps between instances.
+    let (connections, requests) = (s3.connections(), s3.http_requests());
+    for _ in 0..5 {
+        assert!(get(&url).await == (200, want.clone()), "a whole NAR hit");
     }
-    let opened = s3.connections() - before;
-    assert!(opened <= 2, "20 NAR hits opened {opened} connections to S3: Spin did not pool them");
+    let opened = s3.connections() - connections;
+    assert!(opened <= 2, "5 NAR hits opened {opened} connections to S3: Spin did not pool them");
+    assert_eq!(s3.http_requests() - requests, 5, "5 whole NAR hits: one request each to S3");
+
+    // A HEAD asks for the size only; a range reads what it needs.
+    let c = reqwest::Client::new();
+    let requests = s3.http_requests();
+    let head = c.head(&url).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), want.len().to_string());
+    assert_eq!(s3.http_requests() - requests, 1, "a HEAD: one request to S3");
+    let part = c.get(&url).header("range", "bytes=3-9").send().await.unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes().await.unwrap(), want[3..=9]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -17,12 +17,14 @@ pub const PUBLISH_LOCK_TTL_MS: u64 = 60_000;
 
 /// Size of the stored object; storage failures are logged and count as absent.
 pub fn stat(key: &str) -> Option<u64> {
-    stat_or_failed(key).ok().flatten()
+    stat_or_failed(key, false).ok().flatten()
 }
 
 /// The size of the stored object `key`, or the storage failure (logged).
-pub fn stat_or_failed(key: &str) -> Result<Option<u64>, HostError> {
-    storage::stat(key).map(|info| info.map(|i| i.size)).inspect_err(|e| {
+/// `for_read`: a read of the whole object follows (`storage.stat-for-read`).
+pub fn stat_or_failed(key: &str, for_read: bool) -> Result<Option<u64>, HostError> {
+    let info = if for_read { storage::stat_for_read(key) } else { storage::stat(key) };
+    info.map(|info| info.map(|i| i.size)).inspect_err(|e| {
         logging::warn("storage stat failed", &[("url", key), ("error", &format!("{e:?}"))]);
     })
 }

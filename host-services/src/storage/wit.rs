@@ -29,6 +29,11 @@ impl storage::Host for StorageView<'_> {
         Ok(self.store.stat(&key).await?.map(|size| storage::ObjectInfo { size }))
     }
 
+    /// This host hands objects off: a read does not follow.
+    async fn stat_for_read(&mut self, key: String) -> HostResult<Option<storage::ObjectInfo>> {
+        self.stat(key).await
+    }
+
     async fn read(
         &mut self,
         key: String,

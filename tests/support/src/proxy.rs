@@ -40,6 +40,7 @@ pub struct StallProxy {
     pub port: u16,
     mode: Arc<watch::Sender<Mode>>,
     accepted: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,11 +64,19 @@ async fn flowing(rx: &mut watch::Receiver<Mode>) -> bool {
     }
 }
 
+/// Whether `bytes` begin with an HTTP/1 request line (`GET /… HTTP/1.1`).
+fn starts_request(bytes: &[u8]) -> bool {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let method = line.split(|b| *b == b' ').next().unwrap_or_default();
+    !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) && line.windows(7).any(|w| w == b"HTTP/1.")
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
     delay: Duration,
+    requests: Option<Arc<AtomicUsize>>,
 ) {
     // Bytes read are handed to the writer with the time they may leave, so
     // a delay adds latency without limiting throughput.
@@ -95,6 +104,9 @@ async fn pump(
             },
             _ = mode.wait_for(|m| m.closes()) => break,
         };
+        if let Some(requests) = requests.as_ref().filter(|_| starts_request(&buf[..n])) {
+            requests.fetch_add(1, Ordering::Relaxed);
+        }
         if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
             break;
         }
@@ -137,6 +149,8 @@ impl StallProxy {
         let target = target.to_owned();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = accepted.clone();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let requested = requests.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -156,16 +170,23 @@ impl StallProxy {
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, rx.clone(), one_way));
-                tokio::spawn(pump(sr, cw, rx.clone(), one_way));
+                tokio::spawn(pump(cr, sw, rx.clone(), one_way, Some(requested.clone())));
+                tokio::spawn(pump(sr, cw, rx.clone(), one_way, None));
             }
         });
-        Self { port, mode: Arc::new(tx), accepted, task }
+        Self { port, mode: Arc::new(tx), accepted, requests, task }
     }
 
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1 requests forwarded so far: reads from a client that begin
+    /// with a request line, which counts every request of a client that
+    /// waits for each answer before it sends the next (no pipelining).
+    pub fn http_requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// `127.0.0.1:port`.
@@ -186,5 +207,19 @@ impl StallProxy {
     /// Forward again, held bytes first.
     pub fn resume(&self) {
         self.set(Mode::Pass);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_request;
+
+    #[test]
+    fn a_request_line_starts_a_request() {
+        assert!(starts_request(b"GET /bucket/nar/x HTTP/1.1\r\nhost: a\r\n\r\n"));
+        assert!(starts_request(b"HEAD / HTTP/1.1\r\n"));
+        assert!(!starts_request(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!starts_request(b"\x00\x01 body bytes"));
+        assert!(!starts_request(b""));
     }
 }

@@ -1,7 +1,8 @@
 //! A NAR hit, with HEAD and single ranges: this instance decides status and
 //! headers and hands the stored object to the host, which sends it after
 //! the instance has ended (or, on a host that declines, it is spliced from
-//! storage to the client inside the host: the bytes never enter the instance).
+//! storage to the client inside the host: the bytes never enter the instance;
+//! such a host opened the object of a whole GET when it was stat'ed).
 //! A host that declines and keeps small objects itself (Spin's node-local
 //! tier) is offered each NAR of at most [`KEEP_MAX`] bytes read whole, and
 //! answers from what it keeps ([`serve_kept`]) the same bytes and headers.

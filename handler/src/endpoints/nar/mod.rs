@@ -32,7 +32,10 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
     if let Some(bytes) = edge::kept_nar(&key) {
         return hit::serve_kept(settings, req, &key, (bytes, Served::Hit), out, head);
     }
-    match stat_or_failed(&key) {
+    // Before a whole GET's read: where the bytes come through this
+    // instance, the host opens the object as it stats it (one request).
+    let whole = req.header("range").is_none();
+    match stat_or_failed(&key, whole && !head) {
         Ok(Some(size)) => return hit::serve(settings, req, &key, size, out, head),
         Ok(None) => {}
         // Storage failed: what the node's tier kept, marked stale.
@@ -47,7 +50,6 @@ pub fn get(settings: &Settings, req: &Request, path: &NarPath, out: ResponseOutp
         return miss::head(settings, path, record.as_ref(), out);
     }
     // A whole-NAR request follows a download in progress (here or at a peer).
-    let whole = req.header("range").is_none();
     let out = match whole {
         true => match follow::serve(&key, record.as_ref(), out) {
             Ok(()) => return,
