@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use mysql_async::prelude::Queryable as _;
 
+use ncps_edge_host_services::cluster::channel::postgres::identifier;
 use ncps_edge_host_services::cluster::channel::HEARD_WITHIN;
 use ncps_edge_host_services::signer::Signer;
 use ncps_edge_test_support::{
@@ -445,9 +446,7 @@ async fn a_purge_sent_while_the_listener_reconnects_reaches_the_node_over_mysql(
 /// Notify the PostgreSQL channel of nodes on `database` (with the default
 /// lock prefix) of a purge of `path`, without a row in the purge table.
 async fn notify_an_unlogged_purge(database: &str, path: &str) {
-    let name = ncps_edge_wire::channel::name(ncps_edge_wire::locks::DEFAULT_PREFIX);
-    // PostgreSQL keeps 63 bytes of a channel name; the node keeps the tail.
-    let name = &name[name.len().saturating_sub(63)..];
+    let name = identifier(ncps_edge_wire::channel::name(ncps_edge_wire::locks::DEFAULT_PREFIX));
     let message = ncps_edge_wire::channel::Message::Purge(vec![&format!("/{}.narinfo", hash_of(path))]).encode();
     let (db, conn) = tokio_postgres::connect(database, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);

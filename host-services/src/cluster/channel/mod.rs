@@ -107,20 +107,21 @@ impl Health {
     }
 }
 
-/// Where a listener stands in what its channel keeps (a purge table's
-/// [`table::Read`], a Redis master's purge log number), kept across its
-/// connections: none before it first listened.
+/// What a listener remembers across its connections: where it stands in
+/// what its channel keeps (a purge table's [`table::Read`], a Redis
+/// master's purge log number), or when it last heard something (a purge
+/// without a row). None until it first does.
 #[derive(Debug)]
-struct Resume<T>(std::sync::Mutex<Option<T>>);
+struct Remembered<T>(std::sync::Mutex<Option<T>>);
 
-impl<T> Default for Resume<T> {
+impl<T> Default for Remembered<T> {
     fn default() -> Self {
-        Resume(std::sync::Mutex::new(None))
+        Remembered(std::sync::Mutex::new(None))
     }
 }
 
-impl<T> Resume<T> {
-    /// Where the listener stands.
+impl<T> Remembered<T> {
+    /// What the listener remembers.
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<T>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

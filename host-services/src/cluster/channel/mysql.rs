@@ -16,7 +16,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 
 use super::table::{self, Pruned, Read};
-use super::{Channel, Heard, Publisher, Resume};
+use super::{Channel, Heard, Publisher, Remembered};
 use crate::{Error, Result};
 
 /// How often a node polls for purges.
@@ -38,7 +38,7 @@ pub struct MySqlChannel {
     pruned: Pruned,
     /// Where the last poll that succeeded stopped: where the listener
     /// reads on from when it listens again.
-    read: Resume<Read>,
+    read: Remembered<Read>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -59,7 +59,7 @@ impl MySqlChannel {
             conn.query_drop(TABLE).await.map_err(failed)
         })
         .await?;
-        Ok(Self { pool, pruned: Pruned::default(), read: Resume::default() })
+        Ok(Self { pool, pruned: Pruned::default(), read: Remembered::default() })
     }
 }
 

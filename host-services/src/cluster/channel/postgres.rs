@@ -13,13 +13,12 @@
 //! node of an older version in the fleet, within the last ten minutes),
 //! means purges may be lost: the node's tier starts empty.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 
 use super::table::{self, Pruned, Read};
-use super::{Channel, Heard, Publisher, Resume, HEARTBEAT};
+use super::{Channel, Heard, Publisher, Remembered, HEARTBEAT};
 use crate::pg_link::{self, Lent, PgLink};
 use crate::{Error, Result};
 
@@ -59,10 +58,10 @@ pub struct PgChannel {
     name: String,
     pruned: Pruned,
     /// Where the listener stands in the table.
-    read: Resume<Read>,
+    read: Remembered<Read>,
     /// When the listener last heard a purge that has no row (sent by a
     /// node of an older version).
-    unlogged: Mutex<Option<Instant>>,
+    unlogged: Remembered<Instant>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -77,8 +76,8 @@ impl PgChannel {
             link,
             name: identifier(ncps_edge_wire::channel::name(prefix)),
             pruned: Pruned::default(),
-            read: Resume::default(),
-            unlogged: Mutex::default(),
+            read: Remembered::default(),
+            unlogged: Remembered::default(),
         };
         // Not within PUBLISH_TIMEOUT: another node may hold the lock for
         // its migrations (the caller bounds the wait).
@@ -109,7 +108,7 @@ impl PgChannel {
         let rows: Vec<(u64, String)> = rows.iter().map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))).collect();
         let newest = rows.last().map_or(0, |(id, _)| *id);
         // Such a node may have sent more while this one did not hear.
-        let unlogged = *self.unlogged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unlogged = *self.unlogged.lock();
         if read.went_back(newest) {
             tracing::warn!(newest, "the edge-cache purge table went back: purges may be lost");
             heard(Heard::Lost);
@@ -146,7 +145,7 @@ impl PgChannel {
                 if let Some(ncps_edge_wire::channel::Message::Purge(_)) =
                     ncps_edge_wire::channel::Message::decode(&payload)
                 {
-                    *self.unlogged.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                    *self.unlogged.lock() = Some(Instant::now());
                 }
                 heard(Heard::Message(payload));
             }
@@ -162,7 +161,7 @@ impl PgChannel {
 
 /// A channel name as PostgreSQL keeps it: identifiers are at most 63
 /// bytes, so a longer one loses its head.
-fn identifier(mut name: String) -> String {
+pub fn identifier(mut name: String) -> String {
     while name.len() > 63 {
         name.remove(0);
     }

@@ -17,7 +17,7 @@ use ncps_edge_wire::purge_log;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use super::{Channel, Heard, Publisher, Resume};
+use super::{Channel, Heard, Publisher, Remembered};
 use crate::locks::redis::RedisOptions;
 use crate::{Error, Result};
 
@@ -34,7 +34,7 @@ pub struct RedisChannel {
     read_log: redis::Script,
     /// Per master: the number of the newest purge in its log that its
     /// listener has heard (none before it first subscribed).
-    heard_up_to: Vec<Resume<u64>>,
+    heard_up_to: Vec<Remembered<u64>>,
 }
 
 impl RedisChannel {
@@ -49,7 +49,7 @@ impl RedisChannel {
         let purge_log = purge_log::keys(&name);
         Ok(Self {
             name,
-            heard_up_to: opts.addrs.iter().map(|_| Resume::default()).collect(),
+            heard_up_to: opts.addrs.iter().map(|_| Remembered::default()).collect(),
             masters,
             purge_log,
             publish_purge: redis::Script::new(purge_log::PUBLISH),
